@@ -1,0 +1,1 @@
+"""Transfer learning on frozen image embeddings: data, backbone, classifiers, evaluation."""

@@ -1,0 +1,136 @@
+"""Find the image dataset and describe it as a manifest (one row per image).
+
+The manifest holds a content hash per image, so DVC re-runs downstream stages
+when any image changes, and its rows fix the order every later array follows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from pipeline.params import DataParams
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+# Files that operating systems drop into folders; skipped with a log line, never read.
+OS_CLUTTER = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+MANIFEST_COLUMNS = ["path", "split", "label", "sha256", "width", "height"]
+
+
+class DatasetError(ValueError):
+    """The dataset on disk does not have the expected layout or content."""
+
+
+def resolve_root(data: DataParams) -> Path:
+    """Return the folder holding ``<split>/<class>/`` image folders.
+
+    ``data.root`` (a local copy) wins; otherwise kagglehub fetches the pinned
+    handle, or reuses its cache (``KAGGLEHUB_CACHE``) without network.
+    """
+    if data.root is not None:
+        base = Path(data.root).expanduser()
+        if not base.is_dir():
+            raise DatasetError(f"data.root={data.root!r} is not a folder; point it at a copy of the dataset.")
+    else:
+        import kagglehub
+
+        try:
+            base = Path(kagglehub.dataset_download(data.handle))
+        except Exception as err:  # kagglehub raises requests/HTTP errors of many kinds
+            raise DatasetError(
+                f"kagglehub could not fetch {data.handle!r} ({type(err).__name__}: {err}). "
+                "Offline, set data.root to a local copy in Kaggle's layout, or pre-seed the "
+                "kagglehub cache (KAGGLEHUB_CACHE) as the README describes."
+            ) from err
+    layout = base / data.layout_dir if data.layout_dir else base
+    if not layout.is_dir():
+        raise DatasetError(
+            f"{layout} does not exist: expected data.layout_dir={data.layout_dir!r} inside {base}."
+        )
+    return layout
+
+
+def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS) -> pd.DataFrame:
+    """List ``root/<split>/<class>/<image>`` files as rows of (path, split, label)."""
+    rows = []
+    classes_by_split: dict[str, list[str]] = {}
+    for split in splits:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise DatasetError(f"Split folder {split_dir} is missing; expected {list(splits)} under {root}.")
+        class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+        if not class_dirs:
+            raise DatasetError(f"Split folder {split_dir} has no class folders.")
+        classes_by_split[split] = [p.name for p in class_dirs]
+        for class_dir in class_dirs:
+            images = []
+            for file in sorted(class_dir.iterdir()):
+                if file.is_dir():
+                    raise DatasetError(f"Unexpected folder {file}: class folders must hold image files only.")
+                if file.name.lower() in OS_CLUTTER:
+                    log.info("skipping OS clutter file %s", file)
+                    continue
+                if file.suffix.lower() not in IMAGE_SUFFIXES:
+                    raise DatasetError(
+                        f"{file} is not an image file (allowed: {sorted(IMAGE_SUFFIXES)}); "
+                        "move it out of the class folder."
+                    )
+                images.append(file)
+            if not images:
+                raise DatasetError(f"Class folder {class_dir} is empty.")
+            rows += [(f.relative_to(root).as_posix(), split, class_dir.name) for f in images]
+    _check_classes(classes_by_split)
+    return pd.DataFrame(rows, columns=["path", "split", "label"])
+
+
+def _check_classes(classes_by_split: dict[str, list[str]]) -> None:
+    train = set(classes_by_split.get("train", []))
+    for split, names in classes_by_split.items():
+        extra = sorted(set(names) - train)
+        if extra:
+            raise DatasetError(f"Class(es) {extra} appear in {split} but not in train; no model can predict them.")
+        absent = sorted(train - set(names))
+        if absent:
+            warnings.warn(f"Class(es) {absent} of train have no images in {split}.", stacklevel=3)
+
+
+def describe_image(path: Path) -> tuple[str, int, int]:
+    """Return (sha256, width, height) of an image, decoding it fully to catch damage."""
+    data = path.read_bytes()
+    try:
+        with Image.open(path) as image:
+            image.load()
+            width, height = ImageOps.exif_transpose(image).size
+    except Exception as err:  # PIL raises many types for damaged files
+        raise DatasetError(f"{path} is not a readable image ({type(err).__name__}: {err}).") from err
+    return hashlib.sha256(data).hexdigest(), width, height
+
+
+def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS) -> pd.DataFrame:
+    """Scan ``root`` and describe every image; rows ordered by split, class, file name."""
+    frame = scan_layout(root, splits)
+    described = [describe_image(root / p) for p in tqdm(frame["path"], desc="hashing images", unit="img")]
+    frame[["sha256", "width", "height"]] = pd.DataFrame(described, index=frame.index)
+    log.info("manifest: %s", frame.groupby("split").size().to_dict())
+    return frame[MANIFEST_COLUMNS]
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """Load a manifest written by ``prepare``, checking its columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"Manifest {path} not found; run the prepare stage first (dvc repro prepare).")
+    frame = pd.read_csv(path, dtype={"path": str, "split": str, "label": str, "sha256": str})
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DatasetError(f"Manifest {path} lacks column(s) {missing}.")
+    return frame

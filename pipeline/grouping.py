@@ -1,0 +1,109 @@
+"""Group images into original pictures, so no picture is split across folds or splits.
+
+Two sources of evidence are merged: the dataset's naming of offline augmentations
+(``aug-<n>-<original>.jpg`` beside ``<original>.jpg``) and perceptual-hash
+near-duplicates (resized, re-encoded, mirrored or lightly cropped copies), which
+also works on datasets without such naming.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+
+import imagehash
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+AUG_NAME = re.compile(r"^aug-\d+-(?P<original>.+)$")
+
+
+def original_name(path: str) -> str:
+    """The picture a file was derived from, by name: ``a/b/aug-3-x.jpg`` -> ``a/b/x.jpg``."""
+    p = PurePosixPath(path)
+    match = AUG_NAME.match(p.name)
+    return str(p.with_name(match["original"])) if match else path
+
+
+def perceptual_hashes(paths: Iterable[Path]) -> np.ndarray:
+    """64-bit DCT perceptual hashes of each image and of its mirror image, shape (n, 2)."""
+    out = []
+    for path in tqdm(list(paths), desc="perceptual hashes", unit="img"):
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image).convert("RGB")
+            out.append([_as_int(imagehash.phash(image)), _as_int(imagehash.phash(ImageOps.mirror(image)))])
+    return np.array(out, dtype=np.uint64).reshape(-1, 2)
+
+
+def _as_int(h: imagehash.ImageHash) -> int:
+    return int(str(h), 16)
+
+
+def near_duplicate_pairs(hashes: np.ndarray, max_bits: int, *, chunk: int = 1024) -> np.ndarray:
+    """Index pairs (i < j) whose hashes differ in at most ``max_bits`` bits, mirror included.
+
+    Compares image i's hash with both the plain and mirrored hash of image j, so
+    a horizontally flipped copy is found as readily as a resized one.
+    """
+    plain, mirrored = hashes[:, 0], hashes[:, 1]
+    pairs = []
+    for start in range(0, len(hashes), chunk):
+        block = plain[start : start + chunk, None]
+        dist = np.minimum(np.bitwise_count(block ^ plain[None, :]), np.bitwise_count(block ^ mirrored[None, :]))
+        i, j = np.nonzero(dist <= max_bits)
+        i = i + start
+        keep = i < j
+        pairs.append(np.stack([i[keep], j[keep]], axis=1))
+    return np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
+
+
+class UnionFind:
+    """Disjoint sets over 0..n-1; the smallest index represents each set."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+def components(n: int, edges: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """Connected components (as sorted index lists) of size >= 2."""
+    uf = UnionFind(n)
+    for i, j in edges:
+        uf.union(int(i), int(j))
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(uf.find(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def picture_groups(paths: Sequence[str], near_pairs: np.ndarray) -> list[str]:
+    """Assign each image the id of its original picture (the first path of its group).
+
+    Images named as augmentations of one original, and images linked by a chain
+    of near-duplicate pairs, end in the same group.
+    """
+    index = {p: i for i, p in enumerate(paths)}
+    edges = [tuple(pair) for pair in near_pairs]
+    for i, path in enumerate(paths):
+        original = original_name(path)
+        if original != path and original in index:
+            edges.append((i, index[original]))
+        elif original != path:
+            # An augmentation whose original is absent: group it with its sibling copies.
+            edges.append((i, index.setdefault(original, i)))
+    uf = UnionFind(len(paths))
+    for i, j in edges:
+        uf.union(int(i), int(j))
+    return [paths[uf.find(i)] for i in range(len(paths))]

@@ -1,0 +1,209 @@
+"""Typed, validated views of ``params.yaml``.
+
+Each stage reads only its own sections. Validation happens here, once, at the
+edge: an unknown key, a wrong type or an out-of-range value is a ``ParamsError``
+naming the dotted key, the value received and what is allowed, before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A parameter in params.yaml is missing, unknown, mistyped or out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    handle: str
+    root: str | None
+    layout_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditParams:
+    near_duplicate_bits: int
+    on_leak: Literal["error", "warn"]
+
+    def check(self, name: str) -> None:
+        _in_range(name, "near_duplicate_bits", self.near_duplicate_bits, 0, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    arch: str
+    weights: str | None
+    checkpoint: str | None
+    init_seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractParams:
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    batch_size: int
+    num_workers: int
+    channels_last: bool
+    crop_size: int | None
+    resize_size: int | None
+
+    def check(self, name: str) -> None:
+        _in_range(name, "batch_size", self.batch_size, 1, None)
+        _in_range(name, "num_workers", self.num_workers, 0, None)
+        if self.crop_size is not None:
+            _in_range(name, "crop_size", self.crop_size, 8, None)
+        if self.resize_size is not None:
+            _in_range(name, "resize_size", self.resize_size, self.crop_size or 8, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class CVParams:
+    folds: int
+    repeats: int
+    inner_folds: int
+    seed: int
+
+    def check(self, name: str) -> None:
+        _in_range(name, "folds", self.folds, 2, None)
+        _in_range(name, "repeats", self.repeats, 1, None)
+        _in_range(name, "inner_folds", self.inner_folds, 2, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationParams:
+    n_bootstrap: int
+    ece_bins: int
+    seed: int
+
+    def check(self, name: str) -> None:
+        _in_range(name, "n_bootstrap", self.n_bootstrap, 100, None)
+        _in_range(name, "ece_bins", self.ece_bins, 1, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadParams:
+    dropout: float
+    lr: float
+    weight_decay: float
+    batch_size: int
+    max_epochs: int
+    patience: int
+    seed: int
+
+    def check(self, name: str) -> None:
+        _in_range(name, "dropout", self.dropout, 0.0, 0.99)
+        _in_range(name, "lr", self.lr, 1e-9, None)
+        _in_range(name, "weight_decay", self.weight_decay, 0.0, None)
+        _in_range(name, "batch_size", self.batch_size, 1, None)
+        _in_range(name, "max_epochs", self.max_epochs, 1, None)
+        _in_range(name, "patience", self.patience, 1, None)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "audit": AuditParams,
+    "model": ModelParams,
+    "extract": ExtractParams,
+    "cv": CVParams,
+    "evaluation": EvaluationParams,
+    "head": HeadParams,
+}
+
+
+def _in_range(section: str, key: str, value: float, low: float | None, high: float | None) -> None:
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ParamsError(f"{section}.{key}={value!r} is out of range: it must be {bounds}.")
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Return ``value`` if it fits ``annotation`` (ints accepted for floats), else raise."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            try:
+                return _check_type(key, value, option)
+            except ParamsError as err:
+                errors.append(err)
+        raise errors[-1] if len(errors) == 1 else ParamsError(
+            f"{key}={value!r} has the wrong type: expected {_describe(annotation)}."
+        )
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ParamsError(f"{key}={value!r} is not allowed: choose one of {list(allowed)}.")
+        return value
+    if annotation is type(None):
+        if value is not None:
+            raise ParamsError(f"{key}={value!r} has the wrong type: expected null.")
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, bool):
+        raise ParamsError(f"{key}={value!r} has the wrong type: expected int.")
+    if not isinstance(value, annotation):
+        raise ParamsError(
+            f"{key}={value!r} has the wrong type: expected {_describe(annotation)}, "
+            f"got {type(value).__name__}."
+        )
+    return value
+
+
+def _describe(annotation: Any) -> str:
+    args = typing.get_args(annotation)
+    if args:
+        return " or ".join(_describe(a) for a in args)
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def parse_section(cls: type, raw: Any, name: str) -> Any:
+    """Build dataclass ``cls`` from the mapping ``raw`` found at ``name`` in params.yaml."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params section '{name}' must be a mapping, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"Unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)} in params.yaml; "
+            f"known keys of '{name}': {fields}."
+        )
+    missing = [f for f in fields if f not in raw]
+    if missing:
+        raise ParamsError(f"Missing key(s) {', '.join(f'{name}.{k}' for k in missing)} in params.yaml.")
+    values = {f: _check_type(f"{name}.{f}", raw[f], hints[f]) for f in fields}
+    section = cls(**values)
+    if hasattr(section, "check"):
+        section.check(name)
+    return section
+
+
+def read_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Load params.yaml as plain data, with a clear error if it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"Parameter file {path} not found; run from the project root or pass --params.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}.")
+    return raw
+
+
+def load_section(name: str, path: Path = DEFAULT_PARAMS) -> Any:
+    """Read and validate one typed section of params.yaml."""
+    raw = read_params(path)
+    if name not in raw:
+        raise ParamsError(f"Section '{name}' is missing from {path}.")
+    return parse_section(SECTIONS[name], raw[name], name)
