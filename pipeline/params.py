@@ -70,8 +70,11 @@ class CVParams:
     repeats: int
     inner_folds: int
     seed: int
+    n_jobs: int
 
     def check(self, name: str) -> None:
+        if self.n_jobs == 0 or self.n_jobs < -1:
+            raise ParamsError(f"{name}.n_jobs={self.n_jobs} is invalid: use -1 (all cores) or a count >= 1.")
         _in_range(name, "folds", self.folds, 2, None)
         _in_range(name, "repeats", self.repeats, 1, None)
         _in_range(name, "inner_folds", self.inner_folds, 2, None)

@@ -1,0 +1,72 @@
+"""Run the frozen backbone over image files, batch by batch.
+
+Images are decoded with PIL, EXIF orientation applied (a phone photo shows the
+way its viewer shows it), converted to RGB and preprocessed exactly by the
+weights' own transform; the same loader serves extraction and prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pipeline.backbone import Backbone
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("extract.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode an image file upright (EXIF orientation applied) as 8-bit RGB."""
+    with Image.open(path) as image:
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+class ImageFiles(Dataset):
+    """Preprocessed tensors of a list of image files, in order."""
+
+    def __init__(self, paths: Sequence[Path], transform: torch.nn.Module) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(load_rgb(self.paths[i]))
+
+
+@torch.inference_mode()
+def iter_embeddings(backbone: Backbone, paths: Sequence[Path], *, batch_size: int, num_workers: int,
+                    device: torch.device, channels_last: bool = True, desc: str = "embedding") -> Iterator[np.ndarray]:
+    """Yield float32 embeddings (batch, dim) of ``paths``, in order, one batch at a time."""
+    model = backbone.model.to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    loader = DataLoader(ImageFiles(paths, backbone.transform), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    with tqdm(total=len(paths), desc=desc, unit="img") as bar:
+        for batch in loader:
+            batch = batch.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            yield backbone.embed(batch).float().cpu().numpy()
+            bar.update(len(batch))

@@ -1,0 +1,80 @@
+"""Stage ``extract``: run the frozen backbone once and cache the embeddings in ``features/``.
+
+Arrays are streamed into memory-mapped ``.npy`` files in a temporary folder that
+is renamed onto the output only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import sklearn
+import torch
+import torchvision
+
+from pipeline import features
+from pipeline.atomic import atomic_path, write_csv, write_json
+from pipeline.backbone import build_backbone
+from pipeline.dataset import read_manifest
+from pipeline.embedding import iter_embeddings, resolve_device
+from pipeline.params import DEFAULT_PARAMS, load_section
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    parser.add_argument("--manifest", type=Path, default=Path("artifacts/data/manifest.csv"))
+    parser.add_argument("--out", type=Path, default=Path("features"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    model_params = load_section("model", args.params)
+    params = load_section("extract", args.params)
+    manifest = read_manifest(args.manifest)
+    root = Path(json.loads(args.manifest.with_name("source.json").read_text())["root"])
+    device = resolve_device(params.device)
+    backbone = build_backbone(model_params, crop_size=params.crop_size, resize_size=params.resize_size)
+    classes = sorted(manifest.loc[manifest["split"] == "train", "label"].unique())
+
+    start = time.perf_counter()
+    with atomic_path(args.out, is_dir=True) as tmp:
+        for split, rows in manifest.groupby("split", sort=False):
+            out = features.allocate(tmp, split, len(rows), backbone.info["feature_dim"])
+            offset = 0
+            for emb in iter_embeddings(backbone, [root / p for p in rows["path"]], batch_size=params.batch_size,
+                                       num_workers=params.num_workers, device=device,
+                                       channels_last=params.channels_last, desc=f"extract {split}"):
+                out[offset : offset + len(emb)] = emb
+                offset += len(emb)
+            out.flush()
+            del out
+        write_csv(tmp / features.INDEX, manifest[features.INDEX_COLUMNS])
+        write_json(tmp / features.META, {
+            **backbone.info,
+            "classes": classes,
+            "splits": manifest.groupby("split", sort=False).size().to_dict(),
+            "manifest_sha256": hashlib.sha256(args.manifest.read_bytes()).hexdigest(),
+            "device": device.type,
+            "dtype": "float32",
+            "channels_last": params.channels_last,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "torchvision": torchvision.__version__, "numpy": np.__version__,
+                         "scikit-learn": sklearn.__version__},
+        })
+    seconds = time.perf_counter() - start
+    print(f"{len(manifest)} embeddings of dim {backbone.info['feature_dim']} on {device.type} in {seconds:.1f} s "
+          f"({len(manifest) / seconds:.1f} img/s) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

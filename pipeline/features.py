@@ -1,0 +1,87 @@
+"""The cached-embeddings format, and its loader for reuse in other work.
+
+A features folder holds:
+
+- ``<split>.npy``: float32 array (n_split, dim), rows in manifest order;
+- ``index.csv``: one row per image, columns ``split, path, label`` in the same order;
+- ``meta.json``: backbone, weights, transform, dim, classes, manifest hash, device, versions.
+
+Anything that writes this format (another backbone, another repo) can feed the
+classifier and compare stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+INDEX = "index.csv"
+META = "meta.json"
+INDEX_COLUMNS = ["split", "path", "label"]
+
+
+class FeaturesError(ValueError):
+    """A features folder is missing, incomplete or inconsistent."""
+
+
+@dataclasses.dataclass
+class SplitFeatures:
+    X: np.ndarray  # (n, dim) float32
+    y: np.ndarray  # (n,) int64 index into Features.classes
+    paths: list[str]
+
+
+@dataclasses.dataclass
+class Features:
+    splits: dict[str, SplitFeatures]
+    classes: list[str]
+    meta: dict[str, Any]
+
+    def __getitem__(self, split: str) -> SplitFeatures:
+        if split not in self.splits:
+            raise FeaturesError(f"No '{split}' split in these features; they hold {sorted(self.splits)}.")
+        return self.splits[split]
+
+
+def array_path(directory: Path, split: str) -> Path:
+    return Path(directory) / f"{split}.npy"
+
+
+def allocate(directory: Path, split: str, n: int, dim: int) -> np.memmap:
+    """A float32 (n, dim) .npy file mapped in memory, filled batch by batch by the writer."""
+    return np.lib.format.open_memmap(array_path(directory, split), mode="w+", dtype=np.float32, shape=(n, dim))
+
+
+def load(directory: Path | str, *, mmap: bool = False) -> Features:
+    """Load a features folder: arrays, integer labels, paths, class names and metadata."""
+    directory = Path(directory)
+    if not (directory / META).is_file() or not (directory / INDEX).is_file():
+        raise FeaturesError(f"{directory} is not a features folder (needs {META} and {INDEX}); "
+                            "run the extract stage (dvc repro extract).")
+    meta = json.loads((directory / META).read_text())
+    index = pd.read_csv(directory / INDEX, dtype=str, keep_default_na=False)
+    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise FeaturesError(f"{directory / INDEX} lacks column(s) {missing}.")
+    classes = list(meta.get("classes", []))
+    unknown = sorted(set(index["label"]) - set(classes))
+    if unknown:
+        raise FeaturesError(f"{directory / INDEX} has label(s) {unknown} not among meta.json classes {classes}.")
+    lookup = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split, rows in index.groupby("split", sort=False):
+        path = array_path(directory, split)
+        if not path.is_file():
+            raise FeaturesError(f"{path} is missing although {INDEX} lists {len(rows)} '{split}' images.")
+        X = np.load(path, mmap_mode="r" if mmap else None)
+        if X.ndim != 2 or X.shape[0] != len(rows) or X.dtype != np.float32:
+            raise FeaturesError(f"{path} has shape {X.shape} and dtype {X.dtype}; expected "
+                                f"({len(rows)}, dim) float32 to match {INDEX}.")
+        splits[split] = SplitFeatures(X=X, y=rows["label"].map(lookup).to_numpy(np.int64),
+                                      paths=rows["path"].tolist())
+    return Features(splits=splits, classes=classes, meta=meta)

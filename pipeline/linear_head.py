@@ -1,0 +1,101 @@
+"""The linear head of the transfer-learning recipe, trained on cached embeddings.
+
+``Dropout`` + ``Linear(dim, n_classes)`` is exactly the module torchvision's
+EfficientNet uses as ``classifier``, so the trained head's state dict loads into
+``efficientnet_b1(num_classes=n).classifier`` unchanged. Wrapped as a
+scikit-learn estimator so the same cross-validation code serves every classifier.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def make_head(dim: int, n_classes: int, dropout: float) -> nn.Sequential:
+    """The same layers, in the same order, as torchvision's EfficientNet classifier."""
+    return nn.Sequential(nn.Dropout(p=dropout, inplace=True), nn.Linear(dim, n_classes))
+
+
+class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
+    """Cross-entropy + AdamW on embeddings; early stopping on a validation set when given.
+
+    Without a validation set it trains for exactly ``max_epochs`` epochs (used in
+    cross-validation, with the epoch count early stopping chose on valid).
+    """
+
+    def __init__(self, *, n_classes: int | None = None, dropout: float = 0.2, lr: float = 1e-3,
+                 weight_decay: float = 1e-2, batch_size: int = 64, max_epochs: int = 300,
+                 patience: int = 30, seed: int = 0) -> None:
+        self.n_classes = n_classes
+        self.dropout = dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.seed = seed
+
+    def fit(self, X: np.ndarray, y: np.ndarray, *, X_valid: np.ndarray | None = None,  # noqa: N803
+            y_valid: np.ndarray | None = None) -> LinearHeadClassifier:
+        n_classes = self.n_classes or int(np.max(y)) + 1
+        self.classes_ = np.arange(n_classes)
+        torch.manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        head = make_head(X.shape[1], n_classes, self.dropout)
+        optimiser = torch.optim.AdamW(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = nn.CrossEntropyLoss()
+        X_t, y_t = torch.as_tensor(np.asarray(X), dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+        has_valid = X_valid is not None
+        if has_valid:
+            Xv = torch.as_tensor(np.asarray(X_valid), dtype=torch.float32)
+            yv = torch.as_tensor(y_valid, dtype=torch.long)
+        best_loss, best_state, best_epoch, waited = float("inf"), None, self.max_epochs, 0
+        history = []
+        for epoch in range(1, self.max_epochs + 1):
+            head.train()
+            total = 0.0
+            for batch in torch.randperm(len(X_t), generator=generator).split(self.batch_size):
+                optimiser.zero_grad()
+                loss = loss_fn(head(X_t[batch].clone()), y_t[batch])
+                loss.backward()
+                optimiser.step()
+                total += loss.item() * len(batch)
+            row = {"epoch": epoch, "train_loss": total / len(X_t)}
+            if has_valid:
+                head.eval()
+                with torch.no_grad():
+                    logits = head(Xv)
+                    valid_loss = loss_fn(logits, yv).item()
+                row.update(valid_loss=valid_loss, valid_accuracy=(logits.argmax(1) == yv).float().mean().item())
+                if valid_loss < best_loss - 1e-6:
+                    best_loss, best_state, best_epoch, waited = valid_loss, copy.deepcopy(head.state_dict()), epoch, 0
+                else:
+                    waited += 1
+            history.append(row)
+            if has_valid and waited >= self.patience:
+                break
+        if best_state is not None:
+            head.load_state_dict(best_state)
+        self.head_ = head.eval()
+        self.best_epoch_ = best_epoch
+        self.history_ = history
+        log.info("linear head: %d epochs run, best epoch %d", len(history), best_epoch)
+        return self
+
+    def logits(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        with torch.no_grad():
+            return self.head_.eval()(torch.as_tensor(np.asarray(X), dtype=torch.float32)).numpy()
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        return torch.softmax(torch.as_tensor(self.logits(X)), dim=1).numpy()
+
+    def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        return self.logits(X).argmax(axis=1)

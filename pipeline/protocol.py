@@ -1,0 +1,135 @@
+"""The evaluation protocol every classifier follows, the linear head included.
+
+1. Grouped, repeated, stratified k-fold on train (no picture on both sides of a
+   fold); any hyperparameter selection happens inside each training fold (nested).
+2. The same procedure with plain k-fold, labelled leaky, to show what leakage does.
+3. The final model, fitted on all of train, scored on valid and test with intervals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from sklearn.model_selection import RepeatedStratifiedKFold
+
+from pipeline.features import Features
+from pipeline.params import CVParams, EvaluationParams
+from pipeline.splits import RepeatedStratifiedGroupKFold
+from pipeline.statistics import corrected_cv_interval, held_out_metrics, macro_f1
+
+log = logging.getLogger(__name__)
+
+HELD_OUT = ("valid", "test")
+# fit_fold(X, y, groups) -> a fitted estimator with predict/predict_proba
+FitFold = Callable[[np.ndarray, np.ndarray, np.ndarray], Any]
+
+
+@dataclasses.dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame  # image, split, true, predicted, p_<class>...
+    folds: pd.DataFrame  # one row per CV fold, both protocols
+
+
+class GroupsError(ValueError):
+    """The picture groups do not cover the images being cross-validated."""
+
+
+def load_groups(path: Path, paths: list[str]) -> np.ndarray:
+    """Group id of each image in ``paths`` from the audit's groups.csv."""
+    path = Path(path)
+    if not path.is_file():
+        raise GroupsError(f"Groups file {path} not found; run the audit stage (dvc repro audit).")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("path")["group"]
+    missing = [p for p in paths if p not in table.index]
+    if missing:
+        raise GroupsError(f"{len(missing)} image(s) have no group in {path}, e.g. {missing[:3]}; "
+                          "the features and the audit come from different manifests. Re-run dvc repro.")
+    return table.loc[paths].to_numpy()
+
+
+def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,  # noqa: N803
+                train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    model = fit_fold(X[train], y[train], groups[train])
+    pred = model.predict(X[test])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fold may lack a class; the score is still defined
+        balanced = balanced_accuracy_score(y[test], pred)
+    return {"n_test": len(test), "accuracy": accuracy_score(y[test], pred),
+            "balanced_accuracy": balanced, "macro_f1": macro_f1(y[test], pred)}
+
+
+def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,  # noqa: N803
+              splits: Iterable[tuple[np.ndarray, np.ndarray]], *, n_jobs: int | None = None) -> pd.DataFrame:
+    """Score ``fit_fold`` on every (train, test) split: accuracy, balanced accuracy, macro-F1."""
+    rows = Parallel(n_jobs=n_jobs)(delayed(_score_fold)(fit_fold, X, y, groups, train, test)
+                                   for train, test in splits)
+    return pd.DataFrame(rows).rename_axis("fold").reset_index()
+
+
+def summarise_cv(scores: pd.DataFrame, *, n_samples: int) -> dict[str, Any]:
+    test_fraction = float(scores["n_test"].mean()) / n_samples
+    out: dict[str, Any] = {
+        "accuracy_mean": float(scores["accuracy"].mean()),
+        "accuracy_std": float(scores["accuracy"].std(ddof=1)),
+        "accuracy_ci95": dict(zip(("low", "high"),
+                                  corrected_cv_interval(scores["accuracy"], test_fraction=test_fraction))),
+        "balanced_accuracy_mean": float(scores["balanced_accuracy"].mean()),
+        "macro_f1_mean": float(scores["macro_f1"].mean()),
+        "n_folds": len(scores),
+    }
+    return out
+
+
+def predictions_frame(model: Any, features: Features, splits: tuple[str, ...] = HELD_OUT) -> pd.DataFrame:
+    frames = []
+    for split in splits:
+        part = features[split]
+        proba = model.predict_proba(part.X)
+        frame = pd.DataFrame({"image": part.paths, "split": split,
+                              "true": [features.classes[i] for i in part.y],
+                              "predicted": [features.classes[i] for i in model.predict(part.X)]})
+        probs = pd.DataFrame(proba, columns=[f"p_{c}" for c in features.classes]).round(6)
+        frames.append(pd.concat([frame, probs], axis=1))
+    return pd.concat(frames, ignore_index=True)
+
+
+def evaluate_classifier(*, model: Any, fit_fold: FitFold, fit_fixed: FitFold, features: Features,
+                        groups: np.ndarray, cv: CVParams, evaluation: EvaluationParams) -> Evaluation:
+    """Run the whole protocol for one classifier; ``model`` is the final fit on train.
+
+    ``fit_fold`` repeats the whole fitting procedure, hyperparameter selection
+    included, on a training fold; ``fit_fixed`` fits the hyperparameters already
+    chosen and serves only the leaky figure, which is there to show inflation.
+    """
+    train = features["train"]
+    X, y = train.X, train.y
+    grouped_splits = RepeatedStratifiedGroupKFold(n_splits=cv.folds, n_repeats=cv.repeats,
+                                                  random_state=cv.seed).split(X, y, groups)
+    leaky_splits = RepeatedStratifiedKFold(n_splits=cv.folds, n_repeats=cv.repeats, random_state=cv.seed).split(X, y)
+    grouped = cv_scores(fit_fold, X, y, groups, grouped_splits, n_jobs=cv.n_jobs)
+    # every image its own group: inner selection (if any) is as leaky as the outer split
+    leaky = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, n_jobs=cv.n_jobs)
+    metrics: dict[str, Any] = {
+        "cv": {**summarise_cv(grouped, n_samples=len(train.y)), "n_groups": int(len(np.unique(groups)))},
+        "cv_leaky": summarise_cv(leaky, n_samples=len(train.y)),
+    }
+    predictions = predictions_frame(model, features)
+    for split in HELD_OUT:
+        part = features[split]
+        metrics[split] = held_out_metrics(
+            part.y, model.predict_proba(part.X), model.predict(part.X),
+            n_bootstrap=evaluation.n_bootstrap, ece_bins=evaluation.ece_bins, seed=evaluation.seed)
+    folds = pd.concat([grouped.assign(protocol="grouped"), leaky.assign(protocol="leaky")], ignore_index=True)
+    log.info("cv grouped %.3f +- %.3f, leaky %.3f; test %.3f", metrics["cv"]["accuracy_mean"],
+             metrics["cv"]["accuracy_std"], metrics["cv_leaky"]["accuracy_mean"], metrics["test"]["accuracy"])
+    return Evaluation(metrics=metrics, predictions=predictions, folds=folds)

@@ -1,0 +1,134 @@
+"""Uncertainty for small evaluation sets: intervals, calibration and paired tests.
+
+With 38 test images one image moves accuracy by 2.6 points, so every score the
+pipeline reports carries an interval, and "A beats B" needs a paired test.
+"""
+
+from __future__ import annotations
+
+import warnings
+import numpy as np
+from scipy import stats
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
+
+
+def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (sound even at 0/n or n/n, unlike the normal one)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion matrices of many label vectors at once: (..., n) -> (..., k, k), rows = truth."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    lead = y_true.shape[:-1]
+    flat = y_true.reshape(-1, y_true.shape[-1]) * n_classes + y_pred.reshape(-1, y_pred.shape[-1])
+    offsets = np.arange(flat.shape[0])[:, None] * n_classes * n_classes
+    counts = np.bincount((flat + offsets).ravel(), minlength=flat.shape[0] * n_classes * n_classes)
+    return counts.reshape(*lead, n_classes, n_classes)
+
+
+def balanced_accuracy_from_counts(cm: np.ndarray) -> np.ndarray:
+    """Mean recall over the classes present in the truth (sklearn's definition)."""
+    support = cm.sum(axis=-1)
+    recall = np.divide(np.diagonal(cm, axis1=-2, axis2=-1), support, out=np.zeros(support.shape), where=support > 0)
+    return recall.sum(axis=-1) / np.maximum((support > 0).sum(axis=-1), 1)
+
+
+def macro_f1_from_counts(cm: np.ndarray) -> np.ndarray:
+    """Mean F1 over the classes present in truth or prediction (sklearn, zero_division=0)."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    denominator = cm.sum(axis=-1) + cm.sum(axis=-2)  # 2tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
+    return f1.sum(axis=-1) / np.maximum((denominator > 0).sum(axis=-1), 1)
+
+
+def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int, n_resamples: int,
+                        seed: int, confidence: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of balanced accuracy and macro-F1, resampling images."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y_true), size=(n_resamples, len(y_true)))
+    cm = confusion_counts(np.asarray(y_true)[idx], np.asarray(y_pred)[idx], n_classes)
+    alpha = (1 - confidence) / 2
+    out = {}
+    for name, fn in [("balanced_accuracy", balanced_accuracy_from_counts), ("macro_f1", macro_f1_from_counts)]:
+        low, high = np.quantile(fn(cm), [alpha, 1 - alpha])
+        out[name] = (float(low), float(high))
+    return out
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, *, n_bins: int = 10) -> float:
+    """Top-label ECE: the bin-weighted gap between confidence and accuracy."""
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
+    """Exact McNemar test on paired right/wrong outcomes of two classifiers on the same images.
+
+    Only discordant images count: ``b`` where A alone is right, ``c`` where B alone
+    is right. Under the null each is Binomial(b + c, 1/2).
+    """
+    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if correct_a.shape != correct_b.shape:
+        raise ValueError(f"paired outcomes differ in length: {correct_a.shape} vs {correct_b.shape}")
+    b = int(np.sum(correct_a & ~correct_b))
+    c = int(np.sum(~correct_a & correct_b))
+    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    return {"a_only": b, "b_only": c, "p_value": p}
+
+
+def corrected_cv_interval(scores: np.ndarray, *, test_fraction: float,
+                          confidence: float = 0.95) -> tuple[float, float]:
+    """Interval for a mean over (repeated) k-fold scores, with Nadeau & Bengio's correction.
+
+    Folds share training data, so their scores are correlated and the naive
+    std/sqrt(J) interval is too narrow; the corrected variance is
+    (1/J + n_test/n_train) * s^2.
+    """
+    scores = np.asarray(scores, float)
+    j = len(scores)
+    if j < 2:
+        return (float("nan"), float("nan"))
+    ratio = test_fraction / (1 - test_fraction)
+    half = stats.t.ppf(0.5 + confidence / 2, df=j - 1) * np.sqrt((1 / j + ratio) * scores.var(ddof=1))
+    mean = scores.mean()
+    return (float(max(0.0, mean - half)), float(min(1.0, mean + half)))
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+
+
+def held_out_metrics(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray, *,
+                     n_bootstrap: int, ece_bins: int, seed: int) -> dict[str, object]:
+    """Scores on a held-out split, each with its 95% interval, plus calibration."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    n = len(y_true)
+    correct = int(np.sum(y_true == y_pred))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        balanced = float(balanced_accuracy_score(y_true, y_pred))
+    intervals = bootstrap_intervals(y_true, y_pred, n_classes=proba.shape[1], n_resamples=n_bootstrap, seed=seed)
+    out: dict[str, object] = {
+        "n": n,
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "accuracy_ci95": dict(zip(("low", "high"), wilson_interval(correct, n))),
+        "balanced_accuracy": balanced,
+        "balanced_accuracy_ci95": dict(zip(("low", "high"), intervals["balanced_accuracy"])),
+        "macro_f1": macro_f1(y_true, y_pred),
+        "macro_f1_ci95": dict(zip(("low", "high"), intervals["macro_f1"])),
+        "log_loss": float(log_loss(y_true, proba, labels=np.arange(proba.shape[1]))),
+        "ece": expected_calibration_error(y_true, proba, n_bins=ece_bins),
+    }
+    return out

@@ -1,0 +1,87 @@
+import hashlib
+import shutil
+
+import pytest
+
+from pipeline.dataset import DatasetError, build_manifest, resolve_root
+from pipeline.params import DataParams
+
+HANDLE = "anshtanwar/pets-facial-expression-dataset/versions/11"
+
+
+def test_manifest_describes_every_image_in_order(dataset):
+    root = dataset / "Master Folder"
+    manifest = build_manifest(root)
+    assert list(manifest.columns) == ["path", "split", "label", "sha256", "width", "height"]
+    assert manifest["split"].unique().tolist() == ["train", "valid", "test"]
+    assert len(manifest) == 4 * 4 * 3 + 4 * 2 * 2
+    row = manifest.iloc[0]
+    assert row["sha256"] == hashlib.sha256((root / row["path"]).read_bytes()).hexdigest()
+    assert (row["width"], row["height"]) == (56, 48)
+    assert manifest.equals(build_manifest(root))
+
+
+def test_local_root_is_used_and_missing_root_is_named(dataset, tmp_path):
+    params = DataParams(handle=HANDLE, root=str(dataset), layout_dir="Master Folder")
+    assert resolve_root(params) == dataset / "Master Folder"
+    with pytest.raises(DatasetError, match="data.root='.*nowhere' is not a folder"):
+        resolve_root(DataParams(handle=HANDLE, root=str(tmp_path / "nowhere"), layout_dir="Master Folder"))
+
+
+def test_kagglehub_uses_a_pre_seeded_cache_offline(dataset, tmp_path, monkeypatch):
+    cache = tmp_path / "kagglehub"
+    base = cache / "datasets" / "anshtanwar" / "pets-facial-expression-dataset"
+    shutil.copytree(dataset, base / "versions" / "11")
+    (base / "11.complete").touch()  # kagglehub's completion marker for that version
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(cache))
+    root = resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder"))
+    assert root == base / "versions" / "11" / "Master Folder"
+
+
+def test_unreachable_kagglehub_says_what_to_do_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # fail fast even where a network exists
+    with pytest.raises(DatasetError, match="kagglehub could not fetch .*set data.root"):
+        resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder"))
+
+
+def test_missing_split_is_named(dataset):
+    shutil.rmtree(dataset / "Master Folder" / "valid")
+    with pytest.raises(DatasetError, match=r"Split folder .*valid is missing"):
+        build_manifest(dataset / "Master Folder")
+
+
+def test_empty_class_folder_is_named(dataset):
+    folder = dataset / "Master Folder" / "test" / "Sad"
+    shutil.rmtree(folder)
+    folder.mkdir()
+    with pytest.raises(DatasetError, match=r"Class folder .*test/Sad is empty"):
+        build_manifest(dataset / "Master Folder")
+
+
+def test_unreadable_image_is_named(dataset):
+    bad = dataset / "Master Folder" / "train" / "Angry" / "broken.jpg"
+    bad.write_bytes((dataset / "Master Folder" / "train" / "Angry" / "001.jpg").read_bytes()[:200])
+    with pytest.raises(DatasetError, match=r"broken.jpg is not a readable image"):
+        build_manifest(dataset / "Master Folder")
+
+
+def test_non_image_file_is_named_but_os_clutter_is_skipped(dataset):
+    folder = dataset / "Master Folder" / "train" / "Angry"
+    (folder / ".DS_Store").write_bytes(b"\0\0")
+    n = len(build_manifest(dataset / "Master Folder"))
+    assert n == 64
+    (folder / "notes.txt").write_text("hello")
+    with pytest.raises(DatasetError, match=r"notes.txt is not an image file"):
+        build_manifest(dataset / "Master Folder")
+
+
+def test_class_only_in_test_is_an_error_and_missing_in_test_a_warning(dataset):
+    layout = dataset / "Master Folder"
+    shutil.copytree(layout / "test" / "Sad", layout / "test" / "Surprised")
+    with pytest.raises(DatasetError, match=r"\['Surprised'\] appear in test but not in train"):
+        build_manifest(layout)
+    shutil.rmtree(layout / "test" / "Surprised")
+    shutil.rmtree(layout / "test" / "Sad")
+    with pytest.warns(UserWarning, match=r"\['Sad'\] of train have no images in test"):
+        build_manifest(layout)

@@ -1,0 +1,43 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import features
+
+
+def write(directory, n_train=3, dim=4):
+    directory.mkdir()
+    rows = [("train", f"train/A/{i}.jpg", "A" if i % 2 else "B") for i in range(n_train)]
+    rows += [("test", "test/A/0.jpg", "A")]
+    pd.DataFrame(rows, columns=features.INDEX_COLUMNS).to_csv(directory / features.INDEX, index=False)
+    (directory / features.META).write_text(json.dumps({"classes": ["A", "B"], "feature_dim": dim}))
+    for split, n in [("train", n_train), ("test", 1)]:
+        out = features.allocate(directory, split, n, dim)
+        out[:] = np.arange(n * dim, dtype=np.float32).reshape(n, dim)
+        out.flush()
+    return directory
+
+
+def test_load_returns_arrays_labels_paths_classes_and_meta(tmp_path):
+    feats = features.load(write(tmp_path / "f"))
+    assert feats.classes == ["A", "B"] and feats.meta["feature_dim"] == 4
+    assert feats["train"].X.shape == (3, 4) and feats["train"].X.dtype == np.float32
+    assert feats["train"].y.tolist() == [1, 0, 1]
+    assert feats["train"].paths[0] == "train/A/0.jpg"
+    assert features.load(tmp_path / "f", mmap=True)["train"].X[2, 3] == 11
+
+
+def test_missing_or_inconsistent_parts_are_named(tmp_path):
+    with pytest.raises(features.FeaturesError, match="is not a features folder"):
+        features.load(tmp_path)
+    d = write(tmp_path / "f")
+    with pytest.raises(features.FeaturesError, match="No 'valid' split"):
+        features.load(d)["valid"]
+    np.save(d / "train.npy", np.zeros((2, 4), np.float32))
+    with pytest.raises(features.FeaturesError, match=r"train.npy has shape \(2, 4\)"):
+        features.load(d)
+    (d / "train.npy").unlink()
+    with pytest.raises(features.FeaturesError, match="train.npy is missing"):
+        features.load(d)

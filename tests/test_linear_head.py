@@ -1,0 +1,98 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from pipeline import extract, features, head, prepare
+from pipeline.embedding import load_rgb
+from pipeline.linear_head import LinearHeadClassifier, make_head
+from tests.conftest import SMALL_RUN, write_params
+
+
+def blobs(n_per_class, seed, dim=1280, k=4, noise=2.0):
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(k, dim)).astype(np.float32)
+    y = np.repeat(np.arange(k), n_per_class)
+    return (centres[y] + rng.normal(scale=noise, size=(len(y), dim))).astype(np.float32), y
+
+
+def test_head_has_exactly_torchvisions_classifier_layout():
+    reference = torchvision.models.efficientnet_b1(num_classes=4).classifier
+    ours = make_head(1280, 4, 0.2)
+    assert [type(m) for m in ours] == [type(m) for m in reference]
+    assert ours[0].p == reference[0].p and ours.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_head_learns_separable_embeddings():
+    X, y = blobs(50, seed=0)
+    Xt, yt = blobs(25, seed=2)
+    model = LinearHeadClassifier(n_classes=4, max_epochs=20, seed=0).fit(X, y)
+    assert (model.predict(Xt) == yt).mean() > 0.95
+    assert len(model.history_) == 20  # no valid set: exactly max_epochs
+    np.testing.assert_allclose(model.predict_proba(Xt).sum(1), 1, rtol=1e-5)
+
+
+def test_early_stopping_keeps_the_epoch_with_the_lowest_valid_loss():
+    X, y = blobs(50, seed=0, noise=6.0)  # noisy enough to overfit: valid loss turns up
+    Xv, yv = blobs(10, seed=1, noise=6.0)
+    model = LinearHeadClassifier(n_classes=4, max_epochs=200, patience=5, seed=0).fit(X, y, X_valid=Xv, y_valid=yv)
+    losses = [row["valid_loss"] for row in model.history_]
+    assert len(losses) == model.best_epoch_ + 5 < 200
+    assert model.best_epoch_ == int(np.argmin(losses)) + 1
+
+
+def test_head_training_is_deterministic():
+    X, y = blobs(20, seed=0)
+    a = LinearHeadClassifier(n_classes=4, max_epochs=5, seed=3).fit(X, y).logits(X)
+    b = LinearHeadClassifier(n_classes=4, max_epochs=5, seed=3).fit(X, y).logits(X)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_full_model_on_image_files_equals_head_on_cached_embeddings(dataset, calibrated_checkpoint, tmp_path,
+                                                                    monkeypatch):
+    params = write_params(tmp_path / "params.yaml", {
+        **SMALL_RUN, "data.root": str(dataset), "model.checkpoint": str(calibrated_checkpoint)})
+    monkeypatch.chdir(tmp_path)
+    warnings.simplefilter("ignore", UserWarning)
+    assert prepare.main(["--params", str(params)]) == 0
+    assert extract.main(["--params", str(params)]) == 0
+    from pipeline import audit
+
+    assert audit.main(["--params", str(params)]) == 0
+    assert head.main(["--params", str(params), "--full-model", "full.pt"]) == 0
+
+    feats = features.load("features")
+    saved = torch.load("artifacts/models/head.pt", weights_only=True)
+    trained = make_head(1280, 4, saved["dropout"]).eval()
+    trained.load_state_dict(saved["state_dict"])
+    with torch.no_grad():
+        head_logits = trained(torch.as_tensor(feats["test"].X)).numpy()
+
+    model = torchvision.models.efficientnet_b1(num_classes=4)
+    model.load_state_dict(torch.load("full.pt", weights_only=True))
+    model.eval()
+    transform = torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms(crop_size=64, resize_size=72)
+    images = torch.stack([transform(load_rgb(dataset / "Master Folder" / p)) for p in feats["test"].paths])
+    with torch.no_grad():
+        full_logits = model(images).numpy()
+
+    assert head_logits.std(axis=0).max() > 1e-3  # logits differ between images: the check has teeth
+    np.testing.assert_allclose(full_logits, head_logits, rtol=1e-3, atol=1e-3 * np.abs(head_logits).max())
+
+
+def test_full_model_refuses_a_backbone_other_than_the_one_that_made_the_features(dataset, calibrated_checkpoint,
+                                                                                 tmp_path, monkeypatch):
+    params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(dataset)})
+    monkeypatch.chdir(tmp_path)
+    warnings.simplefilter("ignore", UserWarning)
+    from pipeline import audit
+
+    assert prepare.main(["--params", str(params)]) == 0 and audit.main(["--params", str(params)]) == 0
+    assert extract.main(["--params", str(params)]) == 0
+    write_params(params, {**SMALL_RUN, "data.root": str(dataset), "model.init_seed": 7})
+    from pipeline.backbone import BackboneError
+
+    with pytest.raises(BackboneError, match="fingerprints differ"):
+        head.main(["--params", str(params), "--full-model", "full.pt"])

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.params import SECTIONS, ParamsError, load_section, parse_section, read_params
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_params_file_is_valid():
+    for name in SECTIONS:
+        load_section(name, PROJECT / "params.yaml")
+
+
+def _write(tmp_path, **overrides):
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        params[section][key] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_unknown_key_is_named_with_the_known_ones(tmp_path):
+    path = _write(tmp_path, cv__fold=5)
+    with pytest.raises(ParamsError, match=r"Unknown key\(s\) cv.fold .*known keys of 'cv'"):
+        load_section("cv", path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"extract__batch_size": 0}, r"extract.batch_size=0 is out of range: it must be >= 1"),
+        ({"extract__batch_size": "big"}, r"extract.batch_size='big' has the wrong type: expected int"),
+        ({"extract__device": "tpu"}, r"extract.device='tpu' is not allowed: choose one of \['auto'"),
+        ({"head__dropout": 1.5}, r"head.dropout=1.5 is out of range"),
+        ({"cv__folds": 1}, r"cv.folds=1 is out of range"),
+        ({"cv__n_jobs": 0}, r"cv.n_jobs=0 is invalid"),
+        ({"audit__on_leak": "ignore"}, r"audit.on_leak='ignore' is not allowed"),
+        ({"head__max_epochs": True}, r"head.max_epochs=True has the wrong type"),
+    ],
+)
+def test_bad_values_name_the_parameter_and_the_allowed_values(tmp_path, override, message):
+    path = _write(tmp_path, **override)
+    section = next(iter(override)).split("__")[0]
+    with pytest.raises(ParamsError, match=message):
+        load_section(section, path)
+
+
+def test_ints_are_accepted_where_floats_are_expected():
+    params = parse_section(SECTIONS["head"], {"dropout": 0, "lr": 1, "weight_decay": 0, "batch_size": 8,
+                                              "max_epochs": 3, "patience": 1, "seed": 0}, "head")
+    assert params.lr == 1.0 and isinstance(params.lr, float)
+
+
+def test_missing_file_and_missing_section_are_clear(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        read_params(tmp_path / "nope.yaml")
+    (tmp_path / "p.yaml").write_text("data: {}\n")
+    with pytest.raises(ParamsError, match="Section 'cv' is missing"):
+        load_section("cv", tmp_path / "p.yaml")

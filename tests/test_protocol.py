@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from pipeline.classifiers import build_classifier, select_and_fit
+from pipeline.features import Features, SplitFeatures
+from pipeline.params import CVParams, EvaluationParams
+from pipeline.protocol import GroupsError, evaluate_classifier, load_groups
+
+CV = CVParams(folds=4, repeats=2, inner_folds=3, seed=0, n_jobs=1)
+EVAL = EvaluationParams(n_bootstrap=200, ece_bins=10, seed=0)
+
+
+def copies_dataset(n_pictures=60, copies=5, dim=32, seed=0):
+    """Pictures with random labels, each present as near-identical copies: nothing to learn,
+    everything to memorise. Only a leaky split can score above chance."""
+    rng = np.random.default_rng(seed)
+    originals = rng.normal(size=(n_pictures, dim))
+    labels = rng.integers(0, 4, n_pictures)
+    X = np.repeat(originals, copies, axis=0) + rng.normal(scale=0.01, size=(n_pictures * copies, dim))
+    groups = np.repeat([f"p{i}" for i in range(n_pictures)], copies)
+    held = SplitFeatures(X=rng.normal(size=(20, dim)).astype(np.float32), y=rng.integers(0, 4, 20),
+                         paths=[f"h{i}.jpg" for i in range(20)])
+    train = SplitFeatures(X=X.astype(np.float32), y=np.repeat(labels, copies),
+                          paths=[f"t{i}.jpg" for i in range(len(X))])
+    return Features(splits={"train": train, "valid": held, "test": held}, classes=list("ABCD"), meta={}), groups
+
+
+def test_grouped_cv_sees_chance_where_leaky_cv_sees_memorisation():
+    feats, groups = copies_dataset()
+    pipeline, grid = build_classifier("knn", {"n_neighbors": [1]})
+    model = select_and_fit(pipeline, grid, feats["train"].X, feats["train"].y, groups, inner_folds=3, seed=0)
+
+    def fit(X, y, g):  # noqa: N803
+        return clone(model).fit(X, y)
+
+    result = evaluate_classifier(model=model, fit_fold=fit, fit_fixed=fit, features=feats, groups=groups,
+                                 cv=CV, evaluation=EVAL)
+    m = result.metrics
+    assert m["cv_leaky"]["accuracy_mean"] > 0.95
+    assert m["cv"]["accuracy_mean"] < 0.45
+    assert m["cv"]["n_folds"] == 8 and m["cv"]["n_groups"] == 60
+    low, high = m["cv"]["accuracy_ci95"]["low"], m["cv"]["accuracy_ci95"]["high"]
+    assert low <= m["cv"]["accuracy_mean"] <= high
+    assert set(m) >= {"cv", "cv_leaky", "valid", "test"}
+    assert list(result.predictions.columns) == ["image", "split", "true", "predicted", "p_A", "p_B", "p_C", "p_D"]
+    assert (result.predictions["split"] == "test").sum() == 20
+
+
+def test_nested_selection_receives_only_training_fold_groups():
+    feats, groups = copies_dataset(n_pictures=24, copies=3)
+    seen = []
+
+    def fit(X, y, g):  # noqa: N803
+        seen.append(set(g))
+        pipeline, grid = build_classifier("knn", {"n_neighbors": [1, 3]})
+        return select_and_fit(pipeline, grid, X, y, g, inner_folds=2, seed=0)
+
+    evaluate_classifier(model=fit(feats["train"].X, feats["train"].y, groups), fit_fold=fit,
+                        fit_fixed=fit, features=feats, groups=groups, cv=CV, evaluation=EVAL)
+    assert all(len(s) < 24 for s in seen[1:9])  # each grouped fold withholds whole pictures
+
+
+def test_groups_file_must_cover_every_image(tmp_path):
+    pd.DataFrame({"path": ["a.jpg", "b.jpg"], "group": ["a.jpg", "a.jpg"]}).to_csv(tmp_path / "g.csv", index=False)
+    assert load_groups(tmp_path / "g.csv", ["b.jpg", "a.jpg"]).tolist() == ["a.jpg", "a.jpg"]
+    with pytest.raises(GroupsError, match=r"1 image\(s\) have no group .* e.g. \['c.jpg'\]"):
+        load_groups(tmp_path / "g.csv", ["a.jpg", "c.jpg"])
+    with pytest.raises(GroupsError, match="run the audit stage"):
+        load_groups(tmp_path / "missing.csv", ["a.jpg"])

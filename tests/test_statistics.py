@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score
+
+from pipeline.statistics import (
+    balanced_accuracy_from_counts,
+    bootstrap_intervals,
+    confusion_counts,
+    corrected_cv_interval,
+    expected_calibration_error,
+    held_out_metrics,
+    macro_f1_from_counts,
+    mcnemar_exact,
+    wilson_interval,
+)
+
+
+def test_wilson_interval_of_21_of_38_matches_the_closed_form():
+    low, high = wilson_interval(21, 38)
+    assert (round(low, 3), round(high, 3)) == (0.397, 0.699)
+    z, n, p = 1.959964, 38, 21 / 38
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    assert low == pytest.approx(centre - half, abs=1e-6) and high == pytest.approx(centre + half, abs=1e-6)
+
+
+def test_wilson_interval_stays_inside_unit_range_at_the_extremes():
+    assert wilson_interval(0, 38)[0] == pytest.approx(0.0)
+    assert wilson_interval(38, 38)[1] == pytest.approx(1.0)
+    assert 0 < wilson_interval(0, 38)[1] < 0.1
+
+
+def test_mcnemar_exact_on_hand_made_tables():
+    # A alone right on 1 image, B alone right on 7, both right on 20, both wrong on 10.
+    a = np.array([1] * 1 + [0] * 7 + [1] * 20 + [0] * 10, bool)
+    b = np.array([0] * 1 + [1] * 7 + [1] * 20 + [0] * 10, bool)
+    result = mcnemar_exact(a, b)
+    assert result == {"a_only": 1, "b_only": 7, "p_value": pytest.approx(18 / 256)}
+    assert mcnemar_exact(np.zeros(6, bool), np.ones(6, bool))["p_value"] == pytest.approx(2 / 64)
+    assert mcnemar_exact(a, a)["p_value"] == 1.0
+
+
+def test_corrected_cv_interval_applies_nadeau_bengio_variance():
+    low, high = corrected_cv_interval(np.array([0.5, 0.6, 0.7, 0.6, 0.6]), test_fraction=0.2)
+    assert (low, high) == pytest.approx((0.46830, 0.73170), abs=1e-4)
+    naive_half = 2.776445 * np.sqrt(0.005 / 5)
+    assert high - 0.6 > naive_half  # wider than the naive interval, as it must be
+
+
+def test_expected_calibration_error_on_two_predictions():
+    proba = np.array([[0.9, 0.1], [0.6, 0.4]])
+    assert expected_calibration_error(np.array([0, 1]), proba, n_bins=10) == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_metrics_equal_sklearn_even_with_missing_classes(seed):
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, 3, size=(50, 12))  # label 3 never true
+    y_pred = rng.integers(0, 4, size=(50, 12))
+    cm = confusion_counts(y_true, y_pred, 4)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected_bal = [balanced_accuracy_score(t, p) for t, p in zip(y_true, y_pred)]
+    expected_f1 = [f1_score(t, p, average="macro", zero_division=0) for t, p in zip(y_true, y_pred)]
+    np.testing.assert_allclose(balanced_accuracy_from_counts(cm), expected_bal)
+    np.testing.assert_allclose(macro_f1_from_counts(cm), expected_f1)
+
+
+def test_bootstrap_intervals_contain_the_estimate_and_are_seeded():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 38)
+    pred = np.where(rng.random(38) < 0.7, y, (y + 1) % 4)
+    a = bootstrap_intervals(y, pred, n_classes=4, n_resamples=500, seed=1)
+    assert a == bootstrap_intervals(y, pred, n_classes=4, n_resamples=500, seed=1)
+    low, high = a["balanced_accuracy"]
+    assert low < balanced_accuracy_score(y, pred) < high
+
+
+def test_held_out_metrics_report_every_key_with_intervals():
+    y = np.array([0, 1, 2, 3] * 5)
+    proba = np.eye(4)[y] * 0.7 + 0.075
+    m = held_out_metrics(y, proba, proba.argmax(1), n_bootstrap=200, ece_bins=10, seed=0)
+    assert m["accuracy"] == 1.0 and m["n"] == 20
+    assert set(m["accuracy_ci95"]) == {"low", "high"}
+    assert m["ece"] == pytest.approx(0.225)
+    assert m["log_loss"] == pytest.approx(-np.log(0.775), rel=1e-6)
