@@ -35,6 +35,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` is bf16 autocast on CUDA (fast, tensor cores) and fp32 elsewhere."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
 def load_rgb(path: Path) -> Image.Image:
     """Decode an image file upright (EXIF orientation applied) as 8-bit RGB."""
     with Image.open(path) as image:
@@ -57,8 +67,14 @@ class ImageFiles(Dataset):
 
 @torch.inference_mode()
 def iter_embeddings(backbone: Backbone, paths: Sequence[Path], *, batch_size: int, num_workers: int,
-                    device: torch.device, channels_last: bool = True, desc: str = "embedding") -> Iterator[np.ndarray]:
-    """Yield float32 embeddings (batch, dim) of ``paths``, in order, one batch at a time."""
+                    device: torch.device, channels_last: bool = True, precision: str = "fp32",
+                    desc: str = "embedding") -> Iterator[np.ndarray]:
+    """Yield float32 embeddings (batch, dim) of ``paths``, in order, one batch at a time.
+
+    ``precision`` other than fp32 runs the backbone under autocast; the pooled
+    embedding is returned as float32 either way.
+    """
+    dtype = PRECISIONS[precision]
     model = backbone.model.to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -68,5 +84,7 @@ def iter_embeddings(backbone: Backbone, paths: Sequence[Path], *, batch_size: in
     with tqdm(total=len(paths), desc=desc, unit="img") as bar:
         for batch in loader:
             batch = batch.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            yield backbone.embed(batch).float().cpu().numpy()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                embedding = backbone.embed(batch)
+            yield embedding.float().cpu().numpy()
             bar.update(len(batch))

@@ -23,7 +23,7 @@ from pipeline import features
 from pipeline.atomic import atomic_path, write_csv, write_json
 from pipeline.backbone import build_backbone
 from pipeline.dataset import read_manifest
-from pipeline.embedding import iter_embeddings, resolve_device
+from pipeline.embedding import iter_embeddings, resolve_device, resolve_precision
 from pipeline.params import DEFAULT_PARAMS, load_section
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = read_manifest(args.manifest)
     root = Path(json.loads(args.manifest.with_name("source.json").read_text())["root"])
     device = resolve_device(params.device)
+    precision = resolve_precision(params.precision, device)
     backbone = build_backbone(model_params, crop_size=params.crop_size, resize_size=params.resize_size)
     classes = sorted(manifest.loc[manifest["split"] == "train", "label"].unique())
 
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             offset = 0
             for emb in iter_embeddings(backbone, [root / p for p in rows["path"]], batch_size=params.batch_size,
                                        num_workers=params.num_workers, device=device,
-                                       channels_last=params.channels_last, desc=f"extract {split}"):
+                                       channels_last=params.channels_last, precision=precision,
+                                       desc=f"extract {split}"):
                 out[offset : offset + len(emb)] = emb
                 offset += len(emb)
             out.flush()
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             "device": device.type,
             "dtype": "float32",
             "channels_last": params.channels_last,
+            "precision": precision,
+            "batch_size": params.batch_size,
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "numpy": np.__version__,
                          "scikit-learn": sklearn.__version__},

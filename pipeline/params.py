@@ -52,6 +52,7 @@ class ExtractParams:
     batch_size: int
     num_workers: int
     channels_last: bool
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
     crop_size: int | None
     resize_size: int | None
 

@@ -1,11 +1,13 @@
 """A real ``dvc repro`` of the whole project in a temporary git repository."""
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from tests.conftest import PROJECT, SMALL_RUN, make_dataset, write_params
@@ -78,3 +80,34 @@ def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(rep
         (root / "artifacts" / "data" / "source.json").read_text())["root"].removesuffix("/Master Folder"),
         "classical.knn.n_neighbors": [1, 3]})
     assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "classical@knn", "compare"}
+
+
+@pytest.mark.parametrize("model", ["head", "knn", "svm"])
+def test_predict_on_the_test_folder_reproduces_the_stage_predictions(repo, model):
+    root, env, _, _ = repo
+    data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"]
+    result = subprocess.run([sys.executable, "-m", "pipeline.predict", f"{data}/test", "--model", model,
+                             "--format", "csv"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    predicted = pd.read_csv(io.StringIO(result.stdout))
+    stage = pd.read_csv(root / "artifacts" / "predictions" / f"{model}.csv")
+    stage = stage[stage["split"] == "test"].reset_index(drop=True)
+    assert [p.split("Master Folder/")[1] for p in predicted["image"]] == stage["image"].tolist()
+    assert predicted["predicted"].tolist() == stage["predicted"].tolist()
+    probabilities = [c for c in stage.columns if c.startswith("p_")]
+    assert (predicted[probabilities].to_numpy() == stage[probabilities].to_numpy()).all()
+
+
+def test_predict_refuses_a_model_whose_backbone_cannot_be_rebuilt(repo, tmp_path):
+    root, env, _, _ = repo
+    import joblib
+
+    saved = joblib.load(root / "artifacts" / "models" / "knn.joblib")
+    saved["features_meta"] = {**saved["features_meta"], "fingerprint": "0" * 64}
+    (tmp_path / "models").mkdir()
+    joblib.dump(saved, tmp_path / "models" / "knn.joblib")
+    data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"]
+    result = subprocess.run([sys.executable, "-m", "pipeline.predict", f"{data}/test", "--model", "knn",
+                             "--models-dir", str(tmp_path / "models")], cwd=root, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "differs from the one the model was trained on" in result.stderr
