@@ -8,6 +8,7 @@ output that looks valid (DVC would otherwise hash and cache it).
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -25,6 +26,8 @@ def atomic_path(target: Path | str, *, is_dir: bool = False) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}.tmp-"
+    for stale in target.parent.glob(f"{glob.escape(prefix)}*"):  # left by a killed run (one writer at a time)
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     else:

@@ -19,6 +19,11 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
+def _tensor(X: np.ndarray) -> torch.Tensor:  # noqa: N803
+    """A float32 tensor owning its data (joblib hands workers read-only memory maps)."""
+    return torch.from_numpy(np.array(X, dtype=np.float32))
+
+
 def make_head(dim: int, n_classes: int, dropout: float) -> nn.Sequential:
     """The same layers, in the same order, as torchvision's EfficientNet classifier."""
     return nn.Sequential(nn.Dropout(p=dropout, inplace=True), nn.Linear(dim, n_classes))
@@ -52,11 +57,11 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         head = make_head(X.shape[1], n_classes, self.dropout)
         optimiser = torch.optim.AdamW(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = nn.CrossEntropyLoss()
-        X_t, y_t = torch.as_tensor(np.asarray(X), dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+        X_t, y_t = _tensor(X), torch.as_tensor(np.array(y), dtype=torch.long)
         has_valid = X_valid is not None
         if has_valid:
-            Xv = torch.as_tensor(np.asarray(X_valid), dtype=torch.float32)
-            yv = torch.as_tensor(y_valid, dtype=torch.long)
+            Xv = _tensor(X_valid)
+            yv = torch.as_tensor(np.array(y_valid), dtype=torch.long)
         best_loss, best_state, best_epoch, waited = float("inf"), None, self.max_epochs, 0
         history = []
         for epoch in range(1, self.max_epochs + 1):
@@ -92,7 +97,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
 
     def logits(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
         with torch.no_grad():
-            return self.head_.eval()(torch.as_tensor(np.asarray(X), dtype=torch.float32)).numpy()
+            return self.head_.eval()(_tensor(X)).numpy()
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
         return torch.softmax(torch.as_tensor(self.logits(X)), dim=1).numpy()

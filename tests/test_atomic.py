@@ -1,0 +1,58 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.atomic import atomic_path, write_json
+from tests.conftest import SMALL_RUN, make_dataset, write_params
+
+
+def test_failure_inside_leaves_the_previous_output_untouched(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text().strip() == '{\n  "a": 1\n}'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    write_json(tmp_path / "m.json", {})
+    with atomic_path(tmp_path / "d", is_dir=True) as tmp:
+        (tmp / "x").write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_killed_extract_leaves_no_features_and_the_rerun_recovers(tmp_path):
+    data = make_dataset(tmp_path / "data", train_per_class=10, augs=2)
+    params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.batch_size": 2})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    stage = [sys.executable, "-m", "pipeline.extract", "--params", str(params)]
+    subprocess.run([sys.executable, "-m", "pipeline.prepare", "--params", str(params)], cwd=tmp_path, env=env,
+                   check=True, capture_output=True)
+    proc = subprocess.Popen(stage, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.glob(".features.tmp-*/train.npy")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # mid-way through writing the arrays
+    assert proc.poll() is None, "extract finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "features").exists()
+
+    subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
+    assert not list(tmp_path.glob(".features.tmp-*"))
+    first = {p.name: p.read_bytes() for p in (tmp_path / "features").iterdir()}
+    subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
+    second = {p.name: p.read_bytes() for p in (tmp_path / "features").iterdir()}
+    assert first == second  # byte-identical embeddings, index and metadata on CPU
+    assert np.load(tmp_path / "features" / "train.npy").shape == (120, 1280)

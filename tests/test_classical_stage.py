@@ -1,0 +1,63 @@
+"""The classifier and compare stages on embeddings made elsewhere, in the documented format."""
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from pipeline import classical, compare, features, head
+from tests.conftest import SMALL_RUN, write_params
+
+
+def foreign_features(directory, seed=0, dim=48):
+    """Embeddings 'from another backbone': class clusters, 3 copies per picture in train."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, dim)) * 2
+    directory.mkdir()
+    rows, groups = [], []
+    for split, pictures, copies in [("train", 40, 3), ("valid", 12, 1), ("test", 16, 1)]:
+        labels = np.arange(pictures) % 4
+        X = np.repeat(centres[labels] + rng.normal(size=(pictures, dim)), copies, axis=0)
+        X += rng.normal(scale=0.05, size=X.shape)
+        out = features.allocate(directory, split, len(X), dim)
+        out[:] = X
+        out.flush()
+        for i, label in enumerate(np.repeat(labels, copies)):
+            path = f"{split}/{'ABCD'[label]}/{i // copies}-{i % copies}.jpg"
+            rows.append((split, path, "ABCD"[label]))
+            groups.append((path, split, f"{split}/{i // copies}"))
+    pd.DataFrame(rows, columns=features.INDEX_COLUMNS).to_csv(directory / features.INDEX, index=False)
+    (directory / features.META).write_text(json.dumps({"classes": list("ABCD"), "feature_dim": dim,
+                                                       "pretrained": True, "arch": "elsewhere"}))
+    groups_path = directory.parent / "groups.csv"
+    pd.DataFrame(groups, columns=["path", "split", "group"]).to_csv(groups_path, index=False)
+    return directory, groups_path
+
+
+def test_classifiers_learn_foreign_embeddings_deterministically_and_compare_ranks_them(tmp_path, monkeypatch):
+    feats, groups = foreign_features(tmp_path / "features")
+    params = write_params(tmp_path / "params.yaml", SMALL_RUN)
+    monkeypatch.chdir(tmp_path)
+    for name in ["logreg", "svm", "knn"]:
+        assert classical.main(["--model", name, "--params", str(params), "--features", str(feats),
+                               "--groups", str(groups)]) == 0
+    assert head.main(["--params", str(params), "--features", str(feats), "--groups", str(groups)]) == 0
+    metrics = {n: json.loads((tmp_path / "artifacts" / "metrics" / f"{n}.json").read_text())
+               for n in ["head", "logreg", "svm", "knn"]}
+    for name, m in metrics.items():
+        assert m["test"]["accuracy"] >= 0.9, name
+        assert m["cv"]["accuracy_mean"] >= 0.85, name
+        assert m["pretrained"] is True
+
+    first = (tmp_path / "artifacts" / "metrics" / "svm.json").read_text()
+    assert classical.main(["--model", "svm", "--params", str(params), "--features", str(feats),
+                           "--groups", str(groups)]) == 0
+    again = json.loads((tmp_path / "artifacts" / "metrics" / "svm.json").read_text())
+    assert {**json.loads(first), "fit_seconds": 0} == {**again, "fit_seconds": 0}  # only timing differs
+
+    assert compare.main([]) == 0
+    table = pd.read_csv(tmp_path / "artifacts" / "comparison.csv")
+    assert table["cv_accuracy"].is_monotonic_decreasing and table["rank"].tolist() == [1, 2, 3, 4]
+    paired = json.loads((tmp_path / "artifacts" / "comparison.json").read_text())
+    assert set(paired["logreg"]["test"]) >= {"mcnemar_p_vs_head"}
+    assert "RANDOM" not in (tmp_path / "artifacts" / "comparison.md").read_text()
