@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from pipeline.images import load_rgb
 from pipeline.params import DataParams
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,7 @@ def describe_image(path: Path) -> tuple[str, int, int]:
     """Return (sha256, width, height) of an image, decoding it fully to catch damage."""
     data = path.read_bytes()
     try:
-        with Image.open(path) as image:
-            image.load()
-            width, height = ImageOps.exif_transpose(image).size
+        width, height = load_rgb(path).size
     except Exception as err:  # PIL raises many types for damaged files
         raise DatasetError(f"{path} is not a readable image ({type(err).__name__}: {err}).") from err
     return hashlib.sha256(data).hexdigest(), width, height

@@ -1,8 +1,7 @@
 """Run the frozen backbone over image files, batch by batch.
 
-Images are decoded with PIL, EXIF orientation applied (a phone photo shows the
-way its viewer shows it), converted to RGB and preprocessed exactly by the
-weights' own transform; the same loader serves extraction and prediction.
+Images are decoded by ``pipeline.images.load_rgb`` and preprocessed exactly by
+the weights' own transform; the same loader serves extraction and prediction.
 """
 
 from __future__ import annotations
@@ -13,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline.backbone import Backbone
+from pipeline.images import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +42,6 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     return name
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Decode an image file upright (EXIF orientation applied) as 8-bit RGB."""
-    with Image.open(path) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
 
 
 class ImageFiles(Dataset):

@@ -14,8 +14,10 @@ from pathlib import Path, PurePosixPath
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ImageOps
 from tqdm import tqdm
+
+from pipeline.images import load_rgb
 
 AUG_NAME = re.compile(r"^aug-\d+-(?P<original>.+)$")
 
@@ -36,9 +38,8 @@ def perceptual_hashes(paths: Iterable[Path]) -> np.ndarray:
     """
     out = []
     for path in tqdm(list(paths), desc="perceptual hashes", unit="img"):
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            out.append([_as_int(imagehash.dhash(image)), _as_int(imagehash.dhash(ImageOps.mirror(image)))])
+        image = load_rgb(path)
+        out.append([_as_int(imagehash.dhash(image)), _as_int(imagehash.dhash(ImageOps.mirror(image)))])
     return np.array(out, dtype=np.uint64).reshape(-1, 2)
 
 

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from pipeline import extract, features, head, prepare
-from pipeline.embedding import load_rgb
+from pipeline.images import load_rgb
 from pipeline.linear_head import LinearHeadClassifier, make_head
 from tests.conftest import SMALL_RUN, write_params
 
