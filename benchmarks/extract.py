@@ -10,6 +10,12 @@ and prints both in img/s, then ``ratio=<end-to-end / model-only>`` as the last l
 ``--rss N`` instead runs the extract stage on N and 10*N generated images, each in
 a fresh process, and prints their peak resident memory and the ratio.
 
+``--precision-check N`` embeds N generated JPEGs in fp32 and in each faster
+precision and prints the mean cosine similarity to fp32. Give ``--checkpoint``
+(e.g. the real IMAGENET1K_V2 file) for a meaningful figure; without it the
+random backbone's BatchNorm statistics are first re-estimated on the images,
+since default statistics make every embedding vanish.
+
 Speed does not depend on weight values, so the backbone is randomly initialised.
 """
 
@@ -104,6 +110,36 @@ def peak_rss_of_extract(n: int, work: Path, *, size: tuple[int, int], crop: int)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
+def calibrate_batchnorm(backbone, paths: list[Path]) -> None:
+    """Re-estimate BatchNorm running statistics of a random backbone on real preprocessed images."""
+    from pipeline.embedding import ImageFiles
+
+    model = backbone.model
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    images = ImageFiles(paths, backbone.transform)
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(images), 16):
+            model(torch.stack([images[i] for i in range(start, min(start + 16, len(images)))]))
+    model.eval()
+
+
+def precision_check(backbone, paths: list[Path], *, device: torch.device, batch_size: int) -> None:
+    def embed(precision: str) -> np.ndarray:
+        return np.concatenate(list(iter_embeddings(backbone, paths, batch_size=batch_size, num_workers=0,
+                                                   device=device, precision=precision, desc=precision)))
+
+    reference = embed("fp32")
+    print(f"fp32 embedding norm: mean {np.linalg.norm(reference, axis=1).mean():.3g}")
+    for precision in ("bf16", "fp16"):
+        other = embed(precision)
+        cosine = (reference * other).sum(1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1))
+        print(f"{precision} vs fp32: mean cosine {cosine.mean():.5f}, min {cosine.min():.5f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
@@ -116,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the model-only measurement")
     parser.add_argument("--rss", type=int, default=None, metavar="N", help="peak RSS for N and 10*N images")
     parser.add_argument("--rss-crop", type=int, default=64, help="crop size in --rss mode (memory, not speed)")
+    parser.add_argument("--precision-check", type=int, default=None, metavar="N",
+                        help="cosine of bf16/fp16 to fp32 embeddings on N images")
+    parser.add_argument("--checkpoint", default=None, help="state dict for --precision-check (real weights)")
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))
     warnings.simplefilter("ignore", UserWarning)  # the random-init warning: expected here
@@ -132,6 +171,16 @@ def main(argv: list[str] | None = None) -> int:
 
         device = resolve_device(args.device)
         cuda = device.type == "cuda"
+        if args.precision_check is not None:
+            paths = make_jpegs(work / "jpegs", args.precision_check, size)
+            if args.checkpoint:
+                backbone = build_backbone(ModelParams(arch="efficientnet_b1", weights=None,
+                                                      checkpoint=args.checkpoint, init_seed=0))
+            else:
+                backbone = build_backbone(RANDOM_B1)
+                calibrate_batchnorm(backbone, paths)
+            precision_check(backbone, paths, device=device, batch_size=args.batch_size or 32)
+            return 0
         precision = resolve_precision(args.precision, device)
         batch_size = args.batch_size or (256 if cuda else 32)
         workers = args.workers if args.workers is not None else ((os.cpu_count() or 2) - 1 if cuda else 0)
