@@ -95,7 +95,7 @@ def peak_rss_of_extract(n: int, work: Path, *, size: tuple[int, int], crop: int)
         make_jpegs(root / "Master Folder" / split / "a", count, size, seed=n)
     params = work / f"params{n}.yaml"
     params.write_text(
-        f"data: {{handle: none/none/versions/1, root: '{root}', layout_dir: Master Folder}}\n"
+        f"data: {{handle: none/none/versions/1, root: '{root}', layout_dir: Master Folder, on_bad_image: error}}\n"
         "model: {arch: efficientnet_b1, weights: null, checkpoint: null, init_seed: 0}\n"
         f"extract: {{device: cpu, batch_size: 32, num_workers: 0, channels_last: true, precision: fp32, "
         f"crop_size: {crop}, resize_size: {crop + crop // 8}}}\n")

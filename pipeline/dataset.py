@@ -59,19 +59,27 @@ def resolve_root(data: DataParams) -> Path:
     return layout
 
 
-def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS) -> pd.DataFrame:
-    """List ``root/<split>/<class>/<image>`` files as rows of (path, split, label)."""
+def classes_of(split_dir: Path) -> list[str]:
+    """Class names of a split: its sub-folders, sorted."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+
+
+def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
+                skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """List ``root/<split>/<class>/<image>`` files as rows of (path, split, label).
+
+    A non-image file is an error, or, when a ``skipped`` list is given, recorded there.
+    """
     rows = []
     classes_by_split: dict[str, list[str]] = {}
     for split in splits:
         split_dir = root / split
         if not split_dir.is_dir():
             raise DatasetError(f"Split folder {split_dir} is missing; expected {list(splits)} under {root}.")
-        class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
-        if not class_dirs:
+        classes_by_split[split] = classes_of(split_dir)
+        if not classes_by_split[split]:
             raise DatasetError(f"Split folder {split_dir} has no class folders.")
-        classes_by_split[split] = [p.name for p in class_dirs]
-        for class_dir in class_dirs:
+        for class_dir in (split_dir / name for name in classes_by_split[split]):
             images = []
             for file in sorted(class_dir.iterdir()):
                 if file.is_dir():
@@ -80,10 +88,12 @@ def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS) -> pd.DataFrame:
                     log.info("skipping OS clutter file %s", file)
                     continue
                 if file.suffix.lower() not in IMAGE_SUFFIXES:
-                    raise DatasetError(
-                        f"{file} is not an image file (allowed: {sorted(IMAGE_SUFFIXES)}); "
-                        "move it out of the class folder."
-                    )
+                    message = (f"{file} is not an image file (allowed: {sorted(IMAGE_SUFFIXES)}); "
+                               "move it out of the class folder, or set data.on_bad_image: skip.")
+                    if skipped is None:
+                        raise DatasetError(message)
+                    skipped.append((file.relative_to(root).as_posix(), "not an image file"))
+                    continue
                 images.append(file)
             if not images:
                 raise DatasetError(f"Class folder {class_dir} is empty.")
@@ -113,13 +123,39 @@ def describe_image(path: Path) -> tuple[str, int, int]:
     return hashlib.sha256(data).hexdigest(), width, height
 
 
-def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS) -> pd.DataFrame:
-    """Scan ``root`` and describe every image; rows ordered by split, class, file name."""
-    frame = scan_layout(root, splits)
-    described = [describe_image(root / p) for p in tqdm(frame["path"], desc="hashing images", unit="img")]
-    frame[["sha256", "width", "height"]] = pd.DataFrame(described, index=frame.index)
+def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
+                   on_bad_image: str = "error") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scan ``root`` and describe every image; rows ordered by split, class, file name.
+
+    Returns the manifest and the files skipped (path, reason): with
+    ``on_bad_image="error"`` the first bad file raises instead, so none are.
+    """
+    skipped: list[tuple[str, str]] | None = [] if on_bad_image == "skip" else None
+    frame = scan_layout(root, splits, skipped=skipped)
+    described, keep = [], []
+    for path in tqdm(frame["path"], desc="hashing images", unit="img"):
+        try:
+            described.append(describe_image(root / path))
+            keep.append(True)
+        except DatasetError as err:
+            if skipped is None:
+                raise DatasetError(f"{err} Fix or remove it, or set data.on_bad_image: skip.") from err
+            skipped.append((path, str(err.__cause__ or err)))
+            keep.append(False)
+    frame = frame[keep].reset_index(drop=True)
+    frame[["sha256", "width", "height"]] = pd.DataFrame(described, index=frame.index, dtype=object)
+    present = set(zip(frame["split"], frame["label"]))
+    for split in splits:
+        for label in classes_of(root / split):
+            if (split, label) not in present:
+                raise DatasetError(f"Class folder {root / split / label} has no readable image left after skipping.")
+    skipped_frame = pd.DataFrame(skipped or [], columns=["path", "reason"])
+    if len(skipped_frame):
+        warnings.warn(f"Skipped {len(skipped_frame)} bad file(s) (data.on_bad_image: skip): "
+                      f"{skipped_frame['path'].tolist()[:5]}", stacklevel=2)
     log.info("manifest: %s", frame.groupby("split").size().to_dict())
-    return frame[MANIFEST_COLUMNS]
+    return frame[MANIFEST_COLUMNS].astype({"width": int, "height": int}), skipped_frame
+
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

@@ -27,6 +27,7 @@ class DataParams:
     handle: str
     root: str | None
     layout_dir: str
+    on_bad_image: Literal["error", "skip"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Stage ``prepare``: locate the dataset and write its manifest.
 
 The manifest (path, split, label, sha256, width, height) is the only thing later
-stages depend on; ``source.json`` beside it says where the files were found.
+stages depend on; ``source.json`` beside it says where the files were found and
+``skipped.csv`` lists files left out under ``data.on_bad_image: skip``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ def main(argv: list[str] | None = None) -> int:
 
     data = load_section("data", args.params)
     root = resolve_root(data)
-    manifest = build_manifest(root)
+    manifest, skipped = build_manifest(root, on_bad_image=data.on_bad_image)
     write_csv(args.manifest, manifest)
+    write_csv(args.manifest.with_name("skipped.csv"), skipped)
     write_json(args.manifest.with_name("source.json"), {"root": str(root.resolve()), "handle": data.handle})
     counts = manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
-    print(f"{len(manifest)} images from {root}\n{counts}")
+    print(f"{len(manifest)} images from {root}; {len(skipped)} skipped\n{counts}")
     return 0
 
 

@@ -56,7 +56,7 @@ def test_picture_groups_merge_augmented_copies_with_their_original():
 def test_audit_counts_pictures_and_finds_exact_duplicates(dataset):
     layout = dataset / "Master Folder"
     shutil.copy(layout / "train" / "happy" / "aug-130-013.jpg", layout / "train" / "happy" / "aug-999-013.jpg")
-    manifest = build_manifest(layout)
+    manifest = build_manifest(layout)[0]
     result = audit_dataset(manifest, perceptual_hashes(layout / p for p in manifest["path"]), near_duplicate_bits=10)
     report = result.report
     assert report["images_per_split"] == {"train": 49, "valid": 8, "test": 8}
@@ -71,7 +71,7 @@ def test_injected_train_test_leak_fails_the_stage_after_writing_the_report(datas
     with Image.open(layout / "train" / "Sad" / "009.jpg") as image:
         ImageOps.mirror(image).resize((84, 72)).save(layout / "test" / "Sad" / "zz_new.jpg", quality=80)
     params = tmp_path / "params.yaml"
-    params.write_text(f"data: {{handle: x/y/versions/1, root: '{dataset}', layout_dir: Master Folder}}\n"
+    params.write_text(f"data: {{handle: x/y/versions/1, root: '{dataset}', layout_dir: Master Folder, on_bad_image: error}}\n"
                       "audit: {near_duplicate_bits: 10, on_leak: error}\n")
     monkeypatch.chdir(tmp_path)
     from pipeline import prepare

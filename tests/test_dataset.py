@@ -11,21 +11,21 @@ HANDLE = "anshtanwar/pets-facial-expression-dataset/versions/11"
 
 def test_manifest_describes_every_image_in_order(dataset):
     root = dataset / "Master Folder"
-    manifest = build_manifest(root)
+    manifest = build_manifest(root)[0]
     assert list(manifest.columns) == ["path", "split", "label", "sha256", "width", "height"]
     assert manifest["split"].unique().tolist() == ["train", "valid", "test"]
     assert len(manifest) == 4 * 4 * 3 + 4 * 2 * 2
     row = manifest.iloc[0]
     assert row["sha256"] == hashlib.sha256((root / row["path"]).read_bytes()).hexdigest()
     assert (row["width"], row["height"]) == (56, 48)
-    assert manifest.equals(build_manifest(root))
+    assert manifest.equals(build_manifest(root)[0])
 
 
 def test_local_root_is_used_and_missing_root_is_named(dataset, tmp_path):
-    params = DataParams(handle=HANDLE, root=str(dataset), layout_dir="Master Folder")
+    params = DataParams(handle=HANDLE, root=str(dataset), layout_dir="Master Folder", on_bad_image="error")
     assert resolve_root(params) == dataset / "Master Folder"
     with pytest.raises(DatasetError, match="data.root='.*nowhere' is not a folder"):
-        resolve_root(DataParams(handle=HANDLE, root=str(tmp_path / "nowhere"), layout_dir="Master Folder"))
+        resolve_root(DataParams(handle=HANDLE, root=str(tmp_path / "nowhere"), layout_dir="Master Folder", on_bad_image="error"))
 
 
 def test_kagglehub_uses_a_pre_seeded_cache_offline(dataset, tmp_path, monkeypatch):
@@ -34,7 +34,7 @@ def test_kagglehub_uses_a_pre_seeded_cache_offline(dataset, tmp_path, monkeypatc
     shutil.copytree(dataset, base / "versions" / "11")
     (base / "11.complete").touch()  # kagglehub's completion marker for that version
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(cache))
-    root = resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder"))
+    root = resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder", on_bad_image="error"))
     assert root == base / "versions" / "11" / "Master Folder"
 
 
@@ -42,13 +42,13 @@ def test_unreachable_kagglehub_says_what_to_do_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # fail fast even where a network exists
     with pytest.raises(DatasetError, match="kagglehub could not fetch .*set data.root"):
-        resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder"))
+        resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder", on_bad_image="error"))
 
 
 def test_missing_split_is_named(dataset):
     shutil.rmtree(dataset / "Master Folder" / "valid")
     with pytest.raises(DatasetError, match=r"Split folder .*valid is missing"):
-        build_manifest(dataset / "Master Folder")
+        build_manifest(dataset / "Master Folder")[0]
 
 
 def test_empty_class_folder_is_named(dataset):
@@ -56,32 +56,57 @@ def test_empty_class_folder_is_named(dataset):
     shutil.rmtree(folder)
     folder.mkdir()
     with pytest.raises(DatasetError, match=r"Class folder .*test/Sad is empty"):
-        build_manifest(dataset / "Master Folder")
+        build_manifest(dataset / "Master Folder")[0]
 
 
 def test_unreadable_image_is_named(dataset):
     bad = dataset / "Master Folder" / "train" / "Angry" / "broken.jpg"
     bad.write_bytes((dataset / "Master Folder" / "train" / "Angry" / "001.jpg").read_bytes()[:200])
     with pytest.raises(DatasetError, match=r"broken.jpg is not a readable image"):
-        build_manifest(dataset / "Master Folder")
+        build_manifest(dataset / "Master Folder")[0]
 
 
 def test_non_image_file_is_named_but_os_clutter_is_skipped(dataset):
     folder = dataset / "Master Folder" / "train" / "Angry"
     (folder / ".DS_Store").write_bytes(b"\0\0")
-    n = len(build_manifest(dataset / "Master Folder"))
+    n = len(build_manifest(dataset / "Master Folder")[0])
     assert n == 64
     (folder / "notes.txt").write_text("hello")
     with pytest.raises(DatasetError, match=r"notes.txt is not an image file"):
-        build_manifest(dataset / "Master Folder")
+        build_manifest(dataset / "Master Folder")[0]
 
 
 def test_class_only_in_test_is_an_error_and_missing_in_test_a_warning(dataset):
     layout = dataset / "Master Folder"
     shutil.copytree(layout / "test" / "Sad", layout / "test" / "Surprised")
     with pytest.raises(DatasetError, match=r"\['Surprised'\] appear in test but not in train"):
-        build_manifest(layout)
+        build_manifest(layout)[0]
     shutil.rmtree(layout / "test" / "Surprised")
     shutil.rmtree(layout / "test" / "Sad")
     with pytest.warns(UserWarning, match=r"\['Sad'\] of train have no images in test"):
+        build_manifest(layout)[0]
+
+
+def test_skip_mode_leaves_bad_files_out_and_lists_them(dataset):
+    layout = dataset / "Master Folder"
+    (layout / "train" / "Sad" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (layout / "test" / "happy" / "readme.txt").write_text("notes")
+    with pytest.raises(DatasetError, match=r"readme.txt is not an image file.*set data.on_bad_image: skip"):
         build_manifest(layout)
+    (layout / "test" / "happy" / "readme.txt").rename(layout / "readme.txt")
+    with pytest.raises(DatasetError, match=r"broken.jpg is not a readable image .*set data.on_bad_image: skip"):
+        build_manifest(layout)
+    (layout / "readme.txt").rename(layout / "test" / "happy" / "readme.txt")
+    with pytest.warns(UserWarning, match=r"Skipped 2 bad file\(s\)"):
+        manifest, skipped = build_manifest(layout, on_bad_image="skip")
+    assert len(manifest) == 64 and "train/Sad/broken.jpg" not in set(manifest["path"])
+    assert sorted(skipped["path"]) == ["test/happy/readme.txt", "train/Sad/broken.jpg"]
+    assert skipped.set_index("path").loc["test/happy/readme.txt", "reason"] == "not an image file"
+
+
+def test_skip_mode_still_refuses_a_class_left_empty(dataset):
+    folder = dataset / "Master Folder" / "valid" / "Other"
+    for image in folder.iterdir():
+        image.write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"valid/Other has no readable image left after skipping"):
+        build_manifest(dataset / "Master Folder", on_bad_image="skip")

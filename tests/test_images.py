@@ -57,7 +57,7 @@ def test_odd_but_valid_files_pass_the_manifest(tmp_path):
     Image.new("RGB", (1, 1), (1, 2, 3)).save(folder / "tiny.png")
     Image.new("RGB", (20, 20), (9, 9, 9)).save(folder / "UPPER.JPG")
     Image.new("RGB", (20, 20), (9, 9, 90)).save(folder / "chat heureux é.jpeg")
-    manifest = build_manifest(root / "Master Folder")
+    manifest = build_manifest(root / "Master Folder")[0]
     paths = set(manifest["path"])
     assert {"train/happy/tiny.png", "train/happy/UPPER.JPG", "train/happy/chat heureux é.jpeg"} <= paths
 
