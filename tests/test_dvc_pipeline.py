@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -51,7 +52,7 @@ def repo(tmp_path_factory):
 def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
     root, env, dvc, first = repo
     assert ran(first) == {"prepare", "audit", "extract", "head", "classical@logreg", "classical@svm",
-                          "classical@knn", "compare"}
+                          "classical@knn", "compare", "report"}
     shown = json.loads(run([*dvc, "metrics", "show", "--json"], root, env))
     files = next(iter(shown.values()))["data"]
     for name in ["head", "logreg", "svm", "knn"]:
@@ -79,7 +80,7 @@ def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(rep
     write_params(root / "params.yaml", {**SMALL_RUN, "data.root": json.loads(
         (root / "artifacts" / "data" / "source.json").read_text())["root"].removesuffix("/Master Folder"),
         "classical.knn.n_neighbors": [1, 3]})
-    assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "classical@knn", "compare"}
+    assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "classical@knn", "compare", "report"}
 
 
 @pytest.mark.parametrize("model", ["head", "knn", "svm"])
@@ -111,3 +112,26 @@ def test_predict_refuses_a_model_whose_backbone_cannot_be_rebuilt(repo, tmp_path
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "differs from the one the model was trained on" in result.stderr
+
+
+def test_report_holds_every_section_with_real_images(repo):
+    root, _, _, _ = repo
+    import base64
+    import re
+
+    from PIL import Image
+
+    page = (root / "artifacts" / "report.html").read_text()
+    for section in ["leaderboard", "confusion", "per-class", "embeddings", "misclassified", "training"]:
+        assert f"id='{section}'" in page
+    images = re.findall(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)", page)
+    decoded = [Image.open(io.BytesIO(base64.b64decode(data))) for _, data in images]
+    assert decoded and all(min(image.size) >= 16 for image in decoded)
+    assert all(np.asarray(image.convert("L")).std() > 1 for image in decoded)  # not blank
+    board = pd.read_csv(root / "artifacts" / "comparison.csv")
+    best = board.sort_values("rank")["classifier"].iloc[0]
+    predictions = pd.read_csv(root / "artifacts" / "predictions" / f"{best}.csv")
+    test = predictions[predictions["split"] == "test"]
+    wrong = int((test["true"] != test["predicted"]).sum())
+    assert sum(kind == "jpeg" for kind, _ in images) == wrong  # one thumbnail per misclassified test image
+    assert "<table" in page and "Random or unverified" in page

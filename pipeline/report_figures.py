@@ -1,0 +1,109 @@
+"""Figures and tables for the visual report, from plain arrays and DataFrames.
+
+Rendered headless (matplotlib's Agg backend) to PNG bytes, so the report is one
+self-contained HTML file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
+
+
+def png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def img_tag(data: bytes, *, mime: str = "image/png", alt: str = "", width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ""
+    return f'<img alt="{html.escape(alt)}"{size} src="data:{mime};base64,{base64.b64encode(data).decode()}">'
+
+
+def confusion_figure(predictions: dict[str, pd.DataFrame], classes: list[str]) -> plt.Figure:
+    """One test-set confusion matrix per classifier, counts in the cells."""
+    fig, axes = plt.subplots(1, len(predictions), figsize=(3.8 * len(predictions), 3.6), squeeze=False)
+    for ax, (name, frame) in zip(axes[0], predictions.items()):
+        test = frame[frame["split"] == "test"]
+        cm = confusion_matrix(test["true"], test["predicted"], labels=classes)
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), count in np.ndenumerate(cm):
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > cm.max() / 2 else "black")
+        ax.set(title=name, xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted")
+        ax.set_xticklabels(classes, rotation=45, ha="right")
+        ax.set_yticklabels(classes)
+    axes[0][0].set_ylabel("true")
+    return fig
+
+
+def per_class_table(predictions: dict[str, pd.DataFrame], classes: list[str]) -> pd.DataFrame:
+    """Test precision and recall per class and classifier."""
+    rows = []
+    for name, frame in predictions.items():
+        test = frame[frame["split"] == "test"]
+        precision, recall, _, support = precision_recall_fscore_support(
+            test["true"], test["predicted"], labels=classes, zero_division=0)
+        for c, p, r, n in zip(classes, precision, recall, support):
+            rows.append({"classifier": name, "class": c, "precision": p, "recall": r, "test images": n})
+    return pd.DataFrame(rows)
+
+
+def embedding_map_figure(X: np.ndarray, labels: list[str], splits: list[str], *, seed: int = 0,
+                         tsne_max: int = 2000) -> plt.Figure:
+    """PCA and t-SNE maps of the embeddings, coloured by class, marked by split."""
+    X = np.asarray(X, dtype=np.float64)
+    maps = {"PCA": PCA(n_components=2, random_state=seed).fit_transform(X)}
+    if 5 <= len(X) <= tsne_max:
+        perplexity = float(min(30, (len(X) - 1) / 3))
+        maps["t-SNE"] = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(X)
+    fig, axes = plt.subplots(1, len(maps), figsize=(6 * len(maps), 5), squeeze=False)
+    classes = sorted(set(labels))
+    markers = {"train": ".", "valid": "s", "test": "^"}
+    labels_arr, splits_arr = np.array(labels), np.array(splits)
+    for ax, (title, points) in zip(axes[0], maps.items()):
+        for ci, c in enumerate(classes):
+            for split, marker in markers.items():
+                mask = (labels_arr == c) & (splits_arr == split)
+                if mask.any():
+                    ax.scatter(*points[mask].T, s=14 if split == "train" else 30, marker=marker,
+                               color=plt.cm.tab10(ci), alpha=0.7, label=f"{c} ({split})")
+        ax.set(title=title, xticks=[], yticks=[])
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    return fig
+
+
+def history_figure(history: pd.DataFrame) -> plt.Figure:
+    """The linear head's losses per epoch, and valid accuracy."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for column in ["train_loss", "valid_loss"]:
+        if column in history:
+            ax.plot(history["epoch"], history[column], label=column)
+    ax.set(xlabel="epoch", ylabel="cross-entropy")
+    if "valid_accuracy" in history:
+        twin = ax.twinx()
+        twin.plot(history["epoch"], history["valid_accuracy"], color="grey", linestyle=":", label="valid_accuracy")
+        twin.set_ylabel("valid accuracy")
+        twin.legend(loc="upper center")
+    ax.legend(loc="upper right")
+    return fig
+
+
+def thumbnail_jpeg(image, *, size: int = 160) -> bytes:
+    image = image.copy()
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
