@@ -19,7 +19,7 @@ from pipeline import features as features_io
 from pipeline.atomic import atomic_path
 from pipeline.classifiers import CLASSIFIERS, build_classifier, select_and_fit, selected_params
 from pipeline.params import DEFAULT_PARAMS, ParamsError, load_section, read_params
-from pipeline.protocol import evaluate_classifier, load_groups
+from pipeline.protocol import evaluate_classifier, load_groups, with_views
 from pipeline.results import add_output_args, default_outputs, write_results
 
 
@@ -47,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     def fit_fold(X, y, g):  # noqa: N803
         return select_and_fit(pipeline, grid, X, y, g, inner_folds=cv.inner_folds, seed=cv.seed)
 
+    views = train.views if load_section("views", args.params).use else None
+    X, y, g = with_views(train.X, train.y, groups, views)
     start = time.perf_counter()
-    chosen = fit_fold(train.X, train.y, groups)
+    chosen = fit_fold(X, y, g)
     finalize = CLASSIFIERS[args.model].finalize
-    model = chosen if finalize is None else finalize(chosen, train.X, train.y, groups,
-                                                      inner_folds=cv.inner_folds, seed=cv.seed)
+    model = chosen if finalize is None else finalize(chosen, X, y, g, inner_folds=cv.inner_folds, seed=cv.seed)
     fit_seconds = time.perf_counter() - start
     selected = selected_params(chosen, grid)
 

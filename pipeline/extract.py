@@ -23,7 +23,7 @@ from pipeline import features
 from pipeline.atomic import atomic_path, write_csv, write_json
 from pipeline.backbone import build_backbone
 from pipeline.dataset import read_manifest
-from pipeline.embedding import iter_embeddings, resolve_device, resolve_precision
+from pipeline.embedding import iter_embeddings, resolve_device, resolve_precision, view_transform
 from pipeline.params import DEFAULT_PARAMS, load_section
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_params = load_section("model", args.params)
     params = load_section("extract", args.params)
+    views = load_section("views", args.params)
     manifest = read_manifest(args.manifest)
     root = Path(json.loads(args.manifest.with_name("source.json").read_text())["root"])
     device = resolve_device(params.device)
@@ -59,6 +60,21 @@ def main(argv: list[str] | None = None) -> int:
                 offset += len(emb)
             out.flush()
             del out
+        if views.count:
+            train = manifest[manifest["split"] == "train"]
+            out = features.allocate(tmp, "train", len(train), backbone.info["feature_dim"], views=views.count)
+            augment = view_transform(backbone.transform, views)
+            for k in range(views.count):
+                offset = 0
+                for emb in iter_embeddings(backbone, [root / p for p in train["path"]], batch_size=params.batch_size,
+                                           num_workers=params.num_workers, device=device,
+                                           channels_last=params.channels_last, precision=precision,
+                                           transform=augment, seed=(views.seed, k),
+                                           desc=f"train view {k + 1}/{views.count}"):
+                    out[k, offset : offset + len(emb)] = emb
+                    offset += len(emb)
+            out.flush()
+            del out
         write_csv(tmp / features.INDEX, manifest[features.INDEX_COLUMNS])
         write_json(tmp / features.META, {
             **backbone.info,
@@ -69,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": "float32",
             "channels_last": params.channels_last,
             "precision": precision,
+            "views": {"count": views.count, "crop_scale_min": views.crop_scale_min, "hflip": views.hflip,
+                      "jitter": views.jitter, "seed": views.seed},
             "batch_size": params.batch_size,
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "numpy": np.__version__,

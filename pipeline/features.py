@@ -3,6 +3,8 @@
 A features folder holds:
 
 - ``<split>.npy``: float32 array (n_split, dim), rows in manifest order;
+- ``<split>_views.npy`` (optional, train only): float32 (n_views, n_split, dim),
+  embeddings of random augmented views of the same images, in the same order;
 - ``index.csv``: one row per image, columns ``split, path, label`` in the same order;
 - ``meta.json``: backbone, weights, transform, dim, classes, manifest hash, device, versions.
 
@@ -34,6 +36,7 @@ class SplitFeatures:
     X: np.ndarray  # (n, dim) float32
     y: np.ndarray  # (n,) int64 index into Features.classes
     paths: list[str]
+    views: np.ndarray | None = None  # (n_views, n, dim) augmented views, or None
 
 
 @dataclasses.dataclass
@@ -52,9 +55,15 @@ def array_path(directory: Path, split: str) -> Path:
     return Path(directory) / f"{split}.npy"
 
 
-def allocate(directory: Path, split: str, n: int, dim: int) -> np.memmap:
-    """A float32 (n, dim) .npy file mapped in memory, filled batch by batch by the writer."""
-    return np.lib.format.open_memmap(array_path(directory, split), mode="w+", dtype=np.float32, shape=(n, dim))
+def views_path(directory: Path, split: str) -> Path:
+    return Path(directory) / f"{split}_views.npy"
+
+
+def allocate(directory: Path, split: str, n: int, dim: int, *, views: int = 0) -> np.memmap:
+    """A float32 .npy file mapped in memory, (n, dim) or (views, n, dim), filled batch by batch."""
+    path, shape = (array_path(directory, split), (n, dim)) if not views else (views_path(directory, split),
+                                                                             (views, n, dim))
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
 
 
 def load(directory: Path | str, *, mmap: bool = False) -> Features:
@@ -82,6 +91,12 @@ def load(directory: Path | str, *, mmap: bool = False) -> Features:
         if X.ndim != 2 or X.shape[0] != len(rows) or X.dtype != np.float32:
             raise FeaturesError(f"{path} has shape {X.shape} and dtype {X.dtype}; expected "
                                 f"({len(rows)}, dim) float32 to match {INDEX}.")
+        views = None
+        if views_path(directory, split).is_file():
+            views = np.load(views_path(directory, split), mmap_mode="r" if mmap else None)
+            if views.ndim != 3 or views.shape[1:] != X.shape or views.dtype != np.float32:
+                raise FeaturesError(f"{views_path(directory, split)} has shape {views.shape}; expected "
+                                    f"(n_views, {X.shape[0]}, {X.shape[1]}) float32.")
         splits[split] = SplitFeatures(X=X, y=rows["label"].map(lookup).to_numpy(np.int64),
-                                      paths=rows["path"].tolist())
+                                      paths=rows["path"].tolist(), views=views)
     return Features(splits=splits, classes=classes, meta=meta)

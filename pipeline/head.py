@@ -22,7 +22,7 @@ from pipeline.atomic import atomic_path, write_csv
 from pipeline.backbone import BackboneError, build_backbone, full_model_with_head
 from pipeline.linear_head import LinearHeadClassifier
 from pipeline.params import DEFAULT_PARAMS, load_section
-from pipeline.protocol import evaluate_classifier, load_groups
+from pipeline.protocol import evaluate_classifier, load_groups, with_views
 from pipeline.results import add_output_args, default_outputs, write_results
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     model = LinearHeadClassifier(n_classes=len(feats.classes), dropout=params.dropout, lr=params.lr,
                                  weight_decay=params.weight_decay, batch_size=params.batch_size,
                                  max_epochs=params.max_epochs, patience=params.patience, seed=params.seed)
-    model.fit(train.X, train.y, X_valid=valid.X, y_valid=valid.y)
+    views = train.views if load_section("views", args.params).use else None
+    X, y, _ = with_views(train.X, train.y, groups, views)
+    model.fit(X, y, X_valid=valid.X, y_valid=valid.y)
     fit_seconds = time.perf_counter() - start
     fixed = clone(model).set_params(max_epochs=model.best_epoch_)
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return clone(fixed).fit(X, y)
 
     evaluation = evaluate_classifier(model=model, fit_fold=fit_fold, fit_fixed=fit_fold, features=feats,
-                                     groups=groups, cv=cv, evaluation=evaluation_params)
+                                     groups=groups, cv=cv, evaluation=evaluation_params, views=views)
 
     with atomic_path(args.head_out) as tmp:
         torch.save({"state_dict": model.head_.state_dict(), "classes": feats.classes,

@@ -67,6 +67,22 @@ class ExtractParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ViewsParams:
+    count: int
+    crop_scale_min: float
+    hflip: float
+    jitter: float
+    seed: int
+    use: bool
+
+    def check(self, name: str) -> None:
+        _in_range(name, "count", self.count, 0, 100)
+        _in_range(name, "crop_scale_min", self.crop_scale_min, 0.05, 1.0)
+        _in_range(name, "hflip", self.hflip, 0.0, 1.0)
+        _in_range(name, "jitter", self.jitter, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class CVParams:
     folds: int
     repeats: int
@@ -117,6 +133,7 @@ SECTIONS: dict[str, type] = {
     "audit": AuditParams,
     "model": ModelParams,
     "extract": ExtractParams,
+    "views": ViewsParams,
     "cv": CVParams,
     "evaluation": EvaluationParams,
     "head": HeadParams,

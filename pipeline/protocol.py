@@ -57,9 +57,24 @@ def load_groups(path: Path, paths: list[str]) -> np.ndarray:
     return table.loc[paths].to_numpy()
 
 
+def with_views(X: np.ndarray, y: np.ndarray, groups: np.ndarray, views: np.ndarray | None,  # noqa: N803
+               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training data for ``rows``: the originals, then each of their augmented views.
+
+    A view keeps its image's label and picture group, so it always falls on its
+    picture's side of any grouped split.
+    """
+    rows = np.arange(len(y)) if rows is None else rows
+    if views is None or len(views) == 0:
+        return X[rows], y[rows], groups[rows]
+    copies = len(views) + 1
+    return (np.concatenate([X[rows], *(np.asarray(v)[rows] for v in views)]),
+            np.tile(y[rows], copies), np.tile(groups[rows], copies))
+
+
 def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,  # noqa: N803
-                train: np.ndarray, test: np.ndarray) -> dict[str, float]:
-    model = fit_fold(X[train], y[train], groups[train])
+                views: np.ndarray | None, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    model = fit_fold(*with_views(X, y, groups, views, train))
     pred = model.predict(X[test])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a fold may lack a class; the score is still defined
@@ -69,9 +84,13 @@ def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndar
 
 
 def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,  # noqa: N803
-              splits: Iterable[tuple[np.ndarray, np.ndarray]], *, n_jobs: int | None = None) -> pd.DataFrame:
-    """Score ``fit_fold`` on every (train, test) split: accuracy, balanced accuracy, macro-F1."""
-    rows = Parallel(n_jobs=n_jobs)(delayed(_score_fold)(fit_fold, X, y, groups, train, test)
+              splits: Iterable[tuple[np.ndarray, np.ndarray]], *, views: np.ndarray | None = None,
+              n_jobs: int | None = None) -> pd.DataFrame:
+    """Score ``fit_fold`` on every (train, test) split: accuracy, balanced accuracy, macro-F1.
+
+    Training folds get their images' augmented views too; test folds score originals only.
+    """
+    rows = Parallel(n_jobs=n_jobs)(delayed(_score_fold)(fit_fold, X, y, groups, views, train, test)
                                    for train, test in splits)
     return pd.DataFrame(rows).rename_axis("fold").reset_index()
 
@@ -104,23 +123,26 @@ def predictions_frame(model: Any, features: Features, splits: tuple[str, ...] = 
 
 
 def evaluate_classifier(*, model: Any, fit_fold: FitFold, fit_fixed: FitFold, features: Features,
-                        groups: np.ndarray, cv: CVParams, evaluation: EvaluationParams) -> Evaluation:
+                        groups: np.ndarray, cv: CVParams, evaluation: EvaluationParams,
+                        views: np.ndarray | None = None) -> Evaluation:
     """Run the whole protocol for one classifier; ``model`` is the final fit on train.
 
     ``fit_fold`` repeats the whole fitting procedure, hyperparameter selection
     included, on a training fold; ``fit_fixed`` fits the hyperparameters already
     chosen and serves only the leaky figure, which is there to show inflation.
+    ``views`` (n_views, n_train, dim), when given, join every training fold.
     """
     train = features["train"]
     X, y = train.X, train.y
     grouped_splits = RepeatedStratifiedGroupKFold(n_splits=cv.folds, n_repeats=cv.repeats,
                                                   random_state=cv.seed).split(X, y, groups)
     leaky_splits = RepeatedStratifiedKFold(n_splits=cv.folds, n_repeats=cv.repeats, random_state=cv.seed).split(X, y)
-    grouped = cv_scores(fit_fold, X, y, groups, grouped_splits, n_jobs=cv.n_jobs)
+    grouped = cv_scores(fit_fold, X, y, groups, grouped_splits, views=views, n_jobs=cv.n_jobs)
     # every image its own group: inner selection (if any) is as leaky as the outer split
-    leaky = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, n_jobs=cv.n_jobs)
+    leaky = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs)
     metrics: dict[str, Any] = {
-        "cv": {**summarise_cv(grouped, n_samples=len(train.y)), "n_groups": int(len(np.unique(groups)))},
+        "cv": {**summarise_cv(grouped, n_samples=len(train.y)), "n_groups": int(len(np.unique(groups))),
+               "train_views": 0 if views is None else len(views)},
         "cv_leaky": summarise_cv(leaky, n_samples=len(train.y)),
     }
     predictions = predictions_frame(model, features)

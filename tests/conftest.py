@@ -97,6 +97,7 @@ SMALL_RUN = {
     "extract.resize_size": 72,
     "extract.num_workers": 0,
     "extract.batch_size": 16,
+    "views.count": 1,
     "cv.folds": 3,
     "cv.repeats": 1,
     "cv.inner_folds": 2,

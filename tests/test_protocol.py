@@ -6,7 +6,7 @@ from sklearn.base import clone
 from pipeline.classifiers import build_classifier, select_and_fit
 from pipeline.features import Features, SplitFeatures
 from pipeline.params import CVParams, EvaluationParams
-from pipeline.protocol import GroupsError, evaluate_classifier, load_groups
+from pipeline.protocol import GroupsError, evaluate_classifier, load_groups, with_views
 
 CV = CVParams(folds=4, repeats=2, inner_folds=3, seed=0, n_jobs=1)
 EVAL = EvaluationParams(n_bootstrap=200, ece_bins=10, seed=0)
@@ -69,3 +69,29 @@ def test_groups_file_must_cover_every_image(tmp_path):
         load_groups(tmp_path / "g.csv", ["a.jpg", "c.jpg"])
     with pytest.raises(GroupsError, match="run the audit stage"):
         load_groups(tmp_path / "missing.csv", ["a.jpg"])
+
+
+def test_views_join_only_their_own_pictures_training_folds():
+    feats, groups = copies_dataset(n_pictures=24, copies=2)
+    n = len(groups)
+    views = np.stack([feats["train"].X + 100 * (k + 1) for k in range(3)])  # view k of row i is recognisable
+    received = []
+
+    def fit(X, y, g):  # noqa: N803
+        received.append((X, g))
+        pipeline, grid = build_classifier("knn", {"n_neighbors": [1]})
+        return select_and_fit(pipeline, grid, X, y, g, inner_folds=2, seed=0)
+
+    X, y, g = with_views(feats["train"].X, feats["train"].y, groups, views)
+    assert X.shape == (4 * n, 32) and (y[:n] == y[n:2 * n]).all() and (g[:n] == g[3 * n:]).all()
+    result = evaluate_classifier(model=fit(X, y, g), fit_fold=fit, fit_fixed=fit, features=feats, groups=groups,
+                                 cv=CVParams(folds=3, repeats=1, inner_folds=2, seed=0, n_jobs=1),
+                                 evaluation=EVAL, views=views)
+    assert result.metrics["cv"]["train_views"] == 3
+    for X_fold, g_fold in received[1:4]:  # the grouped folds
+        rows = len(X_fold) // 4
+        originals = X_fold[:rows]
+        for k in range(3):  # each view block is exactly the views of this fold's originals
+            np.testing.assert_allclose(X_fold[(k + 1) * rows:(k + 2) * rows], originals + 100 * (k + 1), rtol=1e-5)
+        assert set(g_fold) == set(g_fold[:rows])
+    assert result.folds["n_test"].sum() == 2 * n  # held-out folds score originals only (grouped + leaky)
