@@ -47,34 +47,32 @@ def main(argv: list[str] | None = None) -> int:
     backbone = build_backbone(model_params, crop_size=params.crop_size, resize_size=params.resize_size)
     classes = sorted(manifest.loc[manifest["split"] == "train", "label"].unique())
 
+    dim = backbone.info["feature_dim"]
+
+    def embed_into(out: np.ndarray, rows, **kwargs) -> None:
+        """Stream the embeddings of ``rows`` into ``out``, batch by batch."""
+        offset = 0
+        for emb in iter_embeddings(backbone, [root / p for p in rows["path"]], batch_size=params.batch_size,
+                                   num_workers=params.num_workers, device=device,
+                                   channels_last=params.channels_last, precision=precision, **kwargs):
+            out[offset : offset + len(emb)] = emb
+            offset += len(emb)
+
     start = time.perf_counter()
     with atomic_path(args.out, is_dir=True) as tmp:
         for split, rows in manifest.groupby("split", sort=False):
-            out = features.allocate(tmp, split, len(rows), backbone.info["feature_dim"])
-            offset = 0
-            for emb in iter_embeddings(backbone, [root / p for p in rows["path"]], batch_size=params.batch_size,
-                                       num_workers=params.num_workers, device=device,
-                                       channels_last=params.channels_last, precision=precision,
-                                       desc=f"extract {split}"):
-                out[offset : offset + len(emb)] = emb
-                offset += len(emb)
+            out = features.allocate(tmp, split, len(rows), dim)
+            embed_into(out, rows, desc=f"extract {split}")
             out.flush()
-            del out
-        if views.count:
+        if views.count:  # train only: augmentation is for fitting, never for scoring
             train = manifest[manifest["split"] == "train"]
-            out = features.allocate(tmp, "train", len(train), backbone.info["feature_dim"], views=views.count)
+            out = features.allocate(tmp, "train", len(train), dim, views=views.count)
             augment = view_transform(backbone.transform, views)
             for k in range(views.count):
-                offset = 0
-                for emb in iter_embeddings(backbone, [root / p for p in train["path"]], batch_size=params.batch_size,
-                                           num_workers=params.num_workers, device=device,
-                                           channels_last=params.channels_last, precision=precision,
-                                           transform=augment, seed=(views.seed, k),
-                                           desc=f"train view {k + 1}/{views.count}"):
-                    out[k, offset : offset + len(emb)] = emb
-                    offset += len(emb)
+                embed_into(out[k], train, transform=augment, seed=(views.seed, k),
+                           desc=f"train view {k + 1}/{views.count}")
             out.flush()
-            del out
+        del out
         write_csv(tmp / features.INDEX, manifest[features.INDEX_COLUMNS])
         write_json(tmp / features.META, {
             **backbone.info,
