@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     parser.add_argument("--features", type=Path, default=Path("features"))
     parser.add_argument("--groups", type=Path, default=Path("artifacts/data/groups.csv"))
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="refuse features not extracted from this manifest (dvc.yaml passes it)")
     parser.add_argument("--model-out", type=Path, default=None, help="default: artifacts/models/<model>.joblib")
     add_output_args(parser, "--model")
     args = parser.parse_args(argv)
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline, grid = build_classifier(args.model, classical[args.model])
     cv = load_section("cv", args.params)
     evaluation_params = load_section("evaluation", args.params)
-    feats = features_io.load(args.features)
+    feats = features_io.load(args.features, manifest=args.manifest)
     train = feats["train"]
     groups = load_groups(args.groups, train.paths)
 

@@ -15,6 +15,7 @@ classifier and compare stages.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,22 @@ def allocate(directory: Path, split: str, n: int, dim: int, *, views: int = 0) -
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
 
 
-def load(directory: Path | str, *, mmap: bool = False) -> Features:
-    """Load a features folder: arrays, integer labels, paths, class names and metadata."""
+def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = None) -> Features:
+    """Load a features folder: arrays, integer labels, paths, class names and metadata.
+
+    With ``manifest``, refuse features extracted from another manifest (stale or
+    foreign embeddings would silently score the wrong images).
+    """
     directory = Path(directory)
     if not (directory / META).is_file() or not (directory / INDEX).is_file():
         raise FeaturesError(f"{directory} is not a features folder (needs {META} and {INDEX}); "
                             "run the extract stage (dvc repro extract).")
     meta = json.loads((directory / META).read_text())
+    if manifest is not None:
+        digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+        if meta.get("manifest_sha256") != digest:
+            raise FeaturesError(f"{directory} was extracted from another manifest than {manifest} "
+                                "(manifest_sha256 differs): the embeddings are stale. Re-run extract (dvc repro).")
     index = pd.read_csv(directory / INDEX, dtype=str, keep_default_na=False)
     missing = [c for c in INDEX_COLUMNS if c not in index.columns]
     if missing:

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     parser.add_argument("--features", type=Path, default=Path("features"))
     parser.add_argument("--groups", type=Path, default=Path("artifacts/data/groups.csv"))
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="refuse features not extracted from this manifest (dvc.yaml passes it)")
     parser.add_argument("--head-out", type=Path, default=Path("artifacts/models/head.pt"))
     parser.add_argument("--full-model", type=Path, default=None,
                         help="also save the full torchvision model (needs the backbone of model params)")
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_section("head", args.params)
     cv = load_section("cv", args.params)
     evaluation_params = load_section("evaluation", args.params)
-    feats = features_io.load(args.features)
+    feats = features_io.load(args.features, manifest=args.manifest)
     train, valid = feats["train"], feats["valid"]
     groups = load_groups(args.groups, train.paths)
 

@@ -41,3 +41,17 @@ def test_missing_or_inconsistent_parts_are_named(tmp_path):
     (d / "train.npy").unlink()
     with pytest.raises(features.FeaturesError, match="train.npy is missing"):
         features.load(d)
+
+
+def test_features_from_another_manifest_are_refused(tmp_path):
+    d = write(tmp_path / "f")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,split,label,sha256,width,height\n")
+    meta = json.loads((d / features.META).read_text())
+    import hashlib
+
+    (d / features.META).write_text(json.dumps({**meta, "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}))
+    assert features.load(d, manifest=manifest).classes == ["A", "B"]
+    manifest.write_text("path,split,label,sha256,width,height\ntrain/A/new.jpg,train,A,00,1,1\n")
+    with pytest.raises(features.FeaturesError, match="extracted from another manifest .* stale"):
+        features.load(d, manifest=manifest)
