@@ -17,7 +17,14 @@ from sklearn.base import clone
 
 from pipeline import features as features_io
 from pipeline.atomic import atomic_path
-from pipeline.classifiers import CLASSIFIERS, build_classifier, select_and_fit, selected_params
+from pipeline.classifiers import (
+    CLASSIFIERS,
+    build_classifier,
+    check_grid_fits,
+    select_and_fit,
+    selected_params,
+    smallest_training_fold,
+)
 from pipeline.params import DEFAULT_PARAMS, ParamsError, load_section, read_params
 from pipeline.protocol import evaluate_classifier, load_groups, with_views
 from pipeline.results import add_output_args, default_outputs, write_results
@@ -50,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return select_and_fit(pipeline, grid, X, y, g, inner_folds=cv.inner_folds, seed=cv.seed)
 
     views = train.views if load_section("views", args.params).use else None
+    check_grid_fits(args.model, grid, smallest_training_fold(
+        train.y, groups, folds=cv.folds, repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed,
+        copies=1 if views is None else len(views) + 1))
     X, y, g = with_views(train.X, train.y, groups, views)
     start = time.perf_counter()
     chosen = fit_fold(X, y, g)

@@ -108,3 +108,25 @@ def selected_params(model: Pipeline, param_grid: dict[str, list[Any]]) -> dict[s
     """The grid values the fitted pipeline ended up with, under their params.yaml names."""
     params = model.get_params()
     return {k.removeprefix("clf__"): params[k] for k in param_grid}
+
+
+def smallest_training_fold(y, groups, *, folds: int, repeats: int, inner_folds: int, seed: int,
+                           copies: int = 1) -> int:
+    """Rows in the smallest inner-CV training fold a classifier will be fitted on (views included)."""
+    from pipeline.splits import RepeatedStratifiedGroupKFold
+
+    smallest = len(y)
+    for outer, _ in RepeatedStratifiedGroupKFold(n_splits=folds, n_repeats=repeats,
+                                                 random_state=seed).split(y, y, groups):
+        inner = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
+        for train, _ in inner.split(outer, y[outer], groups[outer]):
+            smallest = min(smallest, len(train))
+    return smallest * copies
+
+
+def check_grid_fits(name: str, param_grid: dict[str, list[Any]], smallest_fold: int) -> None:
+    """Refuse a kNN grid whose k exceeds the smallest training fold, before any fitting."""
+    too_big = [k for k in param_grid.get("clf__n_neighbors", []) if k > smallest_fold]
+    if too_big:
+        raise ParamsError(f"classical.{name}.n_neighbors={too_big} is larger than the smallest training fold "
+                          f"({smallest_fold} rows under the cv params); use values <= {smallest_fold}.")

@@ -76,6 +76,11 @@ def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
         split_dir = root / split
         if not split_dir.is_dir():
             raise DatasetError(f"Split folder {split_dir} is missing; expected {list(splits)} under {root}.")
+        for stray in sorted(p for p in split_dir.iterdir() if p.is_file() and p.name.lower() not in OS_CLUTTER):
+            message = f"Stray file {stray} sits outside any class folder; move it into one, or away."
+            if skipped is None:
+                raise DatasetError(message)
+            skipped.append((stray.relative_to(root).as_posix(), "outside any class folder"))
         classes_by_split[split] = classes_of(split_dir)
         if not classes_by_split[split]:
             raise DatasetError(f"Split folder {split_dir} has no class folders.")

@@ -229,3 +229,23 @@ def load_section(name: str, path: Path = DEFAULT_PARAMS) -> Any:
     if name not in raw:
         raise ParamsError(f"Section '{name}' is missing from {path}.")
     return parse_section(SECTIONS[name], raw[name], name)
+
+
+def validate_all(path: Path = DEFAULT_PARAMS) -> None:
+    """Check every section of params.yaml at once, so a typo anywhere fails before any work.
+
+    The first stage calls this; each stage still re-reads its own sections.
+    """
+    from pipeline.classifiers import build_classifier  # the registry validates its own grids
+
+    raw = read_params(path)
+    unknown = sorted(set(raw) - set(SECTIONS) - {"classical"})
+    if unknown:
+        raise ParamsError(f"Unknown section(s) {unknown} in {path}; known: {sorted([*SECTIONS, 'classical'])}.")
+    for name in SECTIONS:
+        load_section(name, path)
+    classical = raw.get("classical")
+    if not isinstance(classical, dict) or not classical:
+        raise ParamsError(f"Section 'classical' of {path} must map classifier names to grids.")
+    for name, grid in classical.items():
+        build_classifier(name, grid)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.atomic import write_csv, write_json
 from pipeline.dataset import build_manifest, resolve_root
-from pipeline.params import DEFAULT_PARAMS, load_section
+from pipeline.params import DEFAULT_PARAMS, load_section, validate_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    validate_all(args.params)  # every stage's params, before any work
     data = load_section("data", args.params)
     root = resolve_root(data)
     manifest, skipped = build_manifest(root, on_bad_image=data.on_bad_image)

@@ -56,3 +56,25 @@ def test_killed_extract_leaves_no_features_and_the_rerun_recovers(tmp_path):
     second = {p.name: p.read_bytes() for p in (tmp_path / "features").iterdir()}
     assert first == second  # byte-identical embeddings, index and metadata on CPU
     assert np.load(tmp_path / "features" / "train.npy").shape == (120, 1280)
+
+
+def test_killed_classifier_stage_leaves_no_outputs_and_the_rerun_recovers(tmp_path):
+    from tests.test_classical_stage import foreign_features
+
+    feats, groups = foreign_features(tmp_path / "features", dim=256)
+    params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "evaluation.n_bootstrap": 5000,
+                                                     "classical.logreg.C": [0.01, 0.1, 1.0, 10.0]})
+    stage = [sys.executable, "-m", "pipeline.classical", "--model", "logreg", "--params", str(params),
+             "--features", str(feats), "--groups", str(groups)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(stage, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # kill once the final model is fitted, while evaluation runs
+        if "selected" in line:
+            break
+    assert proc.poll() is None, "the stage finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    artifacts = tmp_path / "artifacts"
+    assert not artifacts.exists() or not any(p.is_file() for p in artifacts.rglob("*"))
+    subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
+    assert (artifacts / "metrics" / "logreg.json").is_file() and (artifacts / "models" / "logreg.joblib").is_file()

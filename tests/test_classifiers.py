@@ -52,3 +52,18 @@ def test_svm_probabilities_are_calibrated_on_grouped_folds():
 def test_bad_grids_name_the_parameter(name, grid, message):
     with pytest.raises(ParamsError, match=message):
         build_classifier(name, grid)
+
+
+def test_knn_k_larger_than_the_smallest_training_fold_is_refused_before_fitting():
+    from pipeline.classifiers import check_grid_fits, smallest_training_fold
+
+    y = np.repeat(np.arange(4), 10)
+    groups = np.arange(40) // 2
+    smallest = smallest_training_fold(y, groups, folds=4, repeats=1, inner_folds=2, seed=0)
+    assert 10 <= smallest <= 20  # 3/4 of 40 rows, then about half of that
+    assert smallest_training_fold(y, groups, folds=4, repeats=1, inner_folds=2, seed=0, copies=3) == 3 * smallest
+    _, grid = build_classifier("knn", {"n_neighbors": [3, smallest + 1]})
+    with pytest.raises(ParamsError, match=rf"classical.knn.n_neighbors=\[{smallest + 1}\] is larger than the "
+                                          rf"smallest training fold \({smallest} rows"):
+        check_grid_fits("knn", grid, smallest)
+    check_grid_fits("knn", build_classifier("knn", {"n_neighbors": [smallest]})[1], smallest)

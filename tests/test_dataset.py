@@ -110,3 +110,20 @@ def test_skip_mode_still_refuses_a_class_left_empty(dataset):
         image.write_bytes(b"")
     with pytest.raises(DatasetError, match=r"valid/Other has no readable image left after skipping"):
         build_manifest(dataset / "Master Folder", on_bad_image="skip")
+
+
+def test_stray_file_outside_class_folders_is_named_or_listed(dataset):
+    layout = dataset / "Master Folder"
+    (layout / "train" / "Thumbs.db").write_bytes(b"\0")  # OS clutter: ignored
+    (layout / "train" / "stray.jpg").write_bytes((layout / "train" / "Sad" / "009.jpg").read_bytes())
+    with pytest.raises(DatasetError, match=r"Stray file .*train/stray.jpg sits outside any class folder"):
+        build_manifest(layout)
+    with pytest.warns(UserWarning):
+        manifest, skipped = build_manifest(layout, on_bad_image="skip")
+    assert skipped["path"].tolist() == ["train/stray.jpg"] and len(manifest) == 64
+
+
+def test_nested_folder_inside_a_class_is_named(dataset):
+    (dataset / "Master Folder" / "train" / "Sad" / "more").mkdir()
+    with pytest.raises(DatasetError, match=r"Unexpected folder .*train/Sad/more"):
+        build_manifest(dataset / "Master Folder")

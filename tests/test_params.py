@@ -61,3 +61,19 @@ def test_missing_file_and_missing_section_are_clear(tmp_path):
     (tmp_path / "p.yaml").write_text("data: {}\n")
     with pytest.raises(ParamsError, match="Section 'cv' is missing"):
         load_section("cv", tmp_path / "p.yaml")
+
+
+def test_validate_all_catches_a_typo_in_any_section_before_work(tmp_path):
+    from pipeline.params import validate_all
+
+    validate_all(PROJECT / "params.yaml")
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["classical"]["svm"]["C"] = [0]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=r"classical.svm.C=\[0\] is invalid"):
+        validate_all(tmp_path / "p.yaml")
+    params["classical"]["svm"]["C"] = [1.0]
+    params["heads"] = {}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=r"Unknown section\(s\) \['heads'\]"):
+        validate_all(tmp_path / "p.yaml")
