@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return clone(chosen).fit(X, y)
 
     logging.getLogger(__name__).info("%s: selected %s in %.1f s", args.model, selected, fit_seconds)
-    evaluation = evaluate_classifier(model=model, fit_fold=fit_fold, fit_fixed=fit_fixed, features=feats, groups=groups,
-                                     cv=cv, evaluation=evaluation_params)
+    evaluation = evaluate_classifier(model=model, fit_fold=fit_fold, fit_fixed=fit_fixed, features=feats,
+                                     groups=groups, cv=cv, evaluation=evaluation_params, views=views)
 
     model_out = args.model_out or Path(f"artifacts/models/{args.model}.joblib")
     with atomic_path(model_out) as tmp:

@@ -62,6 +62,7 @@ def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
         assert {"accuracy_mean", "accuracy_std", "accuracy_ci95"} <= set(metrics["cv"])
         assert "accuracy_mean" in metrics["cv_leaky"] and "accuracy" in metrics["valid"]
         assert metrics["fit_seconds"] >= 0
+        assert metrics["cv"]["train_views"] == 1  # SMALL_RUN embeds one view per train image and uses it
     meta = json.loads((root / "features" / "meta.json").read_text())
     assert meta["pretrained"] is False and meta["transform"]["crop_size"] == [64]
     assert "RANDOM" in (root / "artifacts" / "comparison.md").read_text()
@@ -79,7 +80,7 @@ def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(rep
     root, env, dvc, _ = repo
     write_params(root / "params.yaml", {**SMALL_RUN, "data.root": json.loads(
         (root / "artifacts" / "data" / "source.json").read_text())["root"].removesuffix("/Master Folder"),
-        "classical.knn.n_neighbors": [1, 3]})
+        "classical.knn.n_neighbors": [1]})  # SMALL_RUN has [3, 5]: the selection must change
     assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "classical@knn", "compare", "report"}
 
 
