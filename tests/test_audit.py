@@ -8,7 +8,7 @@ from pipeline import audit as audit_stage
 from pipeline.audit_report import audit_dataset
 from pipeline.dataset import build_manifest
 from pipeline.grouping import near_duplicate_pairs, original_name, perceptual_hashes, picture_groups
-from tests.conftest import picture
+from tests.conftest import picture, write_params
 
 
 def test_original_name_follows_the_aug_naming():
@@ -70,9 +70,7 @@ def test_injected_train_test_leak_fails_the_stage_after_writing_the_report(datas
     # a mirrored, resized copy of a train picture slipped into test under another name
     with Image.open(layout / "train" / "Sad" / "009.jpg") as image:
         ImageOps.mirror(image).resize((84, 72)).save(layout / "test" / "Sad" / "zz_new.jpg", quality=80)
-    params = tmp_path / "params.yaml"
-    params.write_text(f"data: {{handle: x/y/versions/1, root: '{dataset}', layout_dir: Master Folder, on_bad_image: error}}\n"
-                      "audit: {near_duplicate_bits: 10, on_leak: error}\n")
+    params = write_params(tmp_path / "params.yaml", {"data.root": str(dataset), "audit.on_leak": "error"})
     monkeypatch.chdir(tmp_path)
     from pipeline import prepare
 
@@ -82,5 +80,5 @@ def test_injected_train_test_leak_fails_the_stage_after_writing_the_report(datas
     assert report["cross_split_leaks"][0]["splits"] == ["test", "train"]
     assert "test/Sad/zz_new.jpg" in report["cross_split_leaks"][0]["paths"]
     assert "LEAK" in (tmp_path / "artifacts" / "audit.md").read_text()
-    params.write_text(params.read_text().replace("on_leak: error", "on_leak: warn"))
+    write_params(params, {"data.root": str(dataset), "audit.on_leak": "warn"})
     assert audit_stage.main(["--params", str(params)]) == 0
