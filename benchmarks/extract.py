@@ -32,12 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 from pipeline.backbone import build_backbone
 from pipeline.embedding import PRECISIONS, iter_embeddings, resolve_device, resolve_precision
 from pipeline.params import ModelParams
 
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 RANDOM_B1 = ModelParams(arch="efficientnet_b1", weights=None, checkpoint=None, init_seed=0)
 
 
@@ -94,11 +96,13 @@ def peak_rss_of_extract(n: int, work: Path, *, size: tuple[int, int], crop: int)
     for split, count in [("train", n), ("valid", 4), ("test", 4)]:
         make_jpegs(root / "Master Folder" / split / "a", count, size, seed=n)
     params = work / f"params{n}.yaml"
-    params.write_text(
-        f"data: {{handle: none/none/versions/1, root: '{root}', layout_dir: Master Folder, on_bad_image: error}}\n"
-        "model: {arch: efficientnet_b1, weights: null, checkpoint: null, init_seed: 0}\n"
-        f"extract: {{device: cpu, batch_size: 32, num_workers: 0, channels_last: true, precision: fp32, "
-        f"crop_size: {crop}, resize_size: {crop + crop // 8}}}\n")
+    settings = yaml.safe_load(PARAMS.read_text())
+    settings["data"].update(root=str(root))
+    settings["model"].update(weights=None, checkpoint=None)
+    settings["extract"].update(device="cpu", batch_size=32, num_workers=0, precision="fp32", crop_size=crop,
+                               resize_size=crop + crop // 8)
+    settings["views"].update(count=0)
+    params.write_text(yaml.safe_dump(settings))
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     manifest = work / f"manifest{n}" / "manifest.csv"
     subprocess.run([sys.executable, "-m", "pipeline.prepare", "--params", str(params), "--manifest", str(manifest)],
