@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, default=None,
                         help="refuse features not extracted from this manifest (dvc.yaml passes it)")
     parser.add_argument("--model-out", type=Path, default=None, help="default: artifacts/models/<model>.joblib")
-    add_output_args(parser, "--model")
+    add_output_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-model", type=Path, default=None,
                         help="also save the full torchvision model (needs the backbone of model params)")
     parser.add_argument("--history", type=Path, default=Path("artifacts/plots/head_history.csv"))
-    add_output_args(parser, "'head'")
+    add_output_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

@@ -25,12 +25,12 @@ def write_results(evaluation: Evaluation, *, name: str, fit_seconds: float, pret
                          "pretrained": pretrained, "fit_seconds": round(fit_seconds, 3)})
 
 
-def add_output_args(parser: Any, name_arg: str) -> None:
-    """The output paths every classifier stage takes (defaults follow the classifier's name)."""
+def add_output_args(parser: Any) -> None:
+    """The output paths every classifier stage takes (defaults: ``default_outputs``)."""
     for flag, help_ in [("--metrics", "metrics JSON"), ("--predictions", "per-image predictions CSV"),
                         ("--confusion", "test rows for the confusion plot"), ("--folds", "per-fold CV scores")]:
-        parser.add_argument(flag, type=Path, default=None, help=f"{help_} (default: under artifacts/, "
-                            f"named after {name_arg})")
+        parser.add_argument(flag, type=Path, default=None,
+                            help=f"{help_} (default: under artifacts/, named after the classifier)")
 
 
 def default_outputs(args: Any, name: str) -> dict[str, Path]:
