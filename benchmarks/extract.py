@@ -60,7 +60,7 @@ def model_only(backbone, *, batch_size: int, device: torch.device, precision: st
                seconds: float) -> float:
     crop = backbone.info["transform"]["crop_size"][0]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = backbone.model.to(device).to(memory_format=memory_format)
+    backbone.model.to(device).to(memory_format=memory_format)  # in place
     batch = torch.randn(batch_size, 3, crop, crop, device=device).contiguous(memory_format=memory_format)
     dtype = PRECISIONS[precision]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.atomic import write_csv, write_json, write_text
 from pipeline.audit_report import audit_dataset, render_markdown
 from pipeline.dataset import read_manifest
+from pipeline.errors import run_cli
 from pipeline.grouping import perceptual_hashes
 from pipeline.params import DEFAULT_PARAMS, load_section
 
@@ -52,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

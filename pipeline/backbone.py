@@ -23,6 +23,7 @@ import torchvision
 from torch import nn
 from torchvision.models import EfficientNet_B1_Weights, WeightsEnum
 
+from pipeline.errors import PipelineError
 from pipeline.params import ModelParams
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-class BackboneError(ValueError):
+class BackboneError(PipelineError):
     """The backbone cannot be built as configured (unknown name, missing weights, bad checkpoint)."""
 
 

@@ -25,6 +25,7 @@ from pipeline.classifiers import (
     selected_params,
     smallest_training_fold,
 )
+from pipeline.errors import run_cli
 from pipeline.params import DEFAULT_PARAMS, ParamsError, load_section, read_params
 from pipeline.protocol import evaluate_classifier, load_groups, with_views
 from pipeline.results import add_output_args, default_outputs, write_results
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     train = feats["train"]
     groups = load_groups(args.groups, train.paths)
 
-    def fit_fold(X, y, g):  # noqa: N803
+    def fit_fold(X, y, g):
         return select_and_fit(pipeline, grid, X, y, g, inner_folds=cv.inner_folds, seed=cv.seed)
 
     views = train.views if load_section("views", args.params).use else None
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     fit_seconds = time.perf_counter() - start
     selected = selected_params(chosen, grid)
 
-    def fit_fixed(X, y, g):  # noqa: N803
+    def fit_fixed(X, y, g):
         return clone(chosen).fit(X, y)
 
     logging.getLogger(__name__).info("%s: selected %s in %.1f s", args.model, selected, fit_seconds)
@@ -89,4 +90,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

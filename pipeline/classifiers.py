@@ -49,7 +49,7 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
         build=lambda: Pipeline([("l2", Normalizer()), ("scale", StandardScaler()),
                                 ("clf", SVC(kernel="rbf", random_state=0))]),
         grid={"C": (_positive, "positive numbers")},
-        finalize=lambda chosen, X, y, groups, *, inner_folds, seed: calibrate_grouped(  # noqa: N803
+        finalize=lambda chosen, X, y, groups, *, inner_folds, seed: calibrate_grouped(
             chosen, X, y, groups, folds=inner_folds, seed=seed),
     ),
     "knn": ClassifierSpec(
@@ -82,7 +82,7 @@ def build_classifier(name: str, grid: Any) -> tuple[Pipeline, dict[str, list[Any
     return spec.build(), param_grid
 
 
-def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, folds: int, seed: int) -> CalibratedClassifierCV:  # noqa: N803
+def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, folds: int, seed: int) -> CalibratedClassifierCV:
     """Platt-scale a classifier without probabilities on decision values from grouped folds.
 
     libsvm's own ``probability=True`` calibrates on plain k-fold, where copies of
@@ -93,7 +93,7 @@ def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, folds: int, seed: int
     return CalibratedClassifierCV(clone(pipeline), method="sigmoid", cv=splits, ensemble=False).fit(X, y)
 
 
-def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,  # noqa: N803
+def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,
                    inner_folds: int, seed: int) -> Pipeline:
     """Pick hyperparameters by grouped CV on (X, y) alone, then refit on all of it."""
     if all(len(v) == 1 for v in param_grid.values()):

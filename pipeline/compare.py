@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.atomic import write_csv, write_json, write_text
+from pipeline.errors import run_cli
 from pipeline.leaderboard import leaderboard, render_markdown
 
 
@@ -45,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline.errors import PipelineError
 from pipeline.images import load_rgb
 from pipeline.params import DataParams
 
@@ -26,7 +27,7 @@ OS_CLUTTER = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 MANIFEST_COLUMNS = ["path", "split", "label", "sha256", "width", "height"]
 
 
-class DatasetError(ValueError):
+class DatasetError(PipelineError):
     """The dataset on disk does not have the expected layout or content."""
 
 

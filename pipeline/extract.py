@@ -24,6 +24,7 @@ from pipeline.atomic import atomic_path, write_csv, write_json
 from pipeline.backbone import build_backbone
 from pipeline.dataset import read_manifest
 from pipeline.embedding import iter_embeddings, resolve_device, resolve_precision, view_transform
+from pipeline.errors import run_cli
 from pipeline.params import DEFAULT_PARAMS, load_section
 
 log = logging.getLogger(__name__)
@@ -97,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

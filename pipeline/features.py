@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import PipelineError
+
 INDEX = "index.csv"
 META = "meta.json"
 INDEX_COLUMNS = ["split", "path", "label"]
 
 
-class FeaturesError(ValueError):
+class FeaturesError(PipelineError):
     """A features folder is missing, incomplete or inconsistent."""
 
 

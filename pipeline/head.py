@@ -20,6 +20,7 @@ from sklearn.base import clone
 from pipeline import features as features_io
 from pipeline.atomic import atomic_path, write_csv
 from pipeline.backbone import BackboneError, build_backbone, full_model_with_head
+from pipeline.errors import run_cli
 from pipeline.linear_head import LinearHeadClassifier
 from pipeline.params import DEFAULT_PARAMS, load_section
 from pipeline.protocol import evaluate_classifier, load_groups, with_views
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     fit_seconds = time.perf_counter() - start
     fixed = clone(model).set_params(max_epochs=model.best_epoch_)
 
-    def fit_fold(X, y, g):  # noqa: N803
+    def fit_fold(X, y, g):
         return clone(fixed).fit(X, y)
 
     evaluation = evaluate_classifier(model=model, fit_fold=fit_fold, fit_fixed=fit_fold, features=feats,
@@ -86,4 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

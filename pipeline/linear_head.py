@@ -19,7 +19,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def _tensor(X: np.ndarray) -> torch.Tensor:  # noqa: N803
+def _tensor(X: np.ndarray) -> torch.Tensor:
     """A float32 tensor owning its data (joblib hands workers read-only memory maps)."""
     return torch.from_numpy(np.array(X, dtype=np.float32))
 
@@ -48,7 +48,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         self.patience = patience
         self.seed = seed
 
-    def fit(self, X: np.ndarray, y: np.ndarray, *, X_valid: np.ndarray | None = None,  # noqa: N803
+    def fit(self, X: np.ndarray, y: np.ndarray, *, X_valid: np.ndarray | None = None,
             y_valid: np.ndarray | None = None) -> LinearHeadClassifier:
         n_classes = self.n_classes or int(np.max(y)) + 1
         self.classes_ = np.arange(n_classes)
@@ -95,12 +95,12 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         log.info("linear head: %d epochs run, best epoch %d", len(history), best_epoch)
         return self
 
-    def logits(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+    def logits(self, X: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self.head_.eval()(_tensor(X)).numpy()
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return torch.softmax(torch.as_tensor(self.logits(X)), dim=1).numpy()
 
-    def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+    def predict(self, X: np.ndarray) -> np.ndarray:
         return self.logits(X).argmax(axis=1)

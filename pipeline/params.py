@@ -15,10 +15,12 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.errors import PipelineError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ParamsError(ValueError):
+class ParamsError(PipelineError):
     """A parameter in params.yaml is missing, unknown, mistyped or out of range."""
 
 

@@ -9,7 +9,6 @@ another backbone.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,14 @@ import torch
 from pipeline.backbone import BackboneError, build_backbone
 from pipeline.dataset import IMAGE_SUFFIXES
 from pipeline.embedding import iter_embeddings, resolve_device
+from pipeline.errors import PipelineError, run_cli
 from pipeline.linear_head import make_head
 from pipeline.params import ModelParams
 
 MODELS = ("head", "logreg", "svm", "knn")
 
 
-class PredictError(ValueError):
+class PredictError(PipelineError):
     """The model or the images cannot be used for prediction."""
 
 
@@ -64,7 +64,7 @@ def load_classifier(name: str, models_dir: Path) -> tuple[Any, list[str], dict[s
         head.eval()
 
         class Head:
-            def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+            def predict_proba(self, X: np.ndarray) -> np.ndarray:
                 with torch.no_grad():
                     return torch.softmax(head(torch.as_tensor(X)), dim=1).numpy()
 
@@ -115,12 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the one used for extraction")
     args = parser.parse_args(argv)
     name = best_model(args.comparison) if args.model == "best" else args.model
-    try:
-        frame = predict(args.paths, model_name=name, models_dir=args.models_dir, device=args.device,
-                        batch_size=args.batch_size)
-    except (PredictError, BackboneError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    frame = predict(args.paths, model_name=name, models_dir=args.models_dir, device=args.device,
+                    batch_size=args.batch_size)
     if args.format == "csv":
         print(frame.to_csv(index=False), end="")
     elif args.format == "json":
@@ -131,4 +127,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.atomic import write_csv, write_json
 from pipeline.dataset import build_manifest, resolve_root
+from pipeline.errors import run_cli
 from pipeline.params import DEFAULT_PARAMS, load_section, validate_all
 
 
@@ -36,4 +37,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

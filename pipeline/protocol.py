@@ -21,6 +21,7 @@ from joblib import Parallel, delayed
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from pipeline.errors import PipelineError
 from pipeline.features import Features
 from pipeline.params import CVParams, EvaluationParams
 from pipeline.splits import RepeatedStratifiedGroupKFold
@@ -40,7 +41,7 @@ class Evaluation:
     folds: pd.DataFrame  # one row per CV fold, both protocols
 
 
-class GroupsError(ValueError):
+class GroupsError(PipelineError):
     """The picture groups do not cover the images being cross-validated."""
 
 
@@ -57,7 +58,7 @@ def load_groups(path: Path, paths: list[str]) -> np.ndarray:
     return table.loc[paths].to_numpy()
 
 
-def with_views(X: np.ndarray, y: np.ndarray, groups: np.ndarray, views: np.ndarray | None,  # noqa: N803
+def with_views(X: np.ndarray, y: np.ndarray, groups: np.ndarray, views: np.ndarray | None,
                rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training data for ``rows``: the originals, then each of their augmented views.
 
@@ -72,7 +73,7 @@ def with_views(X: np.ndarray, y: np.ndarray, groups: np.ndarray, views: np.ndarr
             np.tile(y[rows], copies), np.tile(groups[rows], copies))
 
 
-def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,  # noqa: N803
+def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                 views: np.ndarray | None, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
     model = fit_fold(*with_views(X, y, groups, views, train))
     pred = model.predict(X[test])
@@ -83,7 +84,7 @@ def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndar
             "balanced_accuracy": balanced, "macro_f1": macro_f1(y[test], pred)}
 
 
-def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,  # noqa: N803
+def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
               splits: Iterable[tuple[np.ndarray, np.ndarray]], *, views: np.ndarray | None = None,
               n_jobs: int | None = None) -> pd.DataFrame:
     """Score ``fit_fold`` on every (train, test) split: accuracy, balanced accuracy, macro-F1.

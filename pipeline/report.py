@@ -16,6 +16,7 @@ import pandas as pd
 
 from pipeline import features as features_io
 from pipeline.atomic import write_text
+from pipeline.errors import run_cli
 from pipeline.images import load_rgb
 from pipeline.report_figures import (
     confusion_figure,
@@ -117,4 +118,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -20,10 +20,10 @@ class RepeatedStratifiedGroupKFold:
         self.n_repeats = n_repeats
         self.random_state = random_state
 
-    def get_n_splits(self, X=None, y=None, groups=None) -> int:  # noqa: N803 (sklearn's signature)
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
         return self.n_splits * self.n_repeats
 
-    def split(self, X, y, groups) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # noqa: N803
+    def split(self, X, y, groups) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if groups is None:
             raise ValueError("RepeatedStratifiedGroupKFold needs groups (the original picture of each image).")
         n_groups = len(np.unique(groups))

@@ -7,6 +7,7 @@ pipeline reports carries an interval, and "A beats B" needs a paired test.
 from __future__ import annotations
 
 import warnings
+
 import numpy as np
 from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss

@@ -77,3 +77,14 @@ def test_validate_all_catches_a_typo_in_any_section_before_work(tmp_path):
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError, match=r"Unknown section\(s\) \['heads'\]"):
         validate_all(tmp_path / "p.yaml")
+
+
+def test_stage_cli_reports_a_bad_parameter_in_one_line_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, extract__batch_size=0)
+    result = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--params", str(path)], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: extract.batch_size=0 is out of range: it must be >= 1."

@@ -32,7 +32,7 @@ def test_grouped_cv_sees_chance_where_leaky_cv_sees_memorisation():
     pipeline, grid = build_classifier("knn", {"n_neighbors": [1]})
     model = select_and_fit(pipeline, grid, feats["train"].X, feats["train"].y, groups, inner_folds=3, seed=0)
 
-    def fit(X, y, g):  # noqa: N803
+    def fit(X, y, g):
         return clone(model).fit(X, y)
 
     result = evaluate_classifier(model=model, fit_fold=fit, fit_fixed=fit, features=feats, groups=groups,
@@ -52,7 +52,7 @@ def test_nested_selection_receives_only_training_fold_groups():
     feats, groups = copies_dataset(n_pictures=24, copies=3)
     seen = []
 
-    def fit(X, y, g):  # noqa: N803
+    def fit(X, y, g):
         seen.append(set(g))
         pipeline, grid = build_classifier("knn", {"n_neighbors": [1, 3]})
         return select_and_fit(pipeline, grid, X, y, g, inner_folds=2, seed=0)
@@ -77,7 +77,7 @@ def test_views_join_only_their_own_pictures_training_folds():
     views = np.stack([feats["train"].X + 100 * (k + 1) for k in range(3)])  # view k of row i is recognisable
     received = []
 
-    def fit(X, y, g):  # noqa: N803
+    def fit(X, y, g):
         received.append((X, g))
         pipeline, grid = build_classifier("knn", {"n_neighbors": [1]})
         return select_and_fit(pipeline, grid, X, y, g, inner_folds=2, seed=0)
