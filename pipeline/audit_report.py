@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.dataset import HELD_OUT
 from pipeline.grouping import components, near_duplicate_pairs, picture_groups
-
-HELD_OUT = ("valid", "test")
 
 
 @dataclasses.dataclass
@@ -34,7 +33,8 @@ def audit_dataset(manifest: pd.DataFrame, hashes: np.ndarray, *, near_duplicate_
     exact = [sorted(g["path"]) for _, g in manifest.groupby("sha256") if len(g) > 1]
     pairs = near_duplicate_pairs(hashes, near_duplicate_bits)
     near = [[paths[i] for i in comp] for comp in components(len(paths), pairs)]
-    exact_pairs = [(paths.index(g[0]), paths.index(p)) for g in exact for p in g[1:]]
+    row = {p: i for i, p in enumerate(paths)}
+    exact_pairs = [(row[g[0]], row[p]) for g in exact for p in g[1:]]
     all_pairs = np.concatenate([pairs, np.array(exact_pairs, dtype=np.int64).reshape(-1, 2)])
     group_of = picture_groups(paths, all_pairs)
 

@@ -7,20 +7,23 @@ when any image changes, and its rows fix the order every later array follows.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import warnings
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.images import load_rgb
+from pipeline.images import to_rgb
 from pipeline.params import DataParams
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
+HELD_OUT = ("valid", "test")  # scored, never fitted on
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 # Files that operating systems drop into folders; skipped with a log line, never read.
 OS_CLUTTER = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
@@ -123,7 +126,8 @@ def describe_image(path: Path) -> tuple[str, int, int]:
     """Return (sha256, width, height) of an image, decoding it fully to catch damage."""
     data = path.read_bytes()
     try:
-        width, height = load_rgb(path).size
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = to_rgb(image).size
     except Exception as err:  # PIL raises many types for damaged files
         raise DatasetError(f"{path} is not a readable image ({type(err).__name__}: {err}).") from err
     return hashlib.sha256(data).hexdigest(), width, height

@@ -101,14 +101,12 @@ def picture_groups(paths: Sequence[str], near_pairs: np.ndarray) -> list[str]:
     of near-duplicate pairs, end in the same group.
     """
     index = {p: i for i, p in enumerate(paths)}
+    first_copy: dict[str, int] = {}  # for augmentations whose original is absent: join the siblings
     edges = [tuple(pair) for pair in near_pairs]
     for i, path in enumerate(paths):
         original = original_name(path)
-        if original != path and original in index:
-            edges.append((i, index[original]))
-        elif original != path:
-            # An augmentation whose original is absent: group it with its sibling copies.
-            edges.append((i, index.setdefault(original, i)))
+        if original != path:
+            edges.append((i, index[original] if original in index else first_copy.setdefault(original, i)))
     uf = UnionFind(len(paths))
     for i, j in edges:
         uf.union(int(i), int(j))

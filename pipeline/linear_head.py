@@ -95,6 +95,14 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         log.info("linear head: %d epochs run, best epoch %d", len(history), best_epoch)
         return self
 
+    @classmethod
+    def from_head(cls, head: nn.Sequential) -> LinearHeadClassifier:
+        """A fitted classifier around a saved head (for prediction; nothing to train)."""
+        model = cls(n_classes=head[-1].out_features, dropout=head[0].p)
+        model.classes_ = np.arange(model.n_classes)
+        model.head_ = head.eval()
+        return model
+
     def logits(self, X: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self.head_.eval()(_tensor(X)).numpy()

@@ -21,7 +21,7 @@ from pipeline.backbone import BackboneError, build_backbone
 from pipeline.dataset import IMAGE_SUFFIXES
 from pipeline.embedding import iter_embeddings, resolve_device
 from pipeline.errors import PipelineError, run_cli
-from pipeline.linear_head import make_head
+from pipeline.linear_head import LinearHeadClassifier, make_head
 from pipeline.params import ModelParams
 
 MODELS = ("head", "logreg", "svm", "knn")
@@ -61,14 +61,7 @@ def load_classifier(name: str, models_dir: Path) -> tuple[Any, list[str], dict[s
         saved = torch.load(path, weights_only=True)
         head = make_head(saved["features_meta"]["feature_dim"], len(saved["classes"]), saved["dropout"])
         head.load_state_dict(saved["state_dict"])
-        head.eval()
-
-        class Head:
-            def predict_proba(self, X: np.ndarray) -> np.ndarray:
-                with torch.no_grad():
-                    return torch.softmax(head(torch.as_tensor(X)), dim=1).numpy()
-
-        return Head(), saved["classes"], saved["features_meta"]
+        return LinearHeadClassifier.from_head(head), saved["classes"], saved["features_meta"]
     path = models_dir / f"{name}.joblib"
     if not path.is_file():
         raise PredictError(f"{path} not found; run the classical@{name} stage first.")

@@ -21,6 +21,7 @@ from joblib import Parallel, delayed
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from pipeline.dataset import HELD_OUT
 from pipeline.errors import PipelineError
 from pipeline.features import Features
 from pipeline.params import CVParams, EvaluationParams
@@ -29,7 +30,6 @@ from pipeline.statistics import corrected_cv_interval, held_out_metrics, macro_f
 
 log = logging.getLogger(__name__)
 
-HELD_OUT = ("valid", "test")
 # fit_fold(X, y, groups) -> a fitted estimator with predict/predict_proba
 FitFold = Callable[[np.ndarray, np.ndarray, np.ndarray], Any]
 
@@ -110,17 +110,14 @@ def summarise_cv(scores: pd.DataFrame, *, n_samples: int) -> dict[str, Any]:
     return out
 
 
-def predictions_frame(model: Any, features: Features, splits: tuple[str, ...] = HELD_OUT) -> pd.DataFrame:
-    frames = []
-    for split in splits:
-        part = features[split]
-        proba = model.predict_proba(part.X)
-        frame = pd.DataFrame({"image": part.paths, "split": split,
-                              "true": [features.classes[i] for i in part.y],
-                              "predicted": [features.classes[i] for i in model.predict(part.X)]})
-        probs = pd.DataFrame(proba, columns=[f"p_{c}" for c in features.classes]).round(6)
-        frames.append(pd.concat([frame, probs], axis=1))
-    return pd.concat(frames, ignore_index=True)
+def predictions_frame(features: Features, split: str, proba: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
+    """Per-image rows: image, split, true, predicted, p_<class>..."""
+    part = features[split]
+    frame = pd.DataFrame({"image": part.paths, "split": split,
+                          "true": [features.classes[i] for i in part.y],
+                          "predicted": [features.classes[i] for i in predicted]})
+    probs = pd.DataFrame(proba, columns=[f"p_{c}" for c in features.classes]).round(6)
+    return pd.concat([frame, probs], axis=1)
 
 
 def evaluate_classifier(*, model: Any, fit_fold: FitFold, fit_fixed: FitFold, features: Features,
@@ -146,12 +143,14 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold, fit_fixed: FitFold, fe
                "train_views": 0 if views is None else len(views)},
         "cv_leaky": summarise_cv(leaky, n_samples=len(train.y)),
     }
-    predictions = predictions_frame(model, features)
+    frames = []
     for split in HELD_OUT:
         part = features[split]
-        metrics[split] = held_out_metrics(
-            part.y, model.predict_proba(part.X), model.predict(part.X),
-            n_bootstrap=evaluation.n_bootstrap, ece_bins=evaluation.ece_bins, seed=evaluation.seed)
+        proba, predicted = model.predict_proba(part.X), model.predict(part.X)
+        metrics[split] = held_out_metrics(part.y, proba, predicted, n_bootstrap=evaluation.n_bootstrap,
+                                          ece_bins=evaluation.ece_bins, seed=evaluation.seed)
+        frames.append(predictions_frame(features, split, proba, predicted))
+    predictions = pd.concat(frames, ignore_index=True)
     folds = pd.concat([grouped.assign(protocol="grouped"), leaky.assign(protocol="leaky")], ignore_index=True)
     log.info("cv grouped %.3f +- %.3f, leaky %.3f; test %.3f", metrics["cv"]["accuracy_mean"],
              metrics["cv"]["accuracy_std"], metrics["cv_leaky"]["accuracy_mean"], metrics["test"]["accuracy"])

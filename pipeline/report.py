@@ -12,6 +12,7 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline import features as features_io
@@ -80,7 +81,7 @@ def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFra
     parts += ["<h2 id='per-class'>Per-class precision and recall (test)</h2>",
               per_class.to_html(float_format=lambda v: f"{v:.2f}")]
     splits = list(feats.splits)
-    X = pd.concat([pd.DataFrame(feats[s].X) for s in splits]).to_numpy()
+    X = np.concatenate([feats[s].X for s in splits])
     labels = [classes[i] for s in splits for i in feats[s].y]
     split_names = [s for s in splits for _ in feats[s].paths]
     parts += ["<h2 id='embeddings'>Embedding map</h2>",
