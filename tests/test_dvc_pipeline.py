@@ -4,12 +4,15 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import PROJECT, SMALL_RUN, make_dataset, write_params
 
@@ -26,9 +29,14 @@ def ran(output):
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+ENV = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+       "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def init_project(root, data):
+    """A git repository holding the project's files, with params for a small run on ``data``."""
     for name in PROJECT_FILES:
         source = PROJECT / name
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -36,21 +44,33 @@ def repo(tmp_path_factory):
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, root / name)
-    data = make_dataset(tmp_path_factory.mktemp("data"), train_per_class=5, held_out_per_class=3)
     write_params(root / "params.yaml", {**SMALL_RUN, "data.root": str(data)})
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    run(["git", "init", "-q"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "project"], root, env)
-    dvc = [sys.executable, "-m", "dvc"]
-    first = run([*dvc, "repro"], root, env)
-    return root, env, dvc, first
+    run(["git", "init", "-q"], root, ENV)
+    run(["git", "add", "-A"], root, ENV)
+    run(["git", "commit", "-qm", "project"], root, ENV)
+
+
+def outputs(root):
+    """Bytes of the features and of every metric, timing fields dropped, keyed by path."""
+    found = {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "features").iterdir())}
+    for path in sorted((root / "artifacts" / "metrics").glob("*.json")):
+        metrics = json.loads(path.read_text())
+        metrics.pop("fit_seconds")
+        found[str(path.relative_to(root))] = json.dumps(metrics).encode()
+    return found
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    data = make_dataset(tmp_path_factory.mktemp("data"), train_per_class=5, held_out_per_class=3)
+    init_project(root, data)
+    first = run([*DVC, "repro"], root, ENV)
+    return root, ENV, DVC, first, outputs(root)
 
 
 def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
-    root, env, dvc, first = repo
+    root, env, dvc, first, _ = repo
     assert ran(first) == {"prepare", "audit", "extract", "head", "classical@logreg", "classical@svm",
                           "classical@knn", "compare", "report"}
     shown = json.loads(run([*dvc, "metrics", "show", "--json"], root, env))
@@ -72,12 +92,12 @@ def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
 
 
 def test_second_repro_skips_everything_after_the_source_check(repo):
-    root, env, dvc, _ = repo
+    root, env, dvc, _, _ = repo
     assert ran(run([*dvc, "repro"], root, env)) == {"prepare"}  # always_changed: re-hashes the source only
 
 
 def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(repo):
-    root, env, dvc, _ = repo
+    root, env, dvc, _, _ = repo
     write_params(root / "params.yaml", {**SMALL_RUN, "data.root": json.loads(
         (root / "artifacts" / "data" / "source.json").read_text())["root"].removesuffix("/Master Folder"),
         "classical.knn.n_neighbors": [1]})  # SMALL_RUN has [3, 5]: the selection must change
@@ -86,7 +106,7 @@ def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(rep
 
 @pytest.mark.parametrize("model", ["head", "knn", "svm"])
 def test_predict_on_the_test_folder_reproduces_the_stage_predictions(repo, model):
-    root, env, _, _ = repo
+    root, env, _, _, _ = repo
     data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"]
     result = subprocess.run([sys.executable, "-m", "pipeline.predict", f"{data}/test", "--model", model,
                              "--format", "csv"], cwd=root, env=env, capture_output=True, text=True, check=True)
@@ -100,7 +120,7 @@ def test_predict_on_the_test_folder_reproduces_the_stage_predictions(repo, model
 
 
 def test_predict_refuses_a_model_whose_backbone_cannot_be_rebuilt(repo, tmp_path):
-    root, env, _, _ = repo
+    root, env, _, _, _ = repo
     import joblib
 
     saved = joblib.load(root / "artifacts" / "models" / "knn.joblib")
@@ -116,7 +136,7 @@ def test_predict_refuses_a_model_whose_backbone_cannot_be_rebuilt(repo, tmp_path
 
 
 def test_report_holds_every_section_with_real_images(repo):
-    root, _, _, _ = repo
+    root, _, _, _, _ = repo
     import base64
     import re
 
@@ -136,3 +156,30 @@ def test_report_holds_every_section_with_real_images(repo):
     wrong = int((test["true"] != test["predicted"]).sum())
     assert sum(kind == "jpeg" for kind, _ in images) == wrong  # one thumbnail per misclassified test image
     assert "<table" in page and "Random or unverified" in page
+
+
+def test_repro_killed_mid_extract_leaves_nothing_cached_and_the_next_repro_gives_the_same_result(repo, tmp_path):
+    baseline_root, _, _, _, baseline = repo
+    data = json.loads((baseline_root / "artifacts" / "data" / "source.json").read_text())["root"]
+    root = tmp_path / "project"
+    root.mkdir()
+    init_project(root, data.removesuffix("/Master Folder"))
+    # dvc, the shell it starts and the stage (with any loader workers) die together, as on a power cut
+    proc = subprocess.Popen([*DVC, "repro"], cwd=root, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not any(root.glob(".features.tmp-*/*.npy")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "dvc repro got past extract before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    assert not (root / "features").exists()
+    lock = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else {}
+    assert "extract" not in lock.get("stages", {})  # DVC recorded nothing for the killed stage
+    assert "extract" in run([*DVC, "status"], root, ENV)
+    rerun = run([*DVC, "repro"], root, ENV)
+    assert {"extract", "head", "compare"} <= ran(rerun)
+    assert not list(root.glob(".features.tmp-*"))
+    assert outputs(root) == baseline  # byte-identical embeddings, identical metrics
+    assert "extract" not in run([*DVC, "status"], root, ENV)
