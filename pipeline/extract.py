@@ -23,7 +23,13 @@ from pipeline import features
 from pipeline.atomic import atomic_path, write_csv, write_json
 from pipeline.backbone import build_backbone
 from pipeline.dataset import read_manifest
-from pipeline.embedding import iter_embeddings, resolve_device, resolve_precision, view_transform
+from pipeline.embedding import (
+    iter_embeddings,
+    resolve_decode,
+    resolve_device,
+    resolve_precision,
+    view_transform,
+)
 from pipeline.errors import run_cli
 from pipeline.params import DEFAULT_PARAMS, load_section
 
@@ -45,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(json.loads(args.manifest.with_name("source.json").read_text())["root"])
     device = resolve_device(params.device)
     precision = resolve_precision(params.precision, device)
+    decode = resolve_decode(params.decode, device)
     backbone = build_backbone(model_params, crop_size=params.crop_size, resize_size=params.resize_size)
     classes = sorted(manifest.loc[manifest["split"] == "train", "label"].unique())
 
@@ -55,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         offset = 0
         for emb in iter_embeddings(backbone, [root / p for p in rows["path"]], batch_size=params.batch_size,
                                    num_workers=params.num_workers, device=device,
-                                   channels_last=params.channels_last, precision=precision, **kwargs):
+                                   channels_last=params.channels_last, precision=precision, decode=decode,
+                                   **kwargs):
             out[offset : offset + len(emb)] = emb
             offset += len(emb)
 
@@ -84,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": "float32",
             "channels_last": params.channels_last,
             "precision": precision,
+            "decode": decode,
             "views": {"count": views.count, "crop_scale_min": views.crop_scale_min, "hflip": views.hflip,
                       "jitter": views.jitter, "seed": views.seed},
             "batch_size": params.batch_size,

@@ -56,6 +56,7 @@ class ExtractParams:
     num_workers: int
     channels_last: bool
     precision: Literal["auto", "fp32", "bf16", "fp16"]
+    decode: Literal["auto", "cpu", "device"]
     crop_size: int | None
     resize_size: int | None
 

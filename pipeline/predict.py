@@ -1,8 +1,8 @@
 """Classify new images with a trained model: ``python -m pipeline.predict PATH... --model svm``.
 
 The backbone is rebuilt from the features metadata saved with the model (same
-architecture, weights, transform, batch size, memory format and precision as
-extraction) and checked by fingerprint, so a model is never fed embeddings of
+architecture, weights, transform, batch size, memory format, precision and decode
+path as extraction) and checked by fingerprint, so a model is never fed embeddings of
 another backbone.
 """
 
@@ -91,7 +91,8 @@ def predict(paths: list[Path], *, model_name: str, models_dir: Path, device: str
     torch_device = resolve_device(device)
     X = np.concatenate(list(iter_embeddings(
         backbone, files, batch_size=batch_size or meta.get("batch_size", 32), num_workers=0, device=torch_device,
-        channels_last=meta.get("channels_last", True), precision=meta.get("precision", "fp32"), desc="predict")))
+        channels_last=meta.get("channels_last", True), precision=meta.get("precision", "fp32"),
+        decode=meta.get("decode", "cpu"), desc="predict")))
     proba = classifier.predict_proba(X)
     frame = pd.DataFrame({"image": [str(f) for f in files], "predicted": [classes[i] for i in proba.argmax(1)]})
     return pd.concat([frame, pd.DataFrame(proba, columns=[f"p_{c}" for c in classes]).round(6)], axis=1)

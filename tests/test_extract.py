@@ -56,3 +56,17 @@ def test_each_random_view_is_fixed_by_seed_and_index_alone(dataset):
     other_view = ImageFiles(paths, augment, seed=(0, 1))[0]
     assert all((f == b).all() for f, b in zip(forward, backward))
     assert forward[0].shape == (3, 64, 64) and not (forward[0] == other_view).all()
+
+
+def test_decoding_on_the_device_is_recorded_and_leaves_the_random_views_unchanged(tmp_path, dataset,
+                                                                                  calibrated_checkpoint, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cpu = run_extract(tmp_path, dataset, calibrated_checkpoint, "cpu", **{"extract.decode": "cpu"})
+    device = run_extract(tmp_path, dataset, calibrated_checkpoint, "device", **{"extract.decode": "device"})
+    assert cpu.meta["decode"] == "cpu" and device.meta["decode"] == "device"
+    assert np.array_equal(cpu["train"].views, device["train"].views)  # views are always drawn on the cpu path
+    for split in ("train", "valid", "test"):
+        a, b = cpu[split].X, device[split].X
+        assert a.shape == b.shape and not np.array_equal(a, b)  # really decoded another way
+        cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cosine.mean() > 0.9  # close; tests/test_embedding.py bounds the difference properly

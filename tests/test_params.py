@@ -39,6 +39,7 @@ def test_unknown_key_is_named_with_the_known_ones(tmp_path):
         ({"cv__folds": 1}, r"cv.folds=1 is out of range"),
         ({"cv__n_jobs": 0}, r"cv.n_jobs=0 is invalid"),
         ({"audit__on_leak": "ignore"}, r"audit.on_leak='ignore' is not allowed"),
+        ({"extract__decode": "gpu"}, r"extract.decode='gpu' is not allowed: choose one of \['auto', 'cpu', 'device'\]"),
         ({"head__max_epochs": True}, r"head.max_epochs=True has the wrong type"),
     ],
 )
