@@ -137,8 +137,8 @@ class EncodedImageFiles(ImageFiles):
 
 def _decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its decoders in favour of TorchCodec, whose PyPI wheels
-        # do not decode on CUDA; torchvision's nvjpeg path is the one that ships with torch here.
+        # torchvision 0.29 deprecates its decoders in favour of TorchCodec, which is not a dependency
+        # here; this one (nvjpeg on CUDA) ships with the pinned torchvision.
         warnings.simplefilter("ignore", DeprecationWarning)
         return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
 
@@ -152,14 +152,12 @@ def preprocess_on_device(items: list[tuple[int, torch.Tensor]], files: EncodedIm
     if encoded:
         try:
             images = _decode_jpegs([items[k][1] for k in encoded], device)
-        except RuntimeError as error:  # a JPEG variant the device decoder refuses: decode these on the CPU
+            for k, image in zip(encoded, images, strict=True):
+                out[k] = files.transform(image)  # the weights' transform takes uint8 tensors too
+        except RuntimeError as error:  # a JPEG variant the device decoder refuses: take the PIL path
             log.warning("device JPEG decode failed (%s); decoding this batch with PIL", error)
-            images = [None] * len(encoded)
             for k in encoded:
                 out[k] = files.transform(load_rgb(files.paths[items[k][0]])).to(device)
-        for k, image in zip(encoded, images, strict=True):
-            if image is not None:
-                out[k] = files.transform(image)  # the weights' transform takes uint8 tensors too
     for k, (_, item) in enumerate(items):
         if out[k] is None:
             out[k] = item.to(device, non_blocking=True)
