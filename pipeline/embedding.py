@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -151,9 +152,13 @@ def preprocess_on_device(items: list[tuple[int, torch.Tensor]], files: EncodedIm
     encoded = [k for k, (_, item) in enumerate(items) if item.dim() == 1]
     if encoded:
         try:
-            images = _decode_jpegs([items[k][1] for k in encoded], device)
-            for k, image in zip(encoded, images, strict=True):
-                out[k] = files.transform(image)  # the weights' transform takes uint8 tensors too
+            images = dict(zip(encoded, _decode_jpegs([items[k][1] for k in encoded], device), strict=True))
+            by_shape: dict[torch.Size, list[int]] = defaultdict(list)
+            for k, image in images.items():
+                by_shape[image.shape].append(k)
+            for same in by_shape.values():  # one transform call per image size, not one per image
+                for k, pixels in zip(same, files.transform(torch.stack([images[k] for k in same])), strict=True):
+                    out[k] = pixels  # the weights' transform takes (batches of) uint8 tensors too
         except RuntimeError as error:  # a JPEG variant the device decoder refuses: take the PIL path
             log.warning("device JPEG decode failed (%s); decoding this batch with PIL", error)
             for k in encoded:
