@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from pipeline.backbone import Backbone
 from pipeline.errors import PipelineError
-from pipeline.images import load_rgb
+from pipeline.images import load_rgb, to_rgb
 from pipeline.params import ViewsParams
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,8 @@ class EncodedImageFiles(ImageFiles):
         data = self.paths[i].read_bytes()
         if device_decodable(data):
             return i, torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return i, self.transform(load_rgb(self.paths[i]))
+        with Image.open(io.BytesIO(data)) as image:  # the bytes already read, decoded as load_rgb does
+            return i, self.transform(to_rgb(image))
 
 
 def _decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
