@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                              "the pets dataset's split sizes; use --size 224x224 for the pets images' size")
     parser.add_argument("--rss-crop", type=int, default=64, help="crop size in --rss mode (memory, not speed)")
     parser.add_argument("--precision-check", type=int, default=None, metavar="N",
-                        help="cosine of bf16/fp16 to fp32 embeddings on N images")
+                        help="cosine of bf16/fp16 to fp32 embeddings on N generated images (with --data-root: "
+                             "on that dataset, N of its images re-estimating a random backbone's BatchNorm)")
     parser.add_argument("--checkpoint", default=None, help="state dict for --precision-check (real weights)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="--precision-check on this dataset's train/test, classifier predictions included")

@@ -7,17 +7,15 @@ when any image changes, and its rows fix the order every later array follows.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import warnings
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.images import to_rgb
+from pipeline.images import load_rgb
 from pipeline.params import DataParams
 
 log = logging.getLogger(__name__)
@@ -126,8 +124,7 @@ def describe_image(path: Path) -> tuple[str, int, int]:
     """Return (sha256, width, height) of an image, decoding it fully to catch damage."""
     data = path.read_bytes()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = to_rgb(image).size
+        width, height = load_rgb(data).size
     except Exception as err:  # PIL raises many types for damaged files
         raise DatasetError(f"{path} is not a readable image ({type(err).__name__}: {err}).") from err
     return hashlib.sha256(data).hexdigest(), width, height

@@ -7,12 +7,12 @@ Two decode paths feed the same weights' transform:
 - ``device``: workers only read the bytes; plain baseline JPEGs (RGB or grayscale,
   no EXIF rotation) are decoded on the extraction device in one batched
   ``torchvision.io.decode_jpeg`` call (nvjpeg on CUDA) and resized there. Any other
-  file takes the ``cpu`` path, so results never depend on which files are JPEGs.
-  On a GPU, CPU decoding is the bottleneck (about 6% of the model's throughput with
-  15 workers), which this removes.
+  file takes the ``cpu`` path, so the decoding rules above hold for every file.
+  On a GPU, CPU decoding is the bottleneck (measured on an H100: PIL in 15 workers
+  fed about 6% of the model's bf16 throughput), which this removes.
 
-The two paths differ only in resampling and IDCT rounding (embeddings agree to a
-cosine of about 0.999); the path used is recorded in ``features/meta.json``.
+The two paths differ only by IDCT and resampling rounding, at most one grey level
+per pixel (tests/test_embedding.py); the path used is recorded in ``features/meta.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from pipeline.backbone import Backbone
 from pipeline.errors import PipelineError
-from pipeline.images import load_rgb, to_rgb
+from pipeline.images import load_rgb
 from pipeline.params import ViewsParams
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ class ImageFiles(Dataset):
 
 
 def device_decodable(data: bytes) -> bool:
-    """A JPEG whose pixels ``decode_jpeg`` gives exactly as ``load_rgb`` would (up to rounding)."""
+    """A JPEG that ``decode_jpeg`` turns into the pixels ``load_rgb`` gives, up to IDCT rounding:
+    colour or grayscale (not CMYK), and upright (no EXIF rotation to apply)."""
     if not data.startswith(JPEG_MAGIC):
         return False
     try:
@@ -133,8 +134,7 @@ class EncodedImageFiles(ImageFiles):
         data = self.paths[i].read_bytes()
         if device_decodable(data):
             return i, torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        with Image.open(io.BytesIO(data)) as image:  # the bytes already read, decoded as load_rgb does
-            return i, self.transform(to_rgb(image))
+        return i, self.transform(load_rgb(data))
 
 
 def _decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -186,15 +186,12 @@ def iter_embeddings(backbone: Backbone, paths: Sequence[Path], *, batch_size: in
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     on_device = decode == "device" and transform is None
-    if on_device:
-        files = EncodedImageFiles(paths, backbone.transform)
-        loader = DataLoader(files, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            collate_fn=list, pin_memory=False, persistent_workers=False)
-    else:
-        files = ImageFiles(paths, transform or backbone.transform, seed=seed)
-        loader = DataLoader(files, batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers, pin_memory=device.type == "cuda",
-                            persistent_workers=False)
+    files = (EncodedImageFiles(paths, backbone.transform) if on_device
+             else ImageFiles(paths, transform or backbone.transform, seed=seed))
+    loader = DataLoader(files, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=list if on_device else None,  # encoded items differ in length
+                        pin_memory=device.type == "cuda" and not on_device, persistent_workers=False)
+    offset = 0
     with tqdm(total=len(paths), desc=desc, unit="img") as bar:
         for batch in loader:
             if on_device:
@@ -205,7 +202,8 @@ def iter_embeddings(backbone: Backbone, paths: Sequence[Path], *, batch_size: in
             embedding = embedding.float().cpu().numpy()
             bad = np.flatnonzero(~np.isfinite(embedding).all(axis=1))
             if bad.size:  # fp16 overflows where fp32 and bf16 do not
-                raise EmbeddingError(f"The {precision} embedding of {paths[bar.n + bad[0]]} is not finite; "
+                raise EmbeddingError(f"The {precision} embedding of {paths[offset + bad[0]]} is not finite; "
                                      "set extract.precision: fp32 or bf16.")
             yield embedding
+            offset += len(batch)
             bar.update(len(batch))

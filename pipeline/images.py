@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Decode an image file as upright 8-bit RGB (fully read, file closed)."""
-    with Image.open(path) as image:
+def load_rgb(source: Path | bytes) -> Image.Image:
+    """Decode an image file, or its bytes already read, as upright 8-bit RGB (fully read, file closed)."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         return to_rgb(image)
