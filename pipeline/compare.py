@@ -1,49 +1,57 @@
-"""Stage ``compare``: the leaderboard of all classifiers, with paired tests on test.
+"""Stage ``compare``: the leaderboard of every trained classifier, with paired tests on test.
 
-Writes ``comparison.md`` (people), ``comparison.csv`` (tables) and
-``comparison.json`` (McNemar p-values per classifier, a DVC metrics file).
+Ranks by grouped-CV accuracy; pairs each classifier with the linear head (and the
+best with the runner-up) by an exact McNemar test on the same test images. Writes
+the leaderboard as markdown (people), CSV (tables) and JSON (McNemar p-values, a
+DVC metrics file), and copies the best model to its own file, the project's
+``best-classifier`` artifact.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.atomic import write_csv, write_json, write_text
-from pipeline.errors import run_cli
-from pipeline.leaderboard import leaderboard, render_markdown
+from pipeline.common.cli import run, stage_parser
+from pipeline.common.errors import PipelineError
+from pipeline.common.io import atomic_path, read_json, write_csv, write_json, write_text
+from pipeline.common.params import DEFAULT_PARAMS, classifiers_section
+from pipeline.evaluate.leaderboard import leaderboard, render_markdown
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--classifiers", nargs="+", default=["head", "logreg", "svm", "knn"])
-    parser.add_argument("--metrics-dir", type=Path, default=Path("artifacts/metrics"))
-    parser.add_argument("--predictions-dir", type=Path, default=Path("artifacts/predictions"))
-    parser.add_argument("--out", type=Path, default=Path("artifacts/comparison.md"),
-                        help="markdown leaderboard; .csv and .json are written beside it")
+    parser = stage_parser(__doc__)
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="the classifiers to rank")
+    parser.add_argument("--metrics-dir", type=Path, required=True)
+    parser.add_argument("--predictions-dir", type=Path, required=True)
+    parser.add_argument("--models-dir", type=Path, required=True)
+    parser.add_argument("--markdown", type=Path, required=True)
+    parser.add_argument("--csv", type=Path, required=True)
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--best-model", type=Path, required=True, help="copy of the best classifier's model")
     args = parser.parse_args(argv)
 
     metrics, predictions = {}, {}
-    for name in args.classifiers:
-        metrics_path = args.metrics_dir / f"{name}.json"
+    for name in classifiers_section(args.params):
+        fix = f"run the train stage for it (dvc repro train@{name})."
+        metrics[name] = read_json(args.metrics_dir / f"{name}.json", what="Metrics file", fix=fix)
         predictions_path = args.predictions_dir / f"{name}.csv"
-        for path in (metrics_path, predictions_path):
-            if not path.is_file():
-                parser.error(f"{path} not found: run the stage that trains '{name}' first, or drop it "
-                             "from --classifiers.")
-        metrics[name] = json.loads(metrics_path.read_text())
+        if not predictions_path.is_file():
+            raise PipelineError(f"Predictions file {predictions_path} not found; {fix}")
         predictions[name] = pd.read_csv(predictions_path, dtype=str, keep_default_na=False)
     table, paired = leaderboard(metrics, predictions)
-    write_csv(args.out.with_suffix(".csv"), table)
-    write_json(args.out.with_suffix(".json"), paired)
+    best = str(table["classifier"].iloc[0])
+    with atomic_path(args.best_model) as tmp:
+        shutil.copyfile(args.models_dir / f"{best}.joblib", tmp)
+    write_csv(args.csv, table)
+    write_json(args.json, paired)
     text = render_markdown(table)
-    write_text(args.out, text)
-    print(text)
+    write_text(args.markdown, text)
+    print(f"{text}\nbest: {best} -> {args.best_model}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(run(main))

@@ -6,9 +6,7 @@ is renamed onto the output only when complete.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import logging
 import platform
 import time
@@ -19,36 +17,36 @@ import sklearn
 import torch
 import torchvision
 
-from pipeline import features
-from pipeline.atomic import atomic_path, write_csv, write_json
-from pipeline.backbone import build_backbone
-from pipeline.dataset import read_manifest
-from pipeline.embedding import (
+from pipeline.common.cli import run, stage_parser
+from pipeline.common.io import atomic_path, read_json, write_csv, write_json
+from pipeline.common.params import DEFAULT_PARAMS, load_section
+from pipeline.data.dataset import read_manifest
+from pipeline.embed import features
+from pipeline.embed.backbone import build_backbone
+from pipeline.embed.embedding import (
     iter_embeddings,
     resolve_decode,
     resolve_device,
     resolve_precision,
     view_transform,
 )
-from pipeline.errors import run_cli
-from pipeline.params import DEFAULT_PARAMS, load_section
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = stage_parser(__doc__)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--manifest", type=Path, default=Path("artifacts/data/manifest.csv"))
-    parser.add_argument("--out", type=Path, default=Path("features"))
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--source", type=Path, required=True, help="where prepare found the images")
+    parser.add_argument("--out", type=Path, required=True, help="the features folder")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     model_params = load_section("model", args.params)
     params = load_section("extract", args.params)
     views = load_section("views", args.params)
     manifest = read_manifest(args.manifest)
-    root = Path(json.loads(args.manifest.with_name("source.json").read_text())["root"])
+    root = Path(read_json(args.source, what="Source file", fix="run the prepare stage (dvc repro prepare).")["root"])
     device = resolve_device(params.device)
     precision = resolve_precision(params.precision, device)
     decode = resolve_decode(params.decode, device)
@@ -107,4 +105,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(run(main))

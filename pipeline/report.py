@@ -7,101 +7,24 @@ linear head's training curves. Images are embedded, so the file opens anywhere.
 
 from __future__ import annotations
 
-import argparse
-import html
-import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from pipeline import features as features_io
-from pipeline.atomic import write_text
-from pipeline.errors import run_cli
-from pipeline.images import load_rgb
-from pipeline.report_figures import (
-    confusion_figure,
-    embedding_map_figure,
-    history_figure,
-    img_tag,
-    per_class_table,
-    png,
-    thumbnail_jpeg,
-)
-
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
-.warn{background:#fde2e1;border:1px solid #c00;padding:.6em}.gallery{display:flex;flex-wrap:wrap;gap:10px}
-figure{margin:0;width:170px;font-size:12px}"""
-
-LEADERBOARD_COLUMNS = {
-    "rank": "#", "classifier": "classifier", "cv_accuracy": "grouped CV acc.", "cv_accuracy_std": "± std",
-    "cv_accuracy_ci95_low": "CV 95% low", "cv_accuracy_ci95_high": "CV 95% high",
-    "cv_leaky_accuracy": "leaky CV acc.", "test_accuracy": "test acc.", "test_accuracy_ci95_low": "test 95% low",
-    "test_accuracy_ci95_high": "test 95% high", "test_macro_f1": "test macro-F1",
-    "mcnemar_p_vs_head": "p vs head", "mcnemar_p_vs_runner_up": "p vs runner-up",
-}
-
-
-def misclassified_gallery(predictions: pd.DataFrame, image_root: Path, classes: list[str]) -> str:
-    wrong = predictions[(predictions["split"] == "test") & (predictions["true"] != predictions["predicted"])]
-    if wrong.empty:
-        return "<p>No test image is misclassified.</p>"
-    cards = []
-    for row in wrong.itertuples(index=False):
-        row = row._asdict()
-        probability = row[f"p_{row['predicted']}"]
-        caption = (f"{html.escape(row['image'])}<br>true <b>{html.escape(row['true'])}</b>, predicted "
-                   f"<b>{html.escape(row['predicted'])}</b> (p={probability:.2f})")
-        thumb = thumbnail_jpeg(load_rgb(image_root / row["image"]))
-        cards.append(f"<figure>{img_tag(thumb, mime='image/jpeg', alt=row['image'])}"
-                     f"<figcaption>{caption}</figcaption></figure>")
-    return f'<div class="gallery">{"".join(cards)}</div>'
-
-
-def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFrame], feats: features_io.Features,
-                 history: pd.DataFrame, image_root: Path) -> str:
-    """The report page as HTML text."""
-    classes = feats.classes
-    best = str(leaderboard.sort_values("rank")["classifier"].iloc[0])
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Classifier report</title>"
-             f"<style>{STYLE}</style></head><body><h1>Frozen-embedding classifiers: report</h1>"]
-    if not leaderboard["pretrained"].fillna(False).astype(bool).all():
-        parts.append("<p class='warn'><b>Random or unverified backbone weights (pretrained: false).</b> "
-                     "These results test the machinery only.</p>")
-    table = leaderboard[list(LEADERBOARD_COLUMNS)].rename(columns=LEADERBOARD_COLUMNS)
-    parts += ["<h2 id='leaderboard'>Leaderboard</h2>",
-              "<p>Ranked by accuracy under cross-validation grouped by original picture; test accuracy with a "
-              "Wilson 95% interval; exact McNemar p-values on the same test images.</p>",
-              table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
-    parts += ["<h2 id='confusion'>Test confusion matrices</h2>",
-              img_tag(png(confusion_figure(predictions, classes)), alt="confusion matrices")]
-    per_class = per_class_table(predictions, classes).pivot(index="class", columns="classifier",
-                                                            values=["precision", "recall"])
-    parts += ["<h2 id='per-class'>Per-class precision and recall (test)</h2>",
-              per_class.to_html(float_format=lambda v: f"{v:.2f}")]
-    splits = list(feats.splits)
-    X = np.concatenate([feats[s].X for s in splits])
-    labels = [classes[i] for s in splits for i in feats[s].y]
-    split_names = [s for s in splits for _ in feats[s].paths]
-    parts += ["<h2 id='embeddings'>Embedding map</h2>",
-              img_tag(png(embedding_map_figure(X, labels, split_names)), alt="embedding map")]
-    parts += [f"<h2 id='misclassified'>Misclassified test images ({html.escape(best)}, best by grouped CV)</h2>",
-              misclassified_gallery(predictions[best], image_root, classes)]
-    parts += ["<h2 id='training'>Linear head training</h2>", img_tag(png(history_figure(history)), alt="training")]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+from pipeline.common.cli import run, stage_parser
+from pipeline.common.io import read_json, write_text
+from pipeline.embed import features as features_io
+from pipeline.reporting.page import build_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--comparison", type=Path, default=Path("artifacts/comparison.csv"))
-    parser.add_argument("--predictions-dir", type=Path, default=Path("artifacts/predictions"))
-    parser.add_argument("--features", type=Path, default=Path("features"))
-    parser.add_argument("--history", type=Path, default=Path("artifacts/plots/head_history.csv"))
-    parser.add_argument("--source", type=Path, default=Path("artifacts/data/source.json"),
-                        help="where prepare found the images (for the gallery)")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/report.html"))
+    parser = stage_parser(__doc__)
+    parser.add_argument("--comparison", type=Path, required=True, help="the leaderboard CSV of compare")
+    parser.add_argument("--predictions-dir", type=Path, required=True)
+    parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument("--history", type=Path, required=True, help="the linear head's training curve")
+    parser.add_argument("--source", type=Path, required=True, help="where prepare found the images (gallery)")
+    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     leaderboard = pd.read_csv(args.comparison)
@@ -110,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     for frame in predictions.values():
         for column in [c for c in frame.columns if c.startswith("p_")]:
             frame[column] = frame[column].astype(float)
+    source = read_json(args.source, what="Source file", fix="run the prepare stage (dvc repro prepare).")
     text = build_report(leaderboard=leaderboard, predictions=predictions, feats=features_io.load(args.features),
-                        history=pd.read_csv(args.history),
-                        image_root=Path(json.loads(args.source.read_text())["root"]))
+                        history=pd.read_csv(args.history), image_root=Path(source["root"]))
     write_text(args.out, text)
     print(f"report: {args.out} ({len(text) / 1e6:.1f} MB)")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(run(main))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,11 +107,11 @@ SMALL_RUN = {
     "cv.inner_folds": 2,
     "cv.n_jobs": 1,
     "evaluation.n_bootstrap": 200,
-    "head.max_epochs": 40,
-    "head.patience": 5,
-    "classical.logreg.C": [0.01, 0.1],
-    "classical.svm.C": [1.0],
-    "classical.knn.n_neighbors": [3, 5],
+    "classifiers.head.max_epochs": 40,
+    "classifiers.head.patience": 5,
+    "classifiers.logreg.C": [0.01, 0.1],
+    "classifiers.svm.C": [1.0],
+    "classifiers.knn.n_neighbors": [3, 5],
 }
 
 
@@ -124,3 +128,93 @@ def write_params(path: Path, overrides: dict) -> Path:
         node[key] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def stage_command(stage: str, key: str | None = None, *, without: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """The module and arguments of a stage's ``cmd`` in dvc.yaml (``key``: the classifier of ``train``),
+    less the options named in ``without`` (with their values)."""
+    import shlex
+
+    import yaml
+
+    spec = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"][stage]
+    cmd = (spec["do"] if "foreach" in spec else spec)["cmd"]
+    words = shlex.split(cmd.replace("${key}", key or ""))
+    assert words[:2] == ["python", "-m"], cmd
+    argv = words[3:]
+    for option in without:
+        at = argv.index(option)
+        del argv[at : at + 2]
+    return words[2], argv
+
+
+def run_stage(stage: str, params: Path, key: str | None = None, *extra: str, without: tuple[str, ...] = ()) -> int:
+    """Run a stage's entry point in-process with exactly its dvc.yaml arguments (paths relative to the cwd)."""
+    import importlib
+
+    module, argv = stage_command(stage, key, without=without)
+    return importlib.import_module(module).main([*argv, "--params", str(params), *extra])
+
+
+def stage_process(stage: str, params: Path, key: str | None = None, *, without: tuple[str, ...] = ()) -> list[str]:
+    """The command line that runs a stage in a fresh interpreter, with exactly its dvc.yaml arguments."""
+    import sys
+
+    module, argv = stage_command(stage, key, without=without)
+    return [sys.executable, "-m", module, *argv, "--params", str(params)]
+
+
+# ----------------------------------------------------------------------------- a real DVC project in tmp
+
+PROJECT_FILES = ["pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+
+
+def run(cmd, cwd, env):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def ran(output):
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+ENV = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+       "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def init_project(root, data):
+    """A git repository holding the project's files, with params for a small run on ``data``."""
+    for name in PROJECT_FILES:
+        source = PROJECT / name
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+    write_params(root / "params.yaml", {**SMALL_RUN, "data.root": str(data)})
+    run(["git", "init", "-q"], root, ENV)
+    run(["git", "add", "-A"], root, ENV)
+    run(["git", "commit", "-qm", "project"], root, ENV)
+
+
+def outputs(root):
+    """Bytes of the features and of every metric, timing fields dropped, keyed by path."""
+    found = {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "features").iterdir())}
+    for path in sorted((root / "artifacts" / "metrics").glob("*.json")):
+        metrics = json.loads(path.read_text())
+        metrics.pop("fit_seconds")
+        found[str(path.relative_to(root))] = json.dumps(metrics).encode()
+    return found
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory):
+    """A real ``dvc repro`` of the whole project on a small generated dataset, once per test session."""
+    root = tmp_path_factory.mktemp("project")
+    data = make_dataset(tmp_path_factory.mktemp("data"), train_per_class=5, held_out_per_class=3)
+    init_project(root, data)
+    first = run([*DVC, "repro"], root, ENV)
+    return root, ENV, DVC, first, outputs(root)

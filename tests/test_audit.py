@@ -4,11 +4,10 @@ import shutil
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline import audit as audit_stage
-from pipeline.audit_report import audit_dataset
-from pipeline.dataset import build_manifest
-from pipeline.grouping import near_duplicate_pairs, original_name, perceptual_hashes, picture_groups
-from tests.conftest import picture, write_params
+from pipeline.data.dataset import build_manifest
+from pipeline.data.grouping import near_duplicate_pairs, original_name, perceptual_hashes, picture_groups
+from pipeline.data.leakage import audit_dataset
+from tests.conftest import picture, run_stage, write_params
 
 
 def test_original_name_follows_the_aug_naming():
@@ -72,13 +71,11 @@ def test_injected_train_test_leak_fails_the_stage_after_writing_the_report(datas
         ImageOps.mirror(image).resize((84, 72)).save(layout / "test" / "Sad" / "zz_new.jpg", quality=80)
     params = write_params(tmp_path / "params.yaml", {"data.root": str(dataset), "audit.on_leak": "error"})
     monkeypatch.chdir(tmp_path)
-    from pipeline import prepare
-
-    assert prepare.main(["--params", str(params)]) == 0
-    assert audit_stage.main(["--params", str(params)]) == 1
+    assert run_stage("prepare", params) == 0
+    assert run_stage("audit", params) == 1
     report = json.loads((tmp_path / "artifacts" / "audit.json").read_text())
     assert report["cross_split_leaks"][0]["splits"] == ["test", "train"]
     assert "test/Sad/zz_new.jpg" in report["cross_split_leaks"][0]["paths"]
     assert "LEAK" in (tmp_path / "artifacts" / "audit.md").read_text()
     write_params(params, {"data.root": str(dataset), "audit.on_leak": "warn"})
-    assert audit_stage.main(["--params", str(params)]) == 0
+    assert run_stage("audit", params) == 0

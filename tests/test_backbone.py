@@ -3,9 +3,9 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.backbone import BackboneError, build_backbone
-from pipeline.embedding import iter_embeddings
-from pipeline.params import ModelParams
+from pipeline.common.params import ModelParams
+from pipeline.embed.backbone import BackboneError, build_backbone
+from pipeline.embed.embedding import iter_embeddings
 
 
 def params(**kw):
@@ -71,7 +71,7 @@ def test_embedding_is_the_pooled_feature_the_classifier_sees(calibrated_checkpoi
     # the classifier's input, captured by a hook on torchvision's own forward pass
     seen = []
     backbone.model.classifier.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
-    from pipeline.embedding import ImageFiles
+    from pipeline.embed.embedding import ImageFiles
 
     batch = torch.stack([ImageFiles(paths, backbone.transform)[i] for i in range(5)])
     with torch.no_grad():

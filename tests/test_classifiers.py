@@ -1,10 +1,20 @@
 import numpy as np
 import pytest
 
-from pipeline.classifiers import CLASSIFIERS, build_classifier, select_and_fit, selected_params
-from pipeline.params import ParamsError
+from pipeline.common.params import CVParams, ParamsError
+from pipeline.evaluate.classifiers import (
+    CLASSIFIERS,
+    TrainingData,
+    calibrate_grouped,
+    parse_classifier_params,
+    select_and_fit,
+    selected_params,
+)
 
-GRIDS = {"logreg": {"C": [0.01, 1.0]}, "svm": {"C": [0.1, 1.0]}, "knn": {"n_neighbors": [3, 7], "weights": ["uniform"]}}
+GRIDS = {"logreg": {"C": [0.01, 1.0]}, "svm": {"C": [0.1, 1.0]}, "knn": {"n_neighbors": [3, 7], "weights": ["uniform"]},
+         "head": {"dropout": 0.2, "lr": 0.01, "weight_decay": 0.0, "batch_size": 32, "max_epochs": 30, "patience": 5,
+                  "seed": 0}}
+CV = CVParams(folds=3, repeats=1, inner_folds=3, seed=0, n_jobs=1)
 
 
 def clusters(n_per_class, seed, dim=64, k=4):
@@ -14,56 +24,82 @@ def clusters(n_per_class, seed, dim=64, k=4):
     return (centres[y] + rng.normal(size=(len(y), dim))).astype(np.float32), y
 
 
+def test_every_registered_classifier_has_a_grid_here():
+    assert set(CLASSIFIERS) == set(GRIDS)
+
+
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
-def test_each_classifier_learns_constructed_embeddings(name):
+def test_each_classifier_selects_and_learns_constructed_embeddings(name):
     X, y = clusters(30, seed=0)
+    Xv, yv = clusters(5, seed=2)
     Xt, yt = clusters(20, seed=1)
-    pipeline, grid = build_classifier(name, GRIDS[name])
-    groups = np.arange(len(y)) // 2
-    model = select_and_fit(pipeline, grid, X, y, groups, inner_folds=3, seed=0)
-    assert (model.predict(Xt) == yt).mean() > 0.9
-    assert set(selected_params(model, grid)) == set(GRIDS[name])
+    data = TrainingData(X=X, y=y, groups=np.arange(len(y)) // 2, X_valid=Xv, y_valid=yv, n_classes=4,
+                        n_images=len(y), copies=1)
+    selection = CLASSIFIERS[name].select(parse_classifier_params(name, GRIDS[name]), data, CV)
+    assert (selection.model.predict(Xt) == yt).mean() > 0.9
+    np.testing.assert_allclose(selection.model.predict_proba(Xt).sum(1), 1, rtol=1e-5)
+    expected = {"epochs"} if name == "head" else set(GRIDS[name])
+    assert set(selection.selected) == expected
+    assert len(selection.record) >= 1
+    fold = selection.fit_fold(X[::2], y[::2], data.groups[::2])  # the whole procedure on a fold
+    assert (fold.predict(Xt) == yt).mean() > 0.8
+
+
+def test_grid_search_records_one_scored_row_per_candidate():
+    X, y = clusters(30, seed=0)
+    data = TrainingData(X=X, y=y, groups=np.arange(len(y)) // 2, X_valid=X[:4], y_valid=y[:4], n_classes=4,
+                        n_images=len(y), copies=1)
+    record = CLASSIFIERS["logreg"].select(parse_classifier_params("logreg", {"C": [0.01, 0.1, 1.0]}), data, CV).record
+    assert record["C"].tolist() == [0.01, 0.1, 1.0]
+    assert record["mean_accuracy"].between(0, 1).all() and record["rank"].min() == 1
 
 
 def test_svm_probabilities_are_calibrated_on_grouped_folds():
+    from pipeline.evaluate.classifiers import _GRIDS
+
     X, y = clusters(30, seed=0)
     groups = np.arange(len(y)) // 3
-    pipeline, grid = build_classifier("svm", {"C": [1.0]})
-    chosen = select_and_fit(pipeline, grid, X, y, groups, inner_folds=3, seed=0)
-    model = CLASSIFIERS["svm"].finalize(chosen, X, y, groups, inner_folds=3, seed=0)
+    chosen, _ = select_and_fit(_GRIDS["svm"].build(), {"clf__C": [1.0]}, X, y, groups, inner_folds=3, seed=0)
+    model = calibrate_grouped(chosen, X, y, groups, inner_folds=3, seed=0)
     for train, test in model.cv:
         assert not set(groups[train]) & set(groups[test])
     proba = model.predict_proba(X)
     np.testing.assert_allclose(proba.sum(1), 1)
     assert (proba.argmax(1) == model.predict(X)).all()
+    assert selected_params(chosen, {"clf__C": [1.0]}) == {"C": 1.0}
 
 
 @pytest.mark.parametrize(
     ("name", "grid", "message"),
     [
-        ("forest", {"n": [1]}, r"Unknown classifier 'forest'; choose one of \['knn', 'logreg', 'svm'\]"),
-        ("svm", {"gamma": [1]}, r"Unknown key\(s\) \['classical.svm.gamma'\]; allowed: \['C'\]"),
-        ("svm", {"C": [-1.0]}, r"classical.svm.C=\[-1.0\] is invalid: values must be positive numbers"),
-        ("knn", {"n_neighbors": [0]}, r"classical.knn.n_neighbors=\[0\] is invalid: values must be integers >= 1"),
-        ("knn", {"weights": ["near"]}, r"classical.knn.weights=\['near'\] is invalid"),
-        ("logreg", {}, r"classical.logreg must map grid keys"),
+        ("forest", {"n": [1]}, r"Unknown classifier 'forest' .*choose one of \['head', 'knn', 'logreg', 'svm'\]"),
+        ("svm", {"gamma": [1]}, r"Unknown key\(s\) \['classifiers.svm.gamma'\]; allowed: \['C'\]"),
+        ("svm", {"C": [-1.0]}, r"classifiers.svm.C=\[-1.0\] is invalid: values must be positive numbers"),
+        ("knn", {"n_neighbors": [0]}, r"classifiers.knn.n_neighbors=\[0\] is invalid: values must be integers >= 1"),
+        ("knn", {"weights": ["near"]}, r"classifiers.knn.weights=\['near'\] is invalid"),
+        ("logreg", {}, r"classifiers.logreg must map grid keys"),
+        ("head", {**GRIDS["head"], "lr": 0}, r"classifiers.head.lr=0.0 is out of range"),
+        ("head", {"lr": 0.1}, r"Missing key\(s\) classifiers.head.dropout"),
     ],
 )
-def test_bad_grids_name_the_parameter(name, grid, message):
+def test_bad_params_name_the_parameter(name, grid, message):
     with pytest.raises(ParamsError, match=message):
-        build_classifier(name, grid)
+        parse_classifier_params(name, grid)
 
 
 def test_knn_k_larger_than_the_smallest_training_fold_is_refused_before_fitting():
-    from pipeline.classifiers import check_grid_fits, smallest_training_fold
+    from pipeline.evaluate.classifiers import smallest_training_fold
 
     y = np.repeat(np.arange(4), 10)
     groups = np.arange(40) // 2
+    cv = CVParams(folds=4, repeats=1, inner_folds=2, seed=0, n_jobs=1)
     smallest = smallest_training_fold(y, groups, folds=4, repeats=1, inner_folds=2, seed=0)
     assert 10 <= smallest <= 20  # 3/4 of 40 rows, then about half of that
-    assert smallest_training_fold(y, groups, folds=4, repeats=1, inner_folds=2, seed=0, copies=3) == 3 * smallest
-    _, grid = build_classifier("knn", {"n_neighbors": [3, smallest + 1]})
-    with pytest.raises(ParamsError, match=rf"classical.knn.n_neighbors=\[{smallest + 1}\] is larger than the "
-                                          rf"smallest training fold \({smallest} rows"):
-        check_grid_fits("knn", grid, smallest)
-    check_grid_fits("knn", build_classifier("knn", {"n_neighbors": [smallest]})[1], smallest)
+    X = np.random.default_rng(0).normal(size=(80, 8)).astype(np.float32)
+    views = TrainingData(X=X, y=np.tile(y, 2), groups=np.tile(groups, 2), X_valid=X[:4], y_valid=y[:4], n_classes=4,
+                         n_images=40, copies=2)  # one view per image doubles every fold
+    too_big = 2 * smallest + 1
+    with pytest.raises(ParamsError, match=rf"classifiers.knn.n_neighbors=\[{too_big}\] is larger than the "
+                                          rf"smallest training fold \({2 * smallest} rows"):
+        CLASSIFIERS["knn"].select(parse_classifier_params("knn", {"n_neighbors": [3, too_big]}), views, cv)
+    CLASSIFIERS["knn"].select(parse_classifier_params("knn", {"n_neighbors": [2 * smallest]}), views, cv)

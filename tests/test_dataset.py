@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
-from pipeline.dataset import DatasetError, build_manifest, resolve_root
-from pipeline.params import DataParams
+from pipeline.common.params import DataParams
+from pipeline.data.dataset import DatasetError, build_manifest, resolve_root
 
 HANDLE = "anshtanwar/pets-facial-expression-dataset/versions/11"
 

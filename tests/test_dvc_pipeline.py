@@ -3,7 +3,6 @@
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,68 +13,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import PROJECT, SMALL_RUN, make_dataset, write_params
+from tests.conftest import DVC, ENV, SMALL_RUN, init_project, outputs, ran, run, write_params
 
-PROJECT_FILES = ["pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
-
-
-def run(cmd, cwd, env):
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
-
-
-def ran(output):
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
-
-
-ENV = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
-       "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-DVC = [sys.executable, "-m", "dvc"]
-
-
-def init_project(root, data):
-    """A git repository holding the project's files, with params for a small run on ``data``."""
-    for name in PROJECT_FILES:
-        source = PROJECT / name
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / name)
-    write_params(root / "params.yaml", {**SMALL_RUN, "data.root": str(data)})
-    run(["git", "init", "-q"], root, ENV)
-    run(["git", "add", "-A"], root, ENV)
-    run(["git", "commit", "-qm", "project"], root, ENV)
-
-
-def outputs(root):
-    """Bytes of the features and of every metric, timing fields dropped, keyed by path."""
-    found = {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "features").iterdir())}
-    for path in sorted((root / "artifacts" / "metrics").glob("*.json")):
-        metrics = json.loads(path.read_text())
-        metrics.pop("fit_seconds")
-        found[str(path.relative_to(root))] = json.dumps(metrics).encode()
-    return found
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    data = make_dataset(tmp_path_factory.mktemp("data"), train_per_class=5, held_out_per_class=3)
-    init_project(root, data)
-    first = run([*DVC, "repro"], root, ENV)
-    return root, ENV, DVC, first, outputs(root)
-
+CLASSIFIERS = ["head", "logreg", "svm", "knn"]
 
 def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
     root, env, dvc, first, _ = repo
-    assert ran(first) == {"prepare", "audit", "extract", "head", "classical@logreg", "classical@svm",
-                          "classical@knn", "compare", "report"}
+    assert ran(first) == {"prepare", "audit", "extract", *(f"train@{name}" for name in CLASSIFIERS), "export",
+                          "compare", "report"}
     shown = json.loads(run([*dvc, "metrics", "show", "--json"], root, env))
     files = next(iter(shown.values()))["data"]
-    for name in ["head", "logreg", "svm", "knn"]:
+    assert sorted(files) == sorted([*(f"artifacts/metrics/{name}.json" for name in CLASSIFIERS),
+                                    "artifacts/comparison.json"])  # one row per classifier
+    for name in CLASSIFIERS:
         metrics = files[f"artifacts/metrics/{name}.json"]["data"]
         assert metrics["pretrained"] is False
         assert {"accuracy", "balanced_accuracy", "macro_f1", "accuracy_ci95"} <= set(metrics["test"])
@@ -87,8 +37,8 @@ def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
     assert meta["pretrained"] is False and meta["transform"]["crop_size"] == [64]
     assert "RANDOM" in (root / "artifacts" / "comparison.md").read_text()
     assert (root / "artifacts" / "audit.json").is_file()
-    run([*dvc, "plots", "show", "--out", "plots_html"], root, env)
-    assert (root / "plots_html" / "index.html").is_file()
+    plots = json.loads(run([*dvc, "plots", "show", "--json"], root, env))["data"]
+    assert {*(f"artifacts/plots/confusion/{name}.csv" for name in CLASSIFIERS), "Linear head training"} <= set(plots)
 
 
 def test_second_repro_skips_everything_after_the_source_check(repo):
@@ -98,10 +48,14 @@ def test_second_repro_skips_everything_after_the_source_check(repo):
 
 def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(repo):
     root, env, dvc, _, _ = repo
-    write_params(root / "params.yaml", {**SMALL_RUN, "data.root": json.loads(
-        (root / "artifacts" / "data" / "source.json").read_text())["root"].removesuffix("/Master Folder"),
-        "classical.knn.n_neighbors": [1]})  # SMALL_RUN has [3, 5]: the selection must change
-    assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "classical@knn", "compare", "report"}
+    data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"].removesuffix("/Master Folder")
+    write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data,
+                                        "classifiers.knn.n_neighbors": [1]})  # SMALL_RUN has [3, 5]
+    try:
+        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "train@knn", "compare", "report"}
+    finally:
+        write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
+        run([*dvc, "repro"], root, env)
 
 
 @pytest.mark.parametrize("model", ["head", "knn", "svm"])
@@ -179,7 +133,36 @@ def test_repro_killed_mid_extract_leaves_nothing_cached_and_the_next_repro_gives
     assert "extract" not in lock.get("stages", {})  # DVC recorded nothing for the killed stage
     assert "extract" in run([*DVC, "status"], root, ENV)
     rerun = run([*DVC, "repro"], root, ENV)
-    assert {"extract", "head", "compare"} <= ran(rerun)
+    assert {"extract", "train@head", "compare"} <= ran(rerun)
     assert not list(root.glob(".features.tmp-*"))
     assert outputs(root) == baseline  # byte-identical embeddings, identical metrics
     assert "extract" not in run([*DVC, "status"], root, ENV)
+
+
+def test_editing_the_image_decoder_makes_dvc_report_extract_and_what_follows(repo):
+    root, env, dvc, _, _ = repo
+    images = root / "pipeline" / "data" / "images.py"
+    original = images.read_text()
+    try:
+        images.write_text(original + "\n# a change to how images are decoded\n")
+        changed = set(json.loads(run([*dvc, "status", "--json"], root, env)))
+        assert {"audit", "extract"} <= changed
+    finally:
+        images.write_text(original)
+    assert "extract" not in set(json.loads(run([*dvc, "status", "--json"], root, env)))
+
+
+def test_dvc_artifacts_get_fetches_the_best_classifier(repo, tmp_path):
+    root, env, dvc, _, _ = repo
+    remote = tmp_path / "remote"
+    run([*dvc, "remote", "add", "--local", "-f", "-d", "store", str(remote)], root, env)
+    run([*dvc, "push", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "results", "--allow-empty"], root, env)
+    # a registered version, as `gto register best-classifier` writes it
+    run(["git", "tag", "-a", "best-classifier@v1.0.0", "-m", "Registering artifact best-classifier version v1.0.0"],
+        root, env)
+    target = tmp_path / "best.joblib"
+    run([*dvc, "artifacts", "get", str(root), "best-classifier", "-o", str(target)], tmp_path,
+        {**env, "DVC_GLOBAL_CONFIG_DIR": str(tmp_path)})
+    assert target.read_bytes() == (root / "artifacts" / "best_model.joblib").read_bytes()

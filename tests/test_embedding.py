@@ -8,9 +8,10 @@ import torch
 import torchvision
 from PIL import Image
 
-from pipeline import embedding
-from pipeline.backbone import build_backbone
-from pipeline.embedding import (
+from pipeline.embed import embedding
+from pipeline.common.params import ModelParams
+from pipeline.embed.backbone import build_backbone
+from pipeline.embed.embedding import (
     EmbeddingError,
     EncodedImageFiles,
     ImageFiles,
@@ -18,7 +19,6 @@ from pipeline.embedding import (
     preprocess_on_device,
     resolve_decode,
 )
-from pipeline.params import ModelParams
 
 CPU = torch.device("cpu")
 ONE_LEVEL = 1 / 255 / min(torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms().std)

@@ -3,16 +3,16 @@ import warnings
 
 import numpy as np
 
-from pipeline import extract, features, prepare
-from tests.conftest import SMALL_RUN, write_params
+from pipeline.embed import features
+from tests.conftest import SMALL_RUN, run_stage, write_params
 
 
 def run_extract(tmp_path, dataset, checkpoint, out, **overrides):
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(dataset),
                                                      "model.checkpoint": str(checkpoint), **overrides})
     warnings.simplefilter("ignore", UserWarning)
-    assert prepare.main(["--params", str(params)]) == 0
-    assert extract.main(["--params", str(params), "--out", out]) == 0
+    assert run_stage("prepare", params) == 0
+    assert run_stage("extract", params, None, "--out", out) == 0
     return features.load(tmp_path / out)
 
 
@@ -45,8 +45,8 @@ def test_no_views_file_without_views(tmp_path, dataset, calibrated_checkpoint, m
 def test_each_random_view_is_fixed_by_seed_and_index_alone(dataset):
     import torchvision
 
-    from pipeline.embedding import ImageFiles, view_transform
-    from pipeline.params import ViewsParams
+    from pipeline.common.params import ViewsParams
+    from pipeline.embed.embedding import ImageFiles, view_transform
 
     base = torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms(crop_size=64, resize_size=72)
     augment = view_transform(base, ViewsParams(count=1, crop_scale_min=0.5, hflip=0.5, jitter=0.3, seed=0, use=True))

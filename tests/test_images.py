@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.dataset import DatasetError, build_manifest, describe_image
-from pipeline.images import load_rgb
+from pipeline.data.dataset import DatasetError, build_manifest, describe_image
+from pipeline.data.images import load_rgb
 from tests.conftest import make_dataset
 
 

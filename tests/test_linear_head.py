@@ -5,10 +5,11 @@ import pytest
 import torch
 import torchvision
 
-from pipeline import extract, features, head, prepare
-from pipeline.images import load_rgb
-from pipeline.linear_head import LinearHeadClassifier, make_head
-from tests.conftest import SMALL_RUN, write_params
+from pipeline.data.images import load_rgb
+from pipeline.embed import features
+from pipeline.evaluate.linear_head import LinearHeadClassifier, make_head
+from pipeline.evaluate.results import load_model
+from tests.conftest import SMALL_RUN, run_stage, write_params
 
 
 def blobs(n_per_class, seed, dim=1280, k=4, noise=2.0):
@@ -56,22 +57,16 @@ def test_full_model_on_image_files_equals_head_on_cached_embeddings(dataset, cal
         **SMALL_RUN, "data.root": str(dataset), "model.checkpoint": str(calibrated_checkpoint)})
     monkeypatch.chdir(tmp_path)
     warnings.simplefilter("ignore", UserWarning)
-    assert prepare.main(["--params", str(params)]) == 0
-    assert extract.main(["--params", str(params)]) == 0
-    from pipeline import audit
-
-    assert audit.main(["--params", str(params)]) == 0
-    assert head.main(["--params", str(params), "--full-model", "full.pt"]) == 0
+    for stage in ["prepare", "audit", "extract"]:
+        assert run_stage(stage, params) == 0
+    assert run_stage("train", params, "head") == 0
+    assert run_stage("export", params) == 0
 
     feats = features.load("features")
-    saved = torch.load("artifacts/models/head.pt", weights_only=True)
-    trained = make_head(1280, 4, saved["dropout"]).eval()
-    trained.load_state_dict(saved["state_dict"])
-    with torch.no_grad():
-        head_logits = trained(torch.as_tensor(feats["test"].X)).numpy()
+    head_logits = load_model("artifacts/models/head.joblib").model.logits(feats["test"].X)
 
     model = torchvision.models.efficientnet_b1(num_classes=4)
-    model.load_state_dict(torch.load("full.pt", weights_only=True))
+    model.load_state_dict(torch.load("artifacts/models/efficientnet_b1_head.pt", weights_only=True))
     model.eval()
     transform = torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms(crop_size=64, resize_size=72)
     images = torch.stack([transform(load_rgb(dataset / "Master Folder" / p)) for p in feats["test"].paths])
@@ -82,17 +77,28 @@ def test_full_model_on_image_files_equals_head_on_cached_embeddings(dataset, cal
     np.testing.assert_allclose(full_logits, head_logits, rtol=1e-3, atol=1e-3 * np.abs(head_logits).max())
 
 
-def test_full_model_refuses_a_backbone_other_than_the_one_that_made_the_features(dataset, calibrated_checkpoint,
-                                                                                 tmp_path, monkeypatch):
+def test_export_refuses_a_backbone_other_than_the_one_that_made_the_features(dataset, tmp_path, monkeypatch):
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(dataset)})
     monkeypatch.chdir(tmp_path)
     warnings.simplefilter("ignore", UserWarning)
-    from pipeline import audit
-
-    assert prepare.main(["--params", str(params)]) == 0 and audit.main(["--params", str(params)]) == 0
-    assert extract.main(["--params", str(params)]) == 0
+    for stage in ["prepare", "audit", "extract"]:
+        assert run_stage(stage, params) == 0
+    assert run_stage("train", params, "head") == 0
     write_params(params, {**SMALL_RUN, "data.root": str(dataset), "model.init_seed": 7})
-    from pipeline.backbone import BackboneError
+    from pipeline.embed.backbone import BackboneError
 
     with pytest.raises(BackboneError, match="fingerprints differ"):
-        head.main(["--params", str(params), "--full-model", "full.pt"])
+        run_stage("export", params)
+    assert not (tmp_path / "artifacts" / "models" / "efficientnet_b1_head.pt").exists()
+
+
+def test_export_refuses_a_model_that_is_not_the_head(tmp_path, monkeypatch):
+    from pipeline.common.errors import PipelineError
+    from tests.test_train import foreign_features
+
+    monkeypatch.chdir(tmp_path)
+    foreign_features(tmp_path / "features", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
+    params = write_params(tmp_path / "params.yaml", SMALL_RUN)
+    assert run_stage("train", params, "knn", without=("--manifest",)) == 0
+    with pytest.raises(PipelineError, match="not the linear head"):
+        run_stage("export", params, None, "--model", "artifacts/models/knn.joblib")

@@ -1,9 +1,11 @@
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.params import SECTIONS, ParamsError, load_section, parse_section, read_params
+from pipeline.common.errors import PipelineError
+from pipeline.common.params import SECTIONS, ParamsError, load_section, parse_section, read_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -35,12 +37,11 @@ def test_unknown_key_is_named_with_the_known_ones(tmp_path):
         ({"extract__batch_size": 0}, r"extract.batch_size=0 is out of range: it must be >= 1"),
         ({"extract__batch_size": "big"}, r"extract.batch_size='big' has the wrong type: expected int"),
         ({"extract__device": "tpu"}, r"extract.device='tpu' is not allowed: choose one of \['auto'"),
-        ({"head__dropout": 1.5}, r"head.dropout=1.5 is out of range"),
         ({"cv__folds": 1}, r"cv.folds=1 is out of range"),
         ({"cv__n_jobs": 0}, r"cv.n_jobs=0 is invalid"),
         ({"audit__on_leak": "ignore"}, r"audit.on_leak='ignore' is not allowed"),
         ({"extract__decode": "gpu"}, r"extract.decode='gpu' is not allowed: choose one of \['auto', 'cpu', 'device'\]"),
-        ({"head__max_epochs": True}, r"head.max_epochs=True has the wrong type"),
+        ({"views__count": True}, r"views.count=True has the wrong type"),
     ],
 )
 def test_bad_values_name_the_parameter_and_the_allowed_values(tmp_path, override, message):
@@ -51,9 +52,9 @@ def test_bad_values_name_the_parameter_and_the_allowed_values(tmp_path, override
 
 
 def test_ints_are_accepted_where_floats_are_expected():
-    params = parse_section(SECTIONS["head"], {"dropout": 0, "lr": 1, "weight_decay": 0, "batch_size": 8,
-                                              "max_epochs": 3, "patience": 1, "seed": 0}, "head")
-    assert params.lr == 1.0 and isinstance(params.lr, float)
+    params = parse_section(SECTIONS["views"], {"count": 1, "crop_scale_min": 1, "hflip": 0, "jitter": 0, "seed": 0,
+                                               "use": True}, "views")
+    assert params.crop_scale_min == 1.0 and isinstance(params.crop_scale_min, float)
 
 
 def test_missing_file_and_missing_section_are_clear(tmp_path):
@@ -64,20 +65,33 @@ def test_missing_file_and_missing_section_are_clear(tmp_path):
         load_section("cv", tmp_path / "p.yaml")
 
 
-def test_validate_all_catches_a_typo_in_any_section_before_work(tmp_path):
-    from pipeline.params import validate_all
+def test_prepare_catches_a_typo_in_any_section_before_work(tmp_path, monkeypatch):
+    from pipeline.common.params import validate_all
+    from tests.conftest import run_stage
 
     validate_all(PROJECT / "params.yaml")
+    monkeypatch.chdir(tmp_path)
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["classical"]["svm"]["C"] = [0]
+    params["classifiers"]["svm"]["C"] = [0]
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ParamsError, match=r"classical.svm.C=\[0\] is invalid"):
-        validate_all(tmp_path / "p.yaml")
-    params["classical"]["svm"]["C"] = [1.0]
+    with pytest.raises(ParamsError, match=r"classifiers.svm.C=\[0\] is invalid"):
+        run_stage("prepare", tmp_path / "p.yaml")
+    params["classifiers"]["svm"]["C"] = [1.0]
+    params["classifiers"]["head"]["dropout"] = 1.5
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=r"classifiers.head.dropout=1.5 is out of range"):
+        run_stage("prepare", tmp_path / "p.yaml")
+    params["classifiers"]["head"]["dropout"] = 0.2
+    params["model"]["weights"] = "IMAGENET1K_V9"
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(PipelineError, match=r"model.weights='IMAGENET1K_V9' is not known"):
+        run_stage("prepare", tmp_path / "p.yaml")
+    params["model"]["weights"] = None
     params["heads"] = {}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError, match=r"Unknown section\(s\) \['heads'\]"):
-        validate_all(tmp_path / "p.yaml")
+        run_stage("prepare", tmp_path / "p.yaml")
+    assert not (tmp_path / "artifacts").exists()  # nothing written
 
 
 def test_stage_cli_reports_a_bad_parameter_in_one_line_without_a_traceback(tmp_path):
@@ -85,7 +99,10 @@ def test_stage_cli_reports_a_bad_parameter_in_one_line_without_a_traceback(tmp_p
     import sys
 
     path = _write(tmp_path, extract__batch_size=0)
-    result = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--params", str(path)], cwd=tmp_path,
-                            capture_output=True, text=True)
+    from tests.conftest import stage_command
+
+    module, argv = stage_command("prepare")
+    result = subprocess.run([sys.executable, "-m", module, *argv, "--params", str(path)], cwd=tmp_path,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT)})
     assert result.returncode == 2
     assert result.stderr.strip() == "error: extract.batch_size=0 is out of range: it must be >= 1."

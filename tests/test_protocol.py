@@ -3,10 +3,11 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from pipeline.classifiers import build_classifier, select_and_fit
-from pipeline.features import Features, SplitFeatures
-from pipeline.params import CVParams, EvaluationParams
-from pipeline.protocol import GroupsError, evaluate_classifier, load_groups, with_views
+from pipeline.common.params import CVParams, EvaluationParams
+from pipeline.embed.features import Features, SplitFeatures
+from pipeline.evaluate.classifiers import _GRIDS, select_and_fit
+from pipeline.data.grouping import GroupsError, read_groups
+from pipeline.evaluate.protocol import evaluate_classifier, with_views
 
 CV = CVParams(folds=4, repeats=2, inner_folds=3, seed=0, n_jobs=1)
 EVAL = EvaluationParams(n_bootstrap=200, ece_bins=10, seed=0)
@@ -27,10 +28,15 @@ def copies_dataset(n_pictures=60, copies=5, dim=32, seed=0):
     return Features(splits={"train": train, "valid": held, "test": held}, classes=list("ABCD"), meta={}), groups
 
 
+def knn(ks, X, y, groups, *, inner_folds):
+    """The registry's kNN pipeline with k chosen among ``ks`` by grouped CV."""
+    return select_and_fit(_GRIDS["knn"].build(), {"clf__n_neighbors": ks}, X, y, groups, inner_folds=inner_folds,
+                          seed=0)[0]
+
+
 def test_grouped_cv_sees_chance_where_leaky_cv_sees_memorisation():
     feats, groups = copies_dataset()
-    pipeline, grid = build_classifier("knn", {"n_neighbors": [1]})
-    model = select_and_fit(pipeline, grid, feats["train"].X, feats["train"].y, groups, inner_folds=3, seed=0)
+    model = knn([1], feats["train"].X, feats["train"].y, groups, inner_folds=3)
 
     def fit(X, y, g):
         return clone(model).fit(X, y)
@@ -54,8 +60,7 @@ def test_nested_selection_receives_only_training_fold_groups():
 
     def fit(X, y, g):
         seen.append(set(g))
-        pipeline, grid = build_classifier("knn", {"n_neighbors": [1, 3]})
-        return select_and_fit(pipeline, grid, X, y, g, inner_folds=2, seed=0)
+        return knn([1, 3], X, y, g, inner_folds=2)
 
     evaluate_classifier(model=fit(feats["train"].X, feats["train"].y, groups), fit_fold=fit,
                         fit_fixed=fit, features=feats, groups=groups, cv=CV, evaluation=EVAL)
@@ -64,11 +69,11 @@ def test_nested_selection_receives_only_training_fold_groups():
 
 def test_groups_file_must_cover_every_image(tmp_path):
     pd.DataFrame({"path": ["a.jpg", "b.jpg"], "group": ["a.jpg", "a.jpg"]}).to_csv(tmp_path / "g.csv", index=False)
-    assert load_groups(tmp_path / "g.csv", ["b.jpg", "a.jpg"]).tolist() == ["a.jpg", "a.jpg"]
+    assert read_groups(tmp_path / "g.csv", ["b.jpg", "a.jpg"]).tolist() == ["a.jpg", "a.jpg"]
     with pytest.raises(GroupsError, match=r"1 image\(s\) have no group .* e.g. \['c.jpg'\]"):
-        load_groups(tmp_path / "g.csv", ["a.jpg", "c.jpg"])
+        read_groups(tmp_path / "g.csv", ["a.jpg", "c.jpg"])
     with pytest.raises(GroupsError, match="run the audit stage"):
-        load_groups(tmp_path / "missing.csv", ["a.jpg"])
+        read_groups(tmp_path / "missing.csv", ["a.jpg"])
 
 
 def test_views_join_only_their_own_pictures_training_folds():
@@ -79,8 +84,7 @@ def test_views_join_only_their_own_pictures_training_folds():
 
     def fit(X, y, g):
         received.append((X, g))
-        pipeline, grid = build_classifier("knn", {"n_neighbors": [1]})
-        return select_and_fit(pipeline, grid, X, y, g, inner_folds=2, seed=0)
+        return knn([1], X, y, g, inner_folds=2)
 
     X, y, g = with_views(feats["train"].X, feats["train"].y, groups, views)
     assert X.shape == (4 * n, 32) and (y[:n] == y[n:2 * n]).all() and (g[:n] == g[3 * n:]).all()

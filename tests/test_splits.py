@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.splits import RepeatedStratifiedGroupKFold
+from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
 
 
 def _data(n_groups=40, copies=3, seed=0):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from pipeline.statistics import (
+from pipeline.evaluate.statistics import (
     balanced_accuracy_from_counts,
     bootstrap_intervals,
     confusion_counts,

@@ -1,16 +1,18 @@
-"""The classifier and compare stages on embeddings made elsewhere, in the documented format."""
+"""The train and compare stages on embeddings made elsewhere, in the documented format."""
 
 import json
 
 import numpy as np
 import pandas as pd
 
-from pipeline import classical, compare, features, head
-from tests.conftest import SMALL_RUN, write_params
+from pipeline.embed import features
+from tests.conftest import SMALL_RUN, run_stage, write_params
 
 
-def foreign_features(directory, seed=0, dim=48):
-    """Embeddings 'from another backbone': class clusters, 3 copies per picture in train."""
+def foreign_features(directory, seed=0, dim=48, groups_path=None):
+    """Embeddings 'from another backbone': class clusters, 3 copies per picture in train.
+
+    Writes the features folder and a groups.csv (default: beside the folder)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(4, dim)) * 2
     directory.mkdir()
@@ -29,35 +31,52 @@ def foreign_features(directory, seed=0, dim=48):
     pd.DataFrame(rows, columns=features.INDEX_COLUMNS).to_csv(directory / features.INDEX, index=False)
     (directory / features.META).write_text(json.dumps({"classes": list("ABCD"), "feature_dim": dim,
                                                        "pretrained": True, "arch": "elsewhere"}))
-    groups_path = directory.parent / "groups.csv"
+    groups_path = groups_path or directory.parent / "groups.csv"
+    groups_path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(groups, columns=["path", "split", "group"]).to_csv(groups_path, index=False)
     return directory, groups_path
 
 
 def test_classifiers_learn_foreign_embeddings_deterministically_and_compare_ranks_them(tmp_path, monkeypatch):
-    feats, groups = foreign_features(tmp_path / "features")
-    params = write_params(tmp_path / "params.yaml", SMALL_RUN)
     monkeypatch.chdir(tmp_path)
-    for name in ["logreg", "svm", "knn"]:
-        assert classical.main(["--model", name, "--params", str(params), "--features", str(feats),
-                               "--groups", str(groups)]) == 0
-    assert head.main(["--params", str(params), "--features", str(feats), "--groups", str(groups)]) == 0
-    metrics = {n: json.loads((tmp_path / "artifacts" / "metrics" / f"{n}.json").read_text())
-               for n in ["head", "logreg", "svm", "knn"]}
+    foreign_features(tmp_path / "features", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
+    params = write_params(tmp_path / "params.yaml", SMALL_RUN)
+    names = ["head", "logreg", "svm", "knn"]
+    for name in names:
+        assert run_stage("train", params, name, without=("--manifest",)) == 0
+    metrics = {n: json.loads((tmp_path / "artifacts" / "metrics" / f"{n}.json").read_text()) for n in names}
     for name, m in metrics.items():
         assert m["test"]["accuracy"] >= 0.9, name
         assert m["cv"]["accuracy_mean"] >= 0.85, name
         assert m["pretrained"] is True
+    assert len(pd.read_csv(tmp_path / "artifacts" / "selection" / "logreg.csv")) == 2  # the grid's two values
 
     first = (tmp_path / "artifacts" / "metrics" / "svm.json").read_text()
-    assert classical.main(["--model", "svm", "--params", str(params), "--features", str(feats),
-                           "--groups", str(groups)]) == 0
+    assert run_stage("train", params, "svm", without=("--manifest",)) == 0
     again = json.loads((tmp_path / "artifacts" / "metrics" / "svm.json").read_text())
     assert {**json.loads(first), "fit_seconds": 0} == {**again, "fit_seconds": 0}  # only timing differs
 
-    assert compare.main([]) == 0
+    assert run_stage("compare", params) == 0
     table = pd.read_csv(tmp_path / "artifacts" / "comparison.csv")
     assert table["cv_accuracy"].is_monotonic_decreasing and table["rank"].tolist() == [1, 2, 3, 4]
     paired = json.loads((tmp_path / "artifacts" / "comparison.json").read_text())
     assert set(paired["logreg"]["test"]) >= {"mcnemar_p_vs_head"}
     assert "RANDOM" not in (tmp_path / "artifacts" / "comparison.md").read_text()
+    best = table["classifier"].iloc[0]
+    assert (tmp_path / "artifacts" / "best_model.joblib").read_bytes() == \
+        (tmp_path / "artifacts" / "models" / f"{best}.joblib").read_bytes()
+
+
+def test_compare_ranks_only_the_classifiers_in_params(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    foreign_features(tmp_path / "features", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
+    params = write_params(tmp_path / "params.yaml", SMALL_RUN)
+    for name in ["logreg", "knn"]:
+        assert run_stage("train", params, name, without=("--manifest",)) == 0
+    import yaml
+
+    settings = yaml.safe_load(params.read_text())
+    settings["classifiers"] = {k: settings["classifiers"][k] for k in ["logreg", "knn"]}
+    params.write_text(yaml.safe_dump(settings))
+    assert run_stage("compare", params) == 0
+    assert sorted(pd.read_csv(tmp_path / "artifacts" / "comparison.csv")["classifier"]) == ["knn", "logreg"]

@@ -23,8 +23,8 @@ import torchvision
 from torch import nn
 from torchvision.models import EfficientNet_B1_Weights, WeightsEnum
 
-from pipeline.errors import PipelineError
-from pipeline.params import ModelParams
+from pipeline.common.errors import PipelineError
+from pipeline.common.params import ModelParams
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,13 @@ def _weights_enum(arch: Architecture, name: str) -> WeightsEnum:
     if name not in valid:
         raise BackboneError(f"model.weights={name!r} is not known; choose one of {valid} or null (random init).")
     return arch.weights[name]
+
+
+def check_model_params(params: ModelParams) -> None:
+    """Refuse an unknown architecture or weights name before any work (prepare calls this)."""
+    arch = get_architecture(params.arch)
+    if params.weights is not None:
+        _weights_enum(arch, params.weights)
 
 
 def _file_sha256(path: Path) -> str:

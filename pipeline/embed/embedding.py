@@ -2,7 +2,7 @@
 
 Two decode paths feed the same weights' transform:
 
-- ``cpu``: loader workers decode with ``pipeline.images.load_rgb`` (PIL) and
+- ``cpu``: loader workers decode with ``pipeline.data.images.load_rgb`` (PIL) and
   preprocess; every format and every oddity (EXIF rotation, alpha, CMYK, 16-bit).
 - ``device``: workers only read the bytes; plain baseline JPEGs (RGB or grayscale,
   no EXIF rotation) are decoded on the extraction device in one batched
@@ -32,10 +32,10 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from pipeline.backbone import Backbone
-from pipeline.errors import PipelineError
-from pipeline.images import load_rgb
-from pipeline.params import ViewsParams
+from pipeline.common.errors import PipelineError
+from pipeline.common.params import ViewsParams
+from pipeline.data.images import load_rgb
+from pipeline.embed.backbone import Backbone
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,12 @@ from pathlib import Path, PurePosixPath
 
 import imagehash
 import numpy as np
+import pandas as pd
 from PIL import ImageOps
 from tqdm import tqdm
 
-from pipeline.images import load_rgb
+from pipeline.common.errors import PipelineError
+from pipeline.data.images import load_rgb
 
 AUG_NAME = re.compile(r"^aug-\d+-(?P<original>.+)$")
 
@@ -111,3 +113,25 @@ def picture_groups(paths: Sequence[str], near_pairs: np.ndarray) -> list[str]:
     for i, j in edges:
         uf.union(int(i), int(j))
     return [paths[uf.find(i)] for i in range(len(paths))]
+
+
+class GroupsError(PipelineError):
+    """The picture groups are missing, malformed or do not cover the images."""
+
+
+def read_groups(path: Path, paths: Sequence[str]) -> np.ndarray:
+    """The original-picture id of each image in ``paths``, from the audit's ``groups.csv``."""
+    path = Path(path)
+    if not path.is_file():
+        raise GroupsError(f"Groups file {path} not found; run the audit stage (dvc repro audit).")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing_columns = [c for c in ("path", "group") if c not in table.columns]
+    if missing_columns:
+        raise GroupsError(f"Groups file {path} lacks column(s) {missing_columns}; it needs 'path' and 'group' "
+                            "(one row per image, the id of its original picture).")
+    table = table.set_index("path")["group"]
+    missing = [p for p in paths if p not in table.index]
+    if missing:
+        raise GroupsError(f"{len(missing)} image(s) have no group in {path}, e.g. {missing[:3]}; "
+                            "the features and the audit come from different manifests. Re-run dvc repro.")
+    return table.loc[list(paths)].to_numpy()

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.errors import PipelineError
-from pipeline.images import load_rgb
-from pipeline.params import DataParams
+from pipeline.common.errors import PipelineError
+from pipeline.common.params import DataParams
+from pipeline.data.images import load_rgb
 
 log = logging.getLogger(__name__)
 

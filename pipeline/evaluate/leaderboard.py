@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.statistics import mcnemar_exact
+from pipeline.common.errors import PipelineError
+from pipeline.evaluate.statistics import mcnemar_exact
 
 ALPHA = 0.05
-REFERENCE = "head"
+REFERENCE = "head"  # every classifier is paired with the transfer-learning recipe
 
 
 def _correct(predictions: pd.DataFrame) -> pd.Series:
@@ -28,7 +29,8 @@ def paired_tests(predictions: dict[str, pd.DataFrame], ranking: list[str]) -> di
     correct = {name: _correct(frame) for name, frame in predictions.items()}
     images = sorted(set.intersection(*(set(c.index) for c in correct.values())))
     if any(len(c) != len(images) for c in correct.values()):
-        raise ValueError("Classifiers were tested on different images; compare needs the same test split.")
+        raise PipelineError("Classifiers were tested on different images; re-run their train stages (dvc repro) "
+                            "so that all are scored on the same test split.")
     correct = {name: c.loc[images].to_numpy() for name, c in correct.items()}
     out: dict[str, dict[str, Any]] = {name: {} for name in ranking}
     if REFERENCE in correct:

@@ -3,6 +3,8 @@
 Each stage reads only its own sections. Validation happens here, once, at the
 edge: an unknown key, a wrong type or an out-of-range value is a ``ParamsError``
 naming the dotted key, the value received and what is allowed, before any work.
+The ``classifiers`` section is checked by the classifier registry
+(``pipeline.evaluate.classifiers``), which knows each classifier's keys.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -38,7 +40,7 @@ class AuditParams:
     on_leak: Literal["error", "warn"]
 
     def check(self, name: str) -> None:
-        _in_range(name, "near_duplicate_bits", self.near_duplicate_bits, 0, 64)
+        in_range(name, "near_duplicate_bits", self.near_duplicate_bits, 0, 64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +63,12 @@ class ExtractParams:
     resize_size: int | None
 
     def check(self, name: str) -> None:
-        _in_range(name, "batch_size", self.batch_size, 1, None)
-        _in_range(name, "num_workers", self.num_workers, 0, None)
+        in_range(name, "batch_size", self.batch_size, 1, None)
+        in_range(name, "num_workers", self.num_workers, 0, None)
         if self.crop_size is not None:
-            _in_range(name, "crop_size", self.crop_size, 8, None)
+            in_range(name, "crop_size", self.crop_size, 8, None)
         if self.resize_size is not None:
-            _in_range(name, "resize_size", self.resize_size, self.crop_size or 8, None)
+            in_range(name, "resize_size", self.resize_size, self.crop_size or 8, None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +81,10 @@ class ViewsParams:
     use: bool
 
     def check(self, name: str) -> None:
-        _in_range(name, "count", self.count, 0, 100)
-        _in_range(name, "crop_scale_min", self.crop_scale_min, 0.05, 1.0)
-        _in_range(name, "hflip", self.hflip, 0.0, 1.0)
-        _in_range(name, "jitter", self.jitter, 0.0, 1.0)
+        in_range(name, "count", self.count, 0, 100)
+        in_range(name, "crop_scale_min", self.crop_scale_min, 0.05, 1.0)
+        in_range(name, "hflip", self.hflip, 0.0, 1.0)
+        in_range(name, "jitter", self.jitter, 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +98,9 @@ class CVParams:
     def check(self, name: str) -> None:
         if self.n_jobs == 0 or self.n_jobs < -1:
             raise ParamsError(f"{name}.n_jobs={self.n_jobs} is invalid: use -1 (all cores) or a count >= 1.")
-        _in_range(name, "folds", self.folds, 2, None)
-        _in_range(name, "repeats", self.repeats, 1, None)
-        _in_range(name, "inner_folds", self.inner_folds, 2, None)
+        in_range(name, "folds", self.folds, 2, None)
+        in_range(name, "repeats", self.repeats, 1, None)
+        in_range(name, "inner_folds", self.inner_folds, 2, None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,27 +110,8 @@ class EvaluationParams:
     seed: int
 
     def check(self, name: str) -> None:
-        _in_range(name, "n_bootstrap", self.n_bootstrap, 100, None)
-        _in_range(name, "ece_bins", self.ece_bins, 1, None)
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadParams:
-    dropout: float
-    lr: float
-    weight_decay: float
-    batch_size: int
-    max_epochs: int
-    patience: int
-    seed: int
-
-    def check(self, name: str) -> None:
-        _in_range(name, "dropout", self.dropout, 0.0, 0.99)
-        _in_range(name, "lr", self.lr, 1e-9, None)
-        _in_range(name, "weight_decay", self.weight_decay, 0.0, None)
-        _in_range(name, "batch_size", self.batch_size, 1, None)
-        _in_range(name, "max_epochs", self.max_epochs, 1, None)
-        _in_range(name, "patience", self.patience, 1, None)
+        in_range(name, "n_bootstrap", self.n_bootstrap, 100, None)
+        in_range(name, "ece_bins", self.ece_bins, 1, None)
 
 
 SECTIONS: dict[str, type] = {
@@ -139,11 +122,12 @@ SECTIONS: dict[str, type] = {
     "views": ViewsParams,
     "cv": CVParams,
     "evaluation": EvaluationParams,
-    "head": HeadParams,
 }
+# Sections whose keys are checked elsewhere: each classifier's by the registry.
+CLASSIFIERS_SECTION = "classifiers"
 
 
-def _in_range(section: str, key: str, value: float, low: float | None, high: float | None) -> None:
+def in_range(section: str, key: str, value: float, low: float | None, high: float | None) -> None:
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ParamsError(f"{section}.{key}={value!r} is out of range: it must be {bounds}.")
@@ -234,21 +218,25 @@ def load_section(name: str, path: Path = DEFAULT_PARAMS) -> Any:
     return parse_section(SECTIONS[name], raw[name], name)
 
 
-def validate_all(path: Path = DEFAULT_PARAMS) -> None:
-    """Check every section of params.yaml at once, so a typo anywhere fails before any work.
+def validate_all(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Check every typed section of params.yaml at once, so a typo anywhere fails before any work.
 
-    The first stage calls this; each stage still re-reads its own sections.
+    Returns the raw params; the caller checks the ``classifiers`` section with the registry.
     """
-    from pipeline.classifiers import build_classifier  # the registry validates its own grids
-
     raw = read_params(path)
-    unknown = sorted(set(raw) - set(SECTIONS) - {"classical"})
+    known = [*SECTIONS, CLASSIFIERS_SECTION]
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ParamsError(f"Unknown section(s) {unknown} in {path}; known: {sorted([*SECTIONS, 'classical'])}.")
+        raise ParamsError(f"Unknown section(s) {unknown} in {path}; known: {sorted(known)}.")
     for name in SECTIONS:
         load_section(name, path)
-    classical = raw.get("classical")
-    if not isinstance(classical, dict) or not classical:
-        raise ParamsError(f"Section 'classical' of {path} must map classifier names to grids.")
-    for name, grid in classical.items():
-        build_classifier(name, grid)
+    return raw
+
+
+def classifiers_section(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The ``classifiers`` section: classifier name -> its raw params (validated by the registry)."""
+    raw = read_params(path)
+    section = raw.get(CLASSIFIERS_SECTION)
+    if not isinstance(section, dict) or not section:
+        raise ParamsError(f"Section '{CLASSIFIERS_SECTION}' of {path} must map classifier names to their params.")
+    return section

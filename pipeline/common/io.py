@@ -1,4 +1,4 @@
-"""Write outputs whole or not at all.
+"""Write outputs whole or not at all; read the small JSON files stages exchange.
 
 Every file or folder a stage produces goes to a temporary sibling first and is
 renamed into place only when complete, so an interrupted run never leaves an
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from pipeline.common.errors import PipelineError
 
 
 @contextlib.contextmanager
@@ -62,3 +64,14 @@ def write_json(path: Path | str, data: Any) -> None:
 def write_csv(path: Path | str, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def read_json(path: Path | str, *, what: str, fix: str) -> Any:
+    """Parse a JSON file another stage wrote; a missing or damaged one is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{what} {path} not found; {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PipelineError(f"{what} {path} is not valid JSON ({err}); {fix}") from err

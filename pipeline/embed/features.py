@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 INDEX = "index.csv"
 META = "meta.json"

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import warnings
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,12 +20,11 @@ from joblib import Parallel, delayed
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-from pipeline.dataset import HELD_OUT
-from pipeline.errors import PipelineError
-from pipeline.features import Features
-from pipeline.params import CVParams, EvaluationParams
-from pipeline.splits import RepeatedStratifiedGroupKFold
-from pipeline.statistics import corrected_cv_interval, held_out_metrics, macro_f1
+from pipeline.common.params import CVParams, EvaluationParams
+from pipeline.data.dataset import HELD_OUT
+from pipeline.embed.features import Features
+from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
+from pipeline.evaluate.statistics import corrected_cv_interval, held_out_metrics, macro_f1
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +37,6 @@ class Evaluation:
     metrics: dict[str, Any]
     predictions: pd.DataFrame  # image, split, true, predicted, p_<class>...
     folds: pd.DataFrame  # one row per CV fold, both protocols
-
-
-class GroupsError(PipelineError):
-    """The picture groups do not cover the images being cross-validated."""
-
-
-def load_groups(path: Path, paths: list[str]) -> np.ndarray:
-    """Group id of each image in ``paths`` from the audit's groups.csv."""
-    path = Path(path)
-    if not path.is_file():
-        raise GroupsError(f"Groups file {path} not found; run the audit stage (dvc repro audit).")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("path")["group"]
-    missing = [p for p in paths if p not in table.index]
-    if missing:
-        raise GroupsError(f"{len(missing)} image(s) have no group in {path}, e.g. {missing[:3]}; "
-                          "the features and the audit come from different manifests. Re-run dvc repro.")
-    return table.loc[paths].to_numpy()
 
 
 def with_views(X: np.ndarray, y: np.ndarray, groups: np.ndarray, views: np.ndarray | None,

@@ -1,14 +1,13 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from pipeline.atomic import atomic_path, write_json
-from tests.conftest import SMALL_RUN, make_dataset, write_params
+from pipeline.common.io import atomic_path, write_json
+from tests.conftest import SMALL_RUN, make_dataset, stage_process, write_params
 
 
 def test_failure_inside_leaves_the_previous_output_untouched(tmp_path):
@@ -36,9 +35,8 @@ def test_killed_extract_leaves_no_features_and_the_rerun_recovers(tmp_path):
     data = make_dataset(tmp_path / "data", train_per_class=10, augs=2)
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.batch_size": 2})
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    stage = [sys.executable, "-m", "pipeline.extract", "--params", str(params)]
-    subprocess.run([sys.executable, "-m", "pipeline.prepare", "--params", str(params)], cwd=tmp_path, env=env,
-                   check=True, capture_output=True)
+    stage = stage_process("extract", params)
+    subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
     proc = subprocess.Popen(stage, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not any(tmp_path.glob(".features.tmp-*/train.npy")) and time.monotonic() < deadline:
@@ -59,13 +57,12 @@ def test_killed_extract_leaves_no_features_and_the_rerun_recovers(tmp_path):
 
 
 def test_killed_classifier_stage_leaves_no_outputs_and_the_rerun_recovers(tmp_path):
-    from tests.test_classical_stage import foreign_features
+    from tests.test_train import foreign_features
 
-    feats, groups = foreign_features(tmp_path / "features", dim=256)
+    foreign_features(tmp_path / "features", dim=256, groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "evaluation.n_bootstrap": 5000,
-                                                     "classical.logreg.C": [0.01, 0.1, 1.0, 10.0]})
-    stage = [sys.executable, "-m", "pipeline.classical", "--model", "logreg", "--params", str(params),
-             "--features", str(feats), "--groups", str(groups)]
+                                                     "classifiers.logreg.C": [0.01, 0.1, 1.0, 10.0]})
+    stage = stage_process("train", params, "logreg", without=("--manifest",))  # features made elsewhere
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(stage, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # kill once the final model is fitted, while evaluation runs
@@ -75,6 +72,6 @@ def test_killed_classifier_stage_leaves_no_outputs_and_the_rerun_recovers(tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     artifacts = tmp_path / "artifacts"
-    assert not artifacts.exists() or not any(p.is_file() for p in artifacts.rglob("*"))
+    assert [p.name for p in artifacts.rglob("*") if p.is_file()] == ["groups.csv"]  # the input alone
     subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
     assert (artifacts / "metrics" / "logreg.json").is_file() and (artifacts / "models" / "logreg.joblib").is_file()

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.dataset import HELD_OUT
-from pipeline.grouping import components, near_duplicate_pairs, picture_groups
+from pipeline.data.dataset import HELD_OUT
+from pipeline.data.grouping import components, near_duplicate_pairs, picture_groups
 
 
 @dataclasses.dataclass

@@ -1,0 +1,36 @@
+"""How every entry point starts and ends: logging, one-line errors, exit statuses.
+
+Exit status 0 on success; 2 with one ``error: ...`` line for anything the user can
+fix (a ``PipelineError``); 130 with one ``interrupted`` line on Ctrl-C. Outputs are
+written atomically (``pipeline.common.io``), so an interrupted stage leaves none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from pipeline.common.errors import PipelineError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def stage_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser whose help is the stage module's docstring."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run an entry point's ``main``; report user errors and Ctrl-C as one line each."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return main(argv)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

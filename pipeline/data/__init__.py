@@ -1,0 +1,1 @@
+"""Image files -> manifest, original-picture groups and cross-split leaks (stages prepare, audit)."""

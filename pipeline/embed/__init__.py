@@ -1,0 +1,1 @@
+"""Manifest -> frozen-backbone embeddings cached in ``features/``, and the loader for reusing them."""

@@ -1,0 +1,264 @@
+"""The registry of classifiers: how each is built from its params, and how it picks its hyperparameters.
+
+Every entry answers the same question, ``select``: given the training data (views
+included) and valid, return the final model, the hyperparameters it chose, and the
+two fitting procedures the evaluation protocol cross-validates. So one ``train``
+stage serves every classifier, and adding one means adding an entry here.
+
+- ``head``: the transfer-learning recipe's linear head; early stopping on valid
+  picks the number of epochs, which every CV fold then trains.
+- ``logreg``, ``svm``, ``knn``: scikit-learn ``Pipeline``s with scaling or L2
+  normalisation inside (learnt on training folds only, saved with the model); the
+  grid is searched by cross-validation grouped by original picture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import SVC
+
+from pipeline.common.params import CVParams, ParamsError, in_range, parse_section
+from pipeline.evaluate.linear_head import LinearHeadClassifier
+from pipeline.evaluate.protocol import FitFold
+from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """What a classifier may learn from: train (views appended, groups alike) and valid."""
+
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    X_valid: np.ndarray
+    y_valid: np.ndarray
+    n_classes: int
+    n_images: int  # the first n_images rows are the images themselves; their views follow
+    copies: int  # 1 + number of augmented views per image
+
+
+@dataclasses.dataclass
+class Selection:
+    model: Any  # the final model, fitted on all of train
+    selected: dict[str, Any]  # the chosen hyperparameters, under their params.yaml names
+    fit_fold: FitFold  # the whole procedure, selection included, on a training fold (nested CV)
+    fit_fixed: FitFold  # the chosen hyperparameters refitted (only for the leaky figure)
+    record: pd.DataFrame  # how they were chosen: grid scores, or the training curve
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSpec:
+    parse: Callable[[Any, str], Any]  # (raw params, dotted name) -> validated params
+    select: Callable[[Any, TrainingData, CVParams], Selection]
+
+
+# ----------------------------------------------------------------------------- the linear head
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadParams:
+    dropout: float
+    lr: float
+    weight_decay: float
+    batch_size: int
+    max_epochs: int
+    patience: int
+    seed: int
+
+    def check(self, name: str) -> None:
+        in_range(name, "dropout", self.dropout, 0.0, 0.99)
+        in_range(name, "lr", self.lr, 1e-9, None)
+        in_range(name, "weight_decay", self.weight_decay, 0.0, None)
+        in_range(name, "batch_size", self.batch_size, 1, None)
+        in_range(name, "max_epochs", self.max_epochs, 1, None)
+        in_range(name, "patience", self.patience, 1, None)
+
+
+def _select_head(params: HeadParams, data: TrainingData, cv: CVParams) -> Selection:
+    """Early stopping on valid picks the epoch count; CV folds train exactly that many epochs."""
+    model = LinearHeadClassifier(n_classes=data.n_classes, dropout=params.dropout, lr=params.lr,
+                                 weight_decay=params.weight_decay, batch_size=params.batch_size,
+                                 max_epochs=params.max_epochs, patience=params.patience, seed=params.seed)
+    model.fit(data.X, data.y, X_valid=data.X_valid, y_valid=data.y_valid)
+    fixed = clone(model).set_params(max_epochs=model.best_epoch_)
+
+    def fit_fixed(X, y, groups):
+        return clone(fixed).fit(X, y)
+
+    return Selection(model=model, selected={"epochs": model.best_epoch_}, fit_fold=fit_fixed, fit_fixed=fit_fixed,
+                     record=pd.DataFrame(model.history_))
+
+
+# ----------------------------------------------------------------------------- scikit-learn grids
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A validated grid, in scikit-learn's ``clf__<key>`` form."""
+
+    values: dict[str, list[Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GridClassifier:
+    build: Callable[[], Pipeline]
+    # grid key -> (check, description of allowed values)
+    keys: dict[str, tuple[Callable[[Any], bool], str]]
+    # turns the selected pipeline into the final model, when that needs more than a refit
+    finalize: Callable[..., Any] | None = None
+
+    def parse(self, raw: Any, name: str) -> Grid:
+        if not isinstance(raw, dict) or not raw:
+            raise ParamsError(f"{name} must map grid keys {sorted(self.keys)} to lists of values.")
+        unknown = sorted(set(raw) - set(self.keys))
+        if unknown:
+            raise ParamsError(f"Unknown key(s) {[f'{name}.{k}' for k in unknown]}; allowed: {sorted(self.keys)}.")
+        values = {}
+        for key, given in raw.items():
+            options = given if isinstance(given, list) else [given]
+            check, allowed = self.keys[key]
+            if not options or any(not check(v) for v in options):
+                raise ParamsError(f"{name}.{key}={given!r} is invalid: values must be {allowed}.")
+            values[f"clf__{key}"] = options
+        return Grid(values)
+
+    def select(self, grid: Grid, data: TrainingData, cv: CVParams) -> Selection:
+        smallest = smallest_training_fold(data.y[: data.n_images], data.groups[: data.n_images], folds=cv.folds,
+                                          repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed) * data.copies
+        check_grid_fits(grid, smallest)
+        pipeline = self.build()
+
+        def fit_fold(X, y, groups):
+            return select_and_fit(pipeline, grid.values, X, y, groups, inner_folds=cv.inner_folds, seed=cv.seed)[0]
+
+        chosen, record = select_and_fit(pipeline, grid.values, data.X, data.y, data.groups,
+                                        inner_folds=cv.inner_folds, seed=cv.seed)
+        model = chosen if self.finalize is None else self.finalize(
+            chosen, data.X, data.y, data.groups, inner_folds=cv.inner_folds, seed=cv.seed)
+
+        def fit_fixed(X, y, groups):
+            return clone(chosen).fit(X, y)
+
+        return Selection(model=model, selected=selected_params(chosen, grid.values), fit_fold=fit_fold,
+                         fit_fixed=fit_fixed, record=record)
+
+
+def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, inner_folds: int, seed: int) -> CalibratedClassifierCV:
+    """Platt-scale a classifier without probabilities on decision values from grouped folds.
+
+    libsvm's own ``probability=True`` calibrates on plain k-fold, where copies of
+    one picture sit on both sides; grouped folds keep the calibration honest.
+    With ``ensemble=False`` the classifier itself is refitted on all the data.
+    """
+    splits = list(StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed).split(X, y, groups))
+    return CalibratedClassifierCV(clone(pipeline), method="sigmoid", cv=splits, ensemble=False).fit(X, y)
+
+
+def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,
+                   inner_folds: int, seed: int) -> tuple[Pipeline, pd.DataFrame]:
+    """Pick hyperparameters by grouped CV on (X, y) alone, then refit on all of it.
+
+    Also returns the grid's scores (one row per candidate; no scores for a grid of one).
+    """
+    if all(len(v) == 1 for v in param_grid.values()):
+        chosen = {k: v[0] for k, v in param_grid.items()}
+        record = pd.DataFrame([{k.removeprefix("clf__"): v for k, v in chosen.items()}])
+        return clone(pipeline).set_params(**chosen).fit(X, y), record
+    search = GridSearchCV(pipeline, param_grid, scoring="accuracy", error_score="raise",
+                          cv=StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed))
+    search.fit(X, y, groups=groups)
+    results = search.cv_results_
+    record = pd.DataFrame({k.removeprefix("param_clf__"): list(results[k]) for k in results
+                           if k.startswith("param_clf__")})
+    record = record.assign(mean_accuracy=results["mean_test_score"], std_accuracy=results["std_test_score"],
+                           rank=results["rank_test_score"])
+    return search.best_estimator_, record
+
+
+def selected_params(model: Pipeline, param_grid: dict[str, list[Any]]) -> dict[str, Any]:
+    """The grid values the fitted pipeline ended up with, under their params.yaml names."""
+    params = model.get_params()
+    return {k.removeprefix("clf__"): params[k] for k in param_grid}
+
+
+def smallest_training_fold(y, groups, *, folds: int, repeats: int, inner_folds: int, seed: int) -> int:
+    """Images in the smallest inner-CV training fold a classifier will be fitted on."""
+    smallest = len(y)
+    for outer, _ in RepeatedStratifiedGroupKFold(n_splits=folds, n_repeats=repeats,
+                                                 random_state=seed).split(y, y, groups):
+        inner = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
+        for train, _ in inner.split(outer, y[outer], groups[outer]):
+            smallest = min(smallest, len(train))
+    return smallest
+
+
+def check_grid_fits(grid: Grid, smallest_fold: int) -> None:
+    """Refuse a kNN grid whose k exceeds the smallest training fold, before any fitting."""
+    too_big = [k for k in grid.values.get("clf__n_neighbors", []) if k > smallest_fold]
+    if too_big:
+        raise ParamsError(f"classifiers.knn.n_neighbors={too_big} is larger than the smallest training fold "
+                          f"({smallest_fold} rows under the cv params); use values <= {smallest_fold}.")
+
+
+# ----------------------------------------------------------------------------- the registry
+
+_GRIDS = {
+    "logreg": GridClassifier(
+        build=lambda: Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=5000))]),
+        keys={"C": (_positive, "positive numbers")},
+    ),
+    "svm": GridClassifier(
+        build=lambda: Pipeline([("l2", Normalizer()), ("scale", StandardScaler()),
+                                ("clf", SVC(kernel="rbf", random_state=0))]),
+        keys={"C": (_positive, "positive numbers")},
+        finalize=calibrate_grouped,
+    ),
+    "knn": GridClassifier(
+        build=lambda: Pipeline([("l2", Normalizer()), ("clf", KNeighborsClassifier())]),
+        keys={"n_neighbors": (_positive_int, "integers >= 1"),
+              "weights": (lambda v: v in ("uniform", "distance"), "'uniform' or 'distance'")},
+    ),
+}
+
+CLASSIFIERS: dict[str, ClassifierSpec] = {
+    "head": ClassifierSpec(parse=lambda raw, name: parse_section(HeadParams, raw, name), select=_select_head),
+    **{name: ClassifierSpec(parse=grid.parse, select=grid.select) for name, grid in _GRIDS.items()},
+}
+
+
+def get_classifier(name: str) -> ClassifierSpec:
+    if name not in CLASSIFIERS:
+        raise ParamsError(f"Unknown classifier {name!r} in params.yaml's classifiers; "
+                          f"choose one of {sorted(CLASSIFIERS)}.")
+    return CLASSIFIERS[name]
+
+
+def parse_classifier_params(name: str, raw: Any) -> Any:
+    """Validate one classifier's params (``classifiers.<name>`` in params.yaml)."""
+    return get_classifier(name).parse(raw, f"classifiers.{name}")
+
+
+def check_classifiers(section: dict[str, Any]) -> None:
+    """Validate every classifier's params, so a typo fails in the first stage, not the last."""
+    for name, raw in section.items():
+        parse_classifier_params(name, raw)

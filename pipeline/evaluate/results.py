@@ -1,0 +1,68 @@
+"""Write one trained classifier's results in the layout every classifier shares, and read the model back.
+
+Same metric keys for all, so ``dvc metrics show`` prints one comparable row per
+classifier and ``dvc metrics diff`` / ``dvc exp show`` line them up. Every model is
+saved the same way (joblib: the fitted estimator, its class names and the metadata
+of the features it was trained on), so ``predict`` and ``export`` treat them alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from pipeline.common.errors import PipelineError
+from pipeline.common.io import atomic_path, write_csv, write_json
+from pipeline.evaluate.training import Trained
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultPaths:
+    model: Path
+    metrics: Path
+    predictions: Path
+    confusion: Path
+    folds: Path
+    selection: Path
+
+
+@dataclasses.dataclass
+class SavedModel:
+    name: str
+    model: Any  # fitted, with predict_proba
+    classes: list[str]
+    features_meta: dict[str, Any]
+    selected: dict[str, Any]
+
+
+def write_results(trained: Trained, *, classes: list[str], features_meta: dict[str, Any], paths: ResultPaths) -> None:
+    """Model, metrics JSON, predictions CSV, test rows for the confusion plot, CV folds, selection record."""
+    evaluation = trained.evaluation
+    saved = SavedModel(name=trained.name, model=trained.selection.model, classes=classes,
+                       features_meta=features_meta, selected=trained.selection.selected)
+    with atomic_path(paths.model) as tmp:
+        joblib.dump(dataclasses.asdict(saved), tmp)
+    write_csv(paths.predictions, evaluation.predictions)
+    test = evaluation.predictions[evaluation.predictions["split"] == "test"]
+    write_csv(paths.confusion, test[["image", "true", "predicted"]])
+    write_csv(paths.folds, evaluation.folds)
+    write_csv(paths.selection, trained.selection.record)
+    write_json(paths.metrics, {"classifier": trained.name, **evaluation.metrics, "selected": trained.selection.selected,
+                               "pretrained": features_meta.get("pretrained"),
+                               "fit_seconds": round(trained.fit_seconds, 3)})
+
+
+def load_model(path: Path) -> SavedModel:
+    """A model saved by the train stage (or its copy, the best model of compare)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"Model file {path} not found; run the train stage for it (dvc repro).")
+    try:
+        saved = joblib.load(path)
+        return SavedModel(**saved)
+    except Exception as err:  # unpickling raises many kinds for a damaged or foreign file
+        raise PipelineError(f"{path} is not a model saved by the train stage ({type(err).__name__}: {err}); "
+                            "re-run dvc repro.") from err

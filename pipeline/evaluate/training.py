@@ -1,0 +1,56 @@
+"""Train one classifier on cached embeddings and evaluate it: the work of one ``train@<name>`` stage.
+
+The same steps for every classifier in the registry: stack the training images
+with their augmented views, let the classifier select its hyperparameters and fit,
+then run the evaluation protocol (grouped CV with the selection nested, the leaky
+CV for contrast, valid and test with intervals).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.common.params import CVParams, EvaluationParams
+from pipeline.embed.features import Features
+from pipeline.evaluate.classifiers import Selection, TrainingData, get_classifier
+from pipeline.evaluate.protocol import Evaluation, evaluate_classifier, with_views
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Trained:
+    name: str
+    selection: Selection
+    evaluation: Evaluation
+    fit_seconds: float  # hyperparameter selection and the final fit, not the evaluation
+
+    def summary(self) -> str:
+        m = self.evaluation.metrics
+        low, high = m["test"]["accuracy_ci95"]["low"], m["test"]["accuracy_ci95"]["high"]
+        return (f"{self.name}: grouped CV accuracy {m['cv']['accuracy_mean']:.3f} "
+                f"(leaky {m['cv_leaky']['accuracy_mean']:.3f}), test {m['test']['accuracy']:.3f} "
+                f"[{low:.3f}, {high:.3f}], selected {self.selection.selected}")
+
+
+def train_classifier(name: str, params: Any, *, features: Features, groups: np.ndarray, cv: CVParams,
+                     evaluation: EvaluationParams, use_views: bool) -> Trained:
+    """Select, fit and evaluate classifier ``name`` (its params already validated by the registry)."""
+    spec = get_classifier(name)
+    train, valid = features["train"], features["valid"]
+    views = train.views if use_views else None
+    X, y, g = with_views(train.X, train.y, groups, views)
+    data = TrainingData(X=X, y=y, groups=g, X_valid=valid.X, y_valid=valid.y, n_classes=len(features.classes),
+                        n_images=len(train.y), copies=1 if views is None else len(views) + 1)
+    start = time.perf_counter()
+    selection = spec.select(params, data, cv)
+    fit_seconds = time.perf_counter() - start
+    log.info("%s: selected %s in %.1f s", name, selection.selected, fit_seconds)
+    result = evaluate_classifier(model=selection.model, fit_fold=selection.fit_fold, fit_fixed=selection.fit_fixed,
+                                 features=features, groups=groups, cv=cv, evaluation=evaluation, views=views)
+    return Trained(name=name, selection=selection, evaluation=result, fit_seconds=fit_seconds)

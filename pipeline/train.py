@@ -1,0 +1,57 @@
+"""Stage ``train@<classifier>``: fit one classifier on the cached embeddings and evaluate it honestly.
+
+Hyperparameters are chosen as the classifier's registry entry says (grouped CV
+for the scikit-learn grids, early stopping on valid for the linear head) and the
+choice is nested inside every evaluation fold. Writes the model, its metrics,
+predictions on valid and test, the test rows for the confusion plot, the per-fold
+CV scores and the record of how the hyperparameters were chosen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.common.cli import run, stage_parser
+from pipeline.common.params import DEFAULT_PARAMS, ParamsError, classifiers_section, load_section
+from pipeline.data.grouping import read_groups
+from pipeline.embed import features as features_io
+from pipeline.evaluate.classifiers import parse_classifier_params
+from pipeline.evaluate.results import ResultPaths, write_results
+from pipeline.evaluate.training import train_classifier
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--classifier", required=True, help="a key of params.yaml's classifiers section")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    parser.add_argument("--features", type=Path, default=Path("features"))
+    parser.add_argument("--groups", type=Path, default=Path("artifacts/data/groups.csv"))
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="refuse features not extracted from this manifest (dvc.yaml passes it)")
+    for name, help_ in [("model", "the fitted model (joblib)"), ("metrics", "metrics JSON"),
+                        ("predictions", "per-image predictions on valid and test (CSV)"),
+                        ("confusion", "test rows for the confusion plot (CSV)"), ("folds", "per-fold CV scores (CSV)"),
+                        ("selection", "how the hyperparameters were chosen: grid scores or training curve (CSV)")]:
+        parser.add_argument(f"--{name}", type=Path, required=True, help=help_)
+    args = parser.parse_args(argv)
+
+    section = classifiers_section(args.params)
+    if args.classifier not in section:
+        raise ParamsError(f"{args.params} has no classifiers.{args.classifier} entry; it has {sorted(section)}.")
+    params = parse_classifier_params(args.classifier, section[args.classifier])
+    cv, evaluation = load_section("cv", args.params), load_section("evaluation", args.params)
+    use_views = load_section("views", args.params).use
+    feats = features_io.load(args.features, manifest=args.manifest)
+    groups = read_groups(args.groups, feats["train"].paths)
+
+    trained = train_classifier(args.classifier, params, features=feats, groups=groups, cv=cv, evaluation=evaluation,
+                               use_views=use_views)
+    write_results(trained, classes=feats.classes, features_meta=feats.meta,
+                  paths=ResultPaths(model=args.model, metrics=args.metrics, predictions=args.predictions,
+                                    confusion=args.confusion, folds=args.folds, selection=args.selection))
+    print(trained.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))
