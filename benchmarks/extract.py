@@ -23,7 +23,7 @@ without it the random backbone's BatchNorm statistics are first re-estimated on
 the images, since default statistics make every embedding vanish.
 
 ``--decode cpu|device|auto`` picks the decode path measured end to end
-(``device``: nvjpeg on CUDA; see ``pipeline.embedding``).
+(``device``: nvjpeg on CUDA; see ``pipeline.embed.embedding``).
 
 Speed does not depend on weight values, so the backbone is randomly initialised.
 """
@@ -44,9 +44,16 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.backbone import build_backbone
-from pipeline.embedding import DECODES, PRECISIONS, iter_embeddings, resolve_decode, resolve_device, resolve_precision
-from pipeline.params import ModelParams
+from pipeline.common.params import ModelParams
+from pipeline.embed.backbone import build_backbone
+from pipeline.embed.embedding import (
+    DECODES,
+    PRECISIONS,
+    iter_embeddings,
+    resolve_decode,
+    resolve_device,
+    resolve_precision,
+)
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 RANDOM_B1 = ModelParams(arch="efficientnet_b1", weights=None, checkpoint=None, init_seed=0)
@@ -128,7 +135,7 @@ def extract_stage(counts: dict[str, int], work: Path, *, size: tuple[int, int], 
 
 def calibrate_batchnorm(backbone, paths: list[Path]) -> None:
     """Re-estimate BatchNorm running statistics of a random backbone on real preprocessed images."""
-    from pipeline.embedding import ImageFiles
+    from pipeline.embed.embedding import ImageFiles
 
     model = backbone.model
     for module in model.modules():
@@ -147,7 +154,7 @@ def precision_check(backbone, paths: list[Path], *, device: torch.device, batch_
                     decode: str, labels: np.ndarray | None = None, n_train: int = 0) -> None:
     """Cosine of each faster precision's embeddings to fp32's; with ``labels``, the first ``n_train``
     paths train classifiers and the rest are the test images whose predictions are compared."""
-    from pipeline.classifiers import CLASSIFIERS
+    from pipeline.evaluate.classifiers import CLASSIFIERS
 
     def embed(precision: str) -> np.ndarray:
         return np.concatenate(list(iter_embeddings(backbone, paths, batch_size=batch_size, num_workers=workers,
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.precision_check is not None:
             labels, n_train = None, 0
             if args.data_root:
-                from pipeline.dataset import scan_layout
+                from pipeline.data.dataset import scan_layout
 
                 frame = scan_layout(args.data_root / "Master Folder", ("train", "test"))
                 paths = [args.data_root / "Master Folder" / p for p in frame["path"]]
