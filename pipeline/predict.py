@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from pipeline.common.cli import run, stage_parser
@@ -19,7 +18,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.params import ModelParams
 from pipeline.data.dataset import IMAGE_SUFFIXES
 from pipeline.embed.backbone import Backbone, BackboneError, build_backbone
-from pipeline.embed.embedding import iter_embeddings, resolve_device
+from pipeline.embed.embedding import Settings, embed_paths, resolve_device
 from pipeline.evaluate.results import SavedModel, load_model
 
 
@@ -59,10 +58,10 @@ def predict(files: list[Path], saved: SavedModel, *, device: str = "auto", batch
     """Predicted class and class probabilities for each image, in the order of ``files``."""
     meta = saved.features_meta
     backbone = backbone_for(meta)
-    X = np.concatenate(list(iter_embeddings(
-        backbone, files, batch_size=batch_size or meta.get("batch_size", 32), num_workers=0,
-        device=resolve_device(device), channels_last=meta.get("channels_last", True),
-        precision=meta.get("precision", "fp32"), decode=meta.get("decode", "cpu"), desc="predict")))
+    settings = Settings(device=resolve_device(device), precision=meta.get("precision", "fp32"),
+                        decode=meta.get("decode", "cpu"), batch_size=batch_size or meta.get("batch_size", 32),
+                        num_workers=0, channels_last=meta.get("channels_last", True))
+    X = embed_paths(backbone, files, settings, desc="predict")
     proba = saved.model.predict_proba(X)
     frame = pd.DataFrame({"image": [str(f) for f in files], "predicted": [saved.classes[i] for i in proba.argmax(1)]})
     return pd.concat([frame, pd.DataFrame(proba, columns=[f"p_{c}" for c in saved.classes]).round(6)], axis=1)

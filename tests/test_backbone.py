@@ -5,7 +5,8 @@ import torchvision
 
 from pipeline.common.params import ModelParams
 from pipeline.embed.backbone import BackboneError, build_backbone
-from pipeline.embed.embedding import iter_embeddings
+from pipeline.data.images import load_rgb
+from pipeline.embed.embedding import Settings, embed_paths
 
 
 def params(**kw):
@@ -64,16 +65,14 @@ def test_embedding_is_the_pooled_feature_the_classifier_sees(calibrated_checkpoi
     with pytest.warns(UserWarning):
         backbone = build_backbone(params(checkpoint=str(calibrated_checkpoint)), crop_size=64, resize_size=72)
     paths = sorted((dataset / "Master Folder" / "test").rglob("*.jpg"))[:5]
-    emb = np.concatenate(list(iter_embeddings(backbone, paths, batch_size=2, num_workers=0,
-                                              device=torch.device("cpu"))))
+    emb = embed_paths(backbone, paths, Settings(device=torch.device("cpu"), precision="fp32", decode="cpu",
+                                                batch_size=2, num_workers=0, channels_last=True))
     assert emb.shape == (5, 1280) and emb.dtype == np.float32
     assert emb.std() > 1e-3  # calibrated statistics: real magnitudes, not ~1e-14
     # the classifier's input, captured by a hook on torchvision's own forward pass
     seen = []
     backbone.model.classifier.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
-    from pipeline.embed.embedding import ImageFiles
-
-    batch = torch.stack([ImageFiles(paths, backbone.transform)[i] for i in range(5)])
+    batch = torch.stack([backbone.transform(load_rgb(p)) for p in paths])
     with torch.no_grad():
         backbone.model.to(memory_format=torch.contiguous_format)(batch)
     reference = seen[0].numpy()

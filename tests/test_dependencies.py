@@ -117,6 +117,16 @@ def test_every_data_dep_and_out_is_named_in_the_stage_cmd(name):
     assert not missing, f"{name}: {missing} are not passed in its cmd, so the code must derive them"
 
 
+def test_scratch_folders_are_kept_out_of_dvc_and_git():
+    """A stage's --scratch folder survives a crash on purpose: DVC must not hash it, git must not track it."""
+    scratch = [w for stage in stages().values() for i, w in enumerate(shlex.split(stage["cmd"]))
+               if i and shlex.split(stage["cmd"])[i - 1] == "--scratch"]
+    assert scratch
+    for path in scratch:
+        for ignore in (".dvcignore", ".gitignore"):
+            assert f"/{path}" in (PROJECT / ignore).read_text().splitlines(), (path, ignore)
+
+
 def test_no_two_stages_write_the_same_file():
     outs = [p for stage in stages().values() for p in paths_of(stage["outs"])]
     assert len(outs) == len(set(outs))
@@ -168,6 +178,7 @@ def test_each_stage_reads_only_its_deps_and_params_and_writes_only_its_outs(repo
         assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
         opened = json.loads(Path(f"{record}.tmp").read_text())
         deps, outs = paths_of(stage["deps"]), paths_of(stage["outs"])
+        scratch = [words[i + 1] for i, w in enumerate(words) if w == "--scratch"]  # resume state, not an output
         for path, write in opened:
             path = Path(path)
             if root not in path.parents or ignored & set(path.relative_to(root).parts):
@@ -175,6 +186,8 @@ def test_each_stage_reads_only_its_deps_and_params_and_writes_only_its_outs(repo
             target = real_target(path, root)
             if target == root / "pipeline" / "__init__.py":
                 continue  # docstring only (test above)
+            if covered(target, scratch, root):
+                continue
             if write and not covered(target, outs, root):
                 problems.append(f"{name} writes {target.relative_to(root)}, not among its outs")
             if not write and not covered(target, [*deps, *outs, "params.yaml"], root):

@@ -122,7 +122,7 @@ def test_repro_killed_mid_extract_leaves_nothing_cached_and_the_next_repro_gives
     proc = subprocess.Popen([*DVC, "repro"], cwd=root, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not any(root.glob(".features.tmp-*/*.npy")) and time.monotonic() < deadline:
+    while not any(root.glob(".extract-shards/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "dvc repro got past extract before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)
@@ -134,7 +134,7 @@ def test_repro_killed_mid_extract_leaves_nothing_cached_and_the_next_repro_gives
     assert "extract" in run([*DVC, "status"], root, ENV)
     rerun = run([*DVC, "repro"], root, ENV)
     assert {"extract", "train@head", "compare"} <= ran(rerun)
-    assert not list(root.glob(".features.tmp-*"))
+    assert not list(root.glob(".features.tmp-*")) and not (root / ".extract-shards").exists()
     assert outputs(root) == baseline  # byte-identical embeddings, identical metrics
     assert "extract" not in run([*DVC, "status"], root, ENV)
 

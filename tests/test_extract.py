@@ -1,10 +1,26 @@
+"""The extract stage: one pass, one input shape, one worker pool, shards that resume, the features format."""
+
+import contextlib
 import json
+import os
+import re
+import signal
+import subprocess
+import time
 import warnings
 
 import numpy as np
+import pandas as pd
+import pytest
+import torch
 
+from pipeline.common.params import ModelParams, load_section
+from pipeline.data.dataset import build_manifest
 from pipeline.embed import features
-from tests.conftest import SMALL_RUN, run_stage, write_params
+from pipeline.embed.backbone import build_backbone
+from pipeline.embed.embedding import embed_paths, resolve_settings
+from pipeline.embed.extraction import extract_features
+from tests.conftest import SMALL_RUN, make_dataset, run_stage, stage_process, write_params
 
 
 def run_extract(tmp_path, dataset, checkpoint, out, **overrides):
@@ -25,8 +41,8 @@ def test_views_are_cached_for_train_only_and_do_not_depend_on_batching(tmp_path,
     assert train.views.shape == (2, len(train.paths), 1280)
     assert a["test"].views is None and a["valid"].views is None
     assert not np.allclose(train.views[0], train.X) and not np.allclose(train.views[0], train.views[1])
-    # seeded per image: the same views whatever the batch size (a random backbone amplifies the conv
-    # kernels' float rounding, hence a cosine rather than an elementwise check)
+    # seeded per image: the same views whatever the batch size (the CPU's rounding depends on the batch
+    # shape, which a random backbone amplifies, hence a cosine rather than an elementwise check)
     flat_a, flat_b = train.views.reshape(-1, 1280), b["train"].views.reshape(-1, 1280)
     same = (flat_a * flat_b).sum(1) / np.linalg.norm(flat_a, axis=1) / np.linalg.norm(flat_b, axis=1)
     assert np.median(same) > 0.99999 and same.min() > 0.95
@@ -34,6 +50,7 @@ def test_views_are_cached_for_train_only_and_do_not_depend_on_batching(tmp_path,
     assert cosine.mean() > 0.5  # a view still resembles its image
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
     assert meta["views"]["count"] == 2 and meta["precision"] == "fp32"
+    assert (meta["batch_size"], meta["num_workers"], meta["engine"]) == (16, 0, "local")
 
 
 def test_no_views_file_without_views(tmp_path, dataset, calibrated_checkpoint, monkeypatch):
@@ -42,20 +59,25 @@ def test_no_views_file_without_views(tmp_path, dataset, calibrated_checkpoint, m
     assert feats["train"].views is None and not (tmp_path / "f" / "train_views.npy").exists()
 
 
-def test_each_random_view_is_fixed_by_seed_and_index_alone(dataset):
+def test_each_random_view_is_fixed_by_seed_and_row_alone(dataset):
     import torchvision
 
     from pipeline.common.params import ViewsParams
-    from pipeline.embed.embedding import ImageFiles, view_transform
+    from pipeline.embed.loading import Preprocess, WorkImages
+    from pipeline.embed.work import plan_work
 
-    base = torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms(crop_size=64, resize_size=72)
-    augment = view_transform(base, ViewsParams(count=1, crop_scale_min=0.5, hflip=0.5, jitter=0.3, seed=0, use=True))
-    paths = sorted((dataset / "Master Folder" / "train").rglob("*.jpg"))[:6]
-    forward = [ImageFiles(paths, augment, seed=(0, 0))[i] for i in range(6)]
-    backward = [ImageFiles(paths, augment, seed=(0, 0))[i] for i in reversed(range(6))][::-1]
-    other_view = ImageFiles(paths, augment, seed=(0, 1))[0]
-    assert all((f == b).all() for f, b in zip(forward, backward))
-    assert forward[0].shape == (3, 64, 64) and not (forward[0] == other_view).all()
+    views = ViewsParams(count=2, crop_scale_min=0.5, hflip=0.5, jitter=0.3, seed=0, use=True)
+    preprocess = Preprocess.of(torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms(
+        crop_size=64, resize_size=72), views)
+    manifest = build_manifest(dataset / "Master Folder")[0]
+    work = plan_work(manifest, dataset / "Master Folder", n_views=2)
+    first_view = np.arange(*work.view_range(0))[:6]
+    forward = [WorkImages(work, first_view, preprocess, decode_on_device=False)[i][2] for i in range(6)]
+    backward = [WorkImages(work, first_view[::-1], preprocess, decode_on_device=False)[i][2] for i in range(6)][::-1]
+    other_view = WorkImages(work, np.arange(*work.view_range(1))[:1], preprocess, decode_on_device=False)[0][2]
+    assert all(torch.equal(f, b) for f, b in zip(forward, backward))
+    assert forward[0].shape == (3, 64, 64) and forward[0].dtype == torch.uint8
+    assert not torch.equal(forward[0], other_view)
 
 
 def test_decoding_on_the_device_is_recorded_and_leaves_the_random_views_unchanged(tmp_path, dataset,
@@ -70,3 +92,139 @@ def test_decoding_on_the_device_is_recorded_and_leaves_the_random_views_unchange
         assert a.shape == b.shape and not np.array_equal(a, b)  # really decoded another way
         cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cosine.mean() > 0.9  # close; tests/test_embedding.py bounds the difference properly
+
+
+def extraction(tmp_path, data, checkpoint, *, hook=None, **overrides):
+    """Run the extraction library function (the extract stage's one call) with a backbone the test holds."""
+    params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data),
+                                                     "model.checkpoint": str(checkpoint), **overrides})
+    warnings.simplefilter("ignore", UserWarning)
+    extract, views, model = (load_section(name, params) for name in ("extract", "views", "model"))
+    backbone = build_backbone(model, crop_size=extract.crop_size, resize_size=extract.resize_size)
+    if hook is not None:
+        backbone.model.features.register_forward_pre_hook(hook)
+    manifest = build_manifest(data / "Master Folder")[0]
+    out = tmp_path / f"features-{len(list(tmp_path.glob('features-*')))}"
+    result = extract_features(manifest=manifest, manifest_sha256="x", root=data / "Master Folder", backbone=backbone,
+                              settings=resolve_settings(extract), params=extract, model_params=model, views=views,
+                              out=out, scratch=tmp_path / "scratch")
+    return features.load(out), result, manifest, backbone
+
+
+@pytest.mark.parametrize("batch_size", [3, 8, 64])
+def test_the_backbone_sees_one_input_shape_per_run_over_every_split_and_view(tmp_path, calibrated_checkpoint,
+                                                                             batch_size):
+    data = make_dataset(tmp_path / "data", train_per_class=3, held_out_per_class=1, augs=1)  # 24/4/4 images
+    shapes = set()
+    feats, result, _, _ = extraction(tmp_path, data, calibrated_checkpoint, **{
+        "extract.batch_size": batch_size, "views.count": 2},
+        hook=lambda module, args: shapes.add(tuple(args[0].shape)))
+    assert shapes == {(batch_size, 3, 64, 64)}
+    assert result.stats.rows == 24 + 4 + 4 + 2 * 24
+    assert result.stats.padded == -result.stats.rows % batch_size  # only the very last batch is padded
+    assert feats["train"].views.shape == (2, 24, 1280)
+
+
+def test_one_pass_over_all_splits_gives_exactly_the_split_by_split_embeddings(tmp_path, calibrated_checkpoint):
+    """Where the batch size divides every split, batches coincide with a split-by-split extraction: then the
+    one pass, its padding and its split boundaries must change nothing, byte for byte (fp32, CPU)."""
+    data = make_dataset(tmp_path / "data", train_per_class=4, held_out_per_class=2, augs=1)  # 32/8/8 images
+    feats, _, manifest, backbone = extraction(tmp_path, data, calibrated_checkpoint, **{"extract.batch_size": 8})
+    settings = resolve_settings(load_section("extract", tmp_path / "params.yaml"))
+    for split in ("train", "valid", "test"):
+        paths = [data / "Master Folder" / p for p in manifest.loc[manifest["split"] == split, "path"]]
+        assert np.array_equal(feats[split].X, embed_paths(backbone, paths, settings)), split
+
+
+def test_one_worker_pool_serves_every_split_and_view(tmp_path, calibrated_checkpoint):
+    import psutil
+
+    data = make_dataset(tmp_path / "data", train_per_class=6, held_out_per_class=2, augs=1)
+    params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data),
+                                                     "model.checkpoint": str(calibrated_checkpoint),
+                                                     "extract.num_workers": 2, "extract.batch_size": 4,
+                                                     "views.count": 2})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(stage_process("extract", params), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    stage, workers = psutil.Process(proc.pid), set()
+    command = stage.cmdline()
+    while proc.poll() is None:
+        try:
+            for child in stage.children(recursive=True):
+                with contextlib.suppress(psutil.Error):  # forked loader workers carry the stage's command line;
+                    if child.cmdline() == command:  # libraries may also run short helper programs
+                        workers.add(child.pid)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.005)
+    assert proc.returncode == 0
+    assert len(workers) == 2, f"{len(workers)} loader worker processes over the run; one pool of 2 expected"
+    assert features.load(tmp_path / "features")["train"].views.shape[0] == 2
+
+
+def shards_written(scratch):
+    return sorted(p.name for p in scratch.rglob("rows-*.npy"))
+
+
+def test_a_killed_extract_resumes_from_its_finished_shards_to_byte_identical_features(tmp_path):
+    data = make_dataset(tmp_path / "data", train_per_class=12, held_out_per_class=2, augs=2)  # 144/8/8 + a view
+    settings = {**SMALL_RUN, "data.root": str(data), "extract.batch_size": 4, "extract.shard_rows": 16}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    for folder in (reference, resumed):
+        folder.mkdir()
+        write_params(folder / "params.yaml", settings)
+        subprocess.run(stage_process("prepare", folder / "params.yaml"), cwd=folder, env=env, check=True,
+                       capture_output=True)
+    subprocess.run(stage_process("extract", reference / "params.yaml"), cwd=reference, env=env, check=True,
+                   capture_output=True)
+    assert not (reference / ".extract-shards").exists()  # merged, then cleared
+
+    proc = subprocess.Popen(stage_process("extract", resumed / "params.yaml"), cwd=resumed, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(shards_written(resumed / ".extract-shards")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "extract finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = shards_written(resumed / ".extract-shards")
+    assert 3 <= len(finished) < 19 and not (resumed / "features").exists()
+
+    rerun = subprocess.run(stage_process("extract", resumed / "params.yaml"), cwd=resumed, env=env, check=True,
+                           capture_output=True, text=True)
+    reused, total = map(int, re.search(r"(\d+) of (\d+) shard\(s\) reused", rerun.stdout).groups())
+    assert reused == len(finished) and total == 19  # (160 images + 144 views) in shards of 16
+    computed = int(re.search(r"(\d+) rows computed", rerun.stdout)[1])
+    assert computed == 304 - 16 * reused  # only the missing shards
+    for name in ("train.npy", "valid.npy", "test.npy", "train_views.npy", "index.csv", "meta.json"):
+        assert (resumed / "features" / name).read_bytes() == (reference / "features" / name).read_bytes(), name
+
+
+def test_shards_of_other_settings_are_never_reused(tmp_path, calibrated_checkpoint):
+    data = make_dataset(tmp_path / "data", train_per_class=2, held_out_per_class=1, augs=1)
+    first, result, _, _ = extraction(tmp_path, data, calibrated_checkpoint, **{"extract.shard_rows": 4,
+                                                                                "extract.batch_size": 4})
+    assert result.reused == 0 and result.shards == 10  # 24 images and 16 views
+    # a crash leaves shards behind; another backbone must not pick them up
+    from pipeline.embed.work import ShardStore
+
+    stale = ShardStore(tmp_path / "scratch", "f" * 16, 1280)
+    for start in range(0, 40, 4):
+        stale.write(start, start + 4, np.ones((4, 1280), np.float32))
+    second, result, _, _ = extraction(tmp_path, data, calibrated_checkpoint, **{"extract.shard_rows": 4,
+                                                                                 "extract.batch_size": 4,
+                                                                                 "model.checkpoint": None})
+    assert result.reused == 0 and not np.array_equal(first["train"].X, second["train"].X)
+    assert not (second["train"].X == 1).all()
+    assert [p.name for p in (tmp_path / "scratch").iterdir()] == ["f" * 16]  # left alone, and logged
+
+
+def test_shard_rows_are_rounded_up_to_whole_batches(tmp_path, calibrated_checkpoint):
+    data = make_dataset(tmp_path / "data", train_per_class=2, held_out_per_class=1, augs=1)  # 24 images, 16 views
+    feats, result, _, _ = extraction(tmp_path, data, calibrated_checkpoint, **{"extract.shard_rows": 5,
+                                                                                "extract.batch_size": 4})
+    assert feats.meta["shard_rows"] == 8 and result.shards == 5  # 40 items in shards of 8
+    assert pd.read_csv(tmp_path / "features-0" / "index.csv").shape[0] == 24

@@ -62,11 +62,15 @@ def test_odd_but_valid_files_pass_the_manifest(tmp_path):
     assert {"train/happy/tiny.png", "train/happy/UPPER.JPG", "train/happy/chat heureux é.jpeg"} <= paths
 
 
-def test_decompression_bomb_is_refused_with_the_file_named(tmp_path, monkeypatch):
+@pytest.mark.parametrize("limit", [100 * 100 // 2, 120_000])  # PIL itself refuses above 2x, only warns above 1x
+def test_an_image_above_the_pixel_limit_is_refused_with_the_file_named(tmp_path, monkeypatch, limit):
     Image.new("L", (400, 400)).save(tmp_path / "bomb.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100 // 2)  # 400x400 > 2x the limit
-    with pytest.raises(DatasetError, match=r"bomb.png is not a readable image \(DecompressionBombError"):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(DatasetError, match=rf"bomb.png is too large: 160,000 pixels.*, above the limit "
+                                           rf"of {limit:,} \(PIL's decompression-bomb guard\)"):
         describe_image(tmp_path / "bomb.png")
+    Image.new("L", (50, 50)).save(tmp_path / "fine.png")
+    assert describe_image(tmp_path / "fine.png")[1:] == (50, 50)
 
 
 def test_zero_byte_file_is_named(tmp_path):

@@ -39,13 +39,14 @@ def test_killed_extract_leaves_no_features_and_the_rerun_recovers(tmp_path):
     subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
     proc = subprocess.Popen(stage, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not any(tmp_path.glob(".features.tmp-*/train.npy")) and time.monotonic() < deadline:
+    while not any(tmp_path.glob(".extract-shards/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # mid-way through writing the arrays
+    time.sleep(0.5)  # mid-way through filling the (only) shard
     assert proc.poll() is None, "extract finished before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "features").exists()
+    assert not list(tmp_path.glob(".extract-shards/*/rows-*.npy"))  # no shard looks finished
 
     subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
     assert not list(tmp_path.glob(".features.tmp-*"))

@@ -54,21 +54,30 @@ class ModelParams:
 @dataclasses.dataclass(frozen=True)
 class ExtractParams:
     device: Literal["auto", "cpu", "cuda", "mps"]
-    batch_size: int
-    num_workers: int
-    channels_last: bool
+    batch_size: int | Literal["auto"]
+    num_workers: int | Literal["auto"]
+    channels_last: bool | Literal["auto"]
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     decode: Literal["auto", "cpu", "device"]
     crop_size: int | None
     resize_size: int | None
+    shard_rows: int
+    engine: Literal["local", "ray"]
+    ray_address: str | None
+    ray_actors: int | Literal["auto"]
 
     def check(self, name: str) -> None:
-        in_range(name, "batch_size", self.batch_size, 1, None)
-        in_range(name, "num_workers", self.num_workers, 0, None)
+        if self.batch_size != "auto":
+            in_range(name, "batch_size", self.batch_size, 1, None)
+        if self.num_workers != "auto":
+            in_range(name, "num_workers", self.num_workers, 0, None)
         if self.crop_size is not None:
             in_range(name, "crop_size", self.crop_size, 8, None)
         if self.resize_size is not None:
             in_range(name, "resize_size", self.resize_size, self.crop_size or 8, None)
+        in_range(name, "shard_rows", self.shard_rows, 1, None)
+        if self.ray_actors != "auto":
+            in_range(name, "ray_actors", self.ray_actors, 1, None)
 
 
 @dataclasses.dataclass(frozen=True)

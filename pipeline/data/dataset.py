@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import DataParams
-from pipeline.data.images import load_rgb
+from pipeline.data.images import ImageError, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,14 @@ MANIFEST_COLUMNS = ["path", "split", "label", "sha256", "width", "height"]
 
 class DatasetError(PipelineError):
     """The dataset on disk does not have the expected layout or content."""
+
+
+class BadImage(DatasetError):
+    """One file that cannot be used as an image; ``why`` completes a sentence about it."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"{path} {why}.")
+        self.why = why
 
 
 def resolve_root(data: DataParams) -> Path:
@@ -122,11 +130,14 @@ def _check_classes(classes_by_split: dict[str, list[str]]) -> None:
 
 def describe_image(path: Path) -> tuple[str, int, int]:
     """Return (sha256, width, height) of an image, decoding it fully to catch damage."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # a dangling link, a file without read permission, a folder named like an image
+        raise BadImage(path, f"cannot be read ({type(err).__name__}: {err.strerror or err})") from err
     try:
         width, height = load_rgb(data).size
-    except Exception as err:  # PIL raises many types for damaged files
-        raise DatasetError(f"{path} is not a readable image ({type(err).__name__}: {err}).") from err
+    except ImageError as err:
+        raise BadImage(path, str(err)) from err
     return hashlib.sha256(data).hexdigest(), width, height
 
 
@@ -144,10 +155,10 @@ def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
         try:
             described.append(describe_image(root / path))
             keep.append(True)
-        except DatasetError as err:
+        except BadImage as err:
             if skipped is None:
                 raise DatasetError(f"{err} Fix or remove it, or set data.on_bad_image: skip.") from err
-            skipped.append((path, str(err.__cause__ or err)))
+            skipped.append((path, err.why))
             keep.append(False)
     frame = frame[keep].reset_index(drop=True)
     frame[["sha256", "width", "height"]] = pd.DataFrame(described, index=frame.index, dtype=object)

@@ -1,0 +1,157 @@
+"""One extraction from start to finish: plan the items, compute the missing shards, merge into ``features/``.
+
+Shards finished by an earlier, interrupted run with the same settings are reused;
+the local engine streams every missing item through one loader in one pass, the
+``ray`` engine spreads the missing shards over a Ray cluster. Either way the
+merge writes exactly the features format, atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import logging
+import platform
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision
+
+from pipeline.common.io import atomic_path, write_csv, write_json
+from pipeline.common.params import ExtractParams, ModelParams, ViewsParams
+from pipeline.embed import features
+from pipeline.embed.backbone import Backbone
+from pipeline.embed.embedding import Settings, Stats, embed_items
+from pipeline.embed.loading import Preprocess
+from pipeline.embed.work import ShardStore, Work, merge, plan_work, settings_key, shard_ranges
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Extraction:
+    rows: int  # items in the plan (images plus views)
+    shards: int
+    reused: int  # shards found finished from an earlier run
+    seconds: float
+    stats: Stats
+
+
+def value_settings(backbone: Backbone, settings: Settings, views: ViewsParams, manifest_sha256: str) -> dict[str, Any]:
+    """Everything that determines the embeddings' values (the shard key; recorded in meta.json)."""
+    return {
+        "manifest_sha256": manifest_sha256,
+        "arch": backbone.info["arch"],
+        "fingerprint": backbone.info["fingerprint"],
+        "transform": backbone.info["transform"],
+        "device": settings.device.type,
+        "precision": settings.precision,
+        "decode": settings.decode,
+        "channels_last": settings.channels_last,
+        # on the CPU a row's float rounding depends on the batch shape, its position in the batch and the
+        # thread count (measured: up to 1e-4 relative on a random backbone); shards start on batch boundaries
+        "batch_size": settings.batch_size,
+        "threads": settings.threads,
+        "views": {"count": views.count, "crop_scale_min": views.crop_scale_min, "hflip": views.hflip,
+                  "jitter": views.jitter, "seed": views.seed},
+    }
+
+
+def aligned_shard_rows(shard_rows: int, batch_size: int) -> int:
+    """``shard_rows`` rounded up to whole batches, so every shard starts on a batch boundary: each row then
+    sits at the same place in the same batch whether one pass, a resumed run or a Ray actor computes it."""
+    return -(-shard_rows // batch_size) * batch_size
+
+
+def _rows(stream: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+    """Embeddings one batch at a time, without their item indices."""
+    for _, embedding in stream:
+        yield embedding
+
+
+def _fill(out: np.ndarray, rows: Iterator[np.ndarray], carry: list[np.ndarray]) -> None:
+    """Fill ``out`` from the stream of batches; what overflows stays in ``carry`` for the next shard."""
+    filled = 0
+    while filled < len(out):
+        block = carry.pop() if carry else next(rows)
+        take = min(len(block), len(out) - filled)
+        out[filled : filled + take] = block[:take]
+        filled += take
+        if take < len(block):
+            carry.append(block[take:])
+
+
+def run_local(backbone: Backbone, work: Work, missing: list[tuple[int, int]], store: ShardStore, settings: Settings,
+              preprocess: Preprocess, stats: Stats) -> None:
+    """Every missing shard in one pass: one loader over all their items, each shard written as it fills."""
+    if not missing:
+        return
+    items = np.concatenate([np.arange(start, stop) for start, stop in missing])
+    rows = _rows(embed_items(backbone, work, items, settings, preprocess, stats=stats, desc="extract"))
+    carry: list[np.ndarray] = []
+    for start, stop in missing:
+        with store.writing(start, stop) as out:
+            _fill(out, rows, carry)
+    assert not carry and next(rows, None) is None, "the stream and the shards disagree"
+
+
+def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path, backbone: Backbone,
+                     settings: Settings, params: ExtractParams, model_params: ModelParams, views: ViewsParams,
+                     out: Path, scratch: Path) -> Extraction:
+    """Embed every image (and view) of the manifest, resuming from finished shards, and write ``out``."""
+    start = time.perf_counter()
+    work = plan_work(manifest, root, n_views=views.count)
+    preprocess = Preprocess.of(backbone.transform, views if views.count else None)
+    values = value_settings(backbone, settings, views, manifest_sha256)
+    dim = backbone.info["feature_dim"]
+    store = ShardStore(scratch, settings_key(values), dim)
+    shard_rows = aligned_shard_rows(params.shard_rows, settings.batch_size)
+    ranges = shard_ranges(len(work), shard_rows)
+    done = store.finished(ranges)
+    missing = [r for r in ranges if r not in done]
+    stale = store.other_keys()
+    if stale:
+        log.info("%s holds shards of %d other setting(s), never reused here; delete them to free disk: %s",
+                 scratch, len(stale), [p.name for p in stale])
+    log.info("%d items in %d shard(s) of up to %d rows: %d reused from an earlier run, %d to compute",
+             len(work), len(ranges), shard_rows, len(done), len(missing))
+    stats = Stats()
+    if params.engine == "ray":
+        from pipeline.embed.ray_engine import run_ray
+
+        run_ray(work=work, missing=missing, store=store, settings=settings, preprocess=preprocess,
+                model_params=model_params, backbone=backbone, address=params.ray_address, actors=params.ray_actors,
+                stats=stats)
+    else:
+        run_local(backbone, work, missing, store, settings, preprocess, stats)
+
+    with atomic_path(out, is_dir=True) as tmp:
+        merge(store, work, ranges, tmp)
+        write_csv(tmp / features.INDEX, manifest[features.INDEX_COLUMNS])
+        write_json(tmp / features.META, {
+            **backbone.info,
+            "classes": sorted(manifest.loc[manifest["split"] == "train", "label"].unique()),
+            "splits": {split: b - a for split, (a, b) in work.splits.items()},
+            "manifest_sha256": manifest_sha256,
+            "device": settings.device.type,
+            "dtype": "float32",
+            "channels_last": settings.channels_last,
+            "precision": settings.precision,
+            "decode": settings.decode,
+            "views": values["views"],
+            "batch_size": settings.batch_size,
+            "num_workers": settings.num_workers,
+            "engine": params.engine,
+            "shard_rows": shard_rows,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "torchvision": torchvision.__version__, "numpy": np.__version__,
+                         "scikit-learn": importlib.metadata.version("scikit-learn")},
+        })
+    store.clear()
+    return Extraction(rows=len(work), shards=len(ranges), reused=len(done), seconds=time.perf_counter() - start,
+                      stats=stats)

@@ -1,0 +1,136 @@
+"""The ``ray`` engine: the missing shards of an extraction, computed by a pool of Ray actors.
+
+Each actor builds the backbone once (and checks it is the driver's, by
+fingerprint), then embeds whole shards with the same code as the local engine
+(``embed_items``: the project's decoding and transforms, one input shape), so both
+engines give the same embeddings. Ray Data's ``map_batches`` hands the shards to
+idle actors and restarts an actor that died, retrying its shard; the driver writes each
+finished shard as it arrives, so a crash loses only the shards in flight.
+
+The cluster is ``RAY_ADDRESS`` (or ``extract.ray_address``); without either a
+local one is started, with more logical CPUs than cores declared so that Ray
+Data's own read and write tasks still find room beside the actors on a small
+machine (on 2 cores, actors holding every CPU stall the pipeline). Image files
+must be readable at the same path on every node (a shared filesystem); only the
+driver writes, to ``--scratch`` and ``features/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.common.errors import PipelineError
+from pipeline.common.params import ExtractParams, ModelParams
+from pipeline.embed.backbone import Backbone, build_backbone
+from pipeline.embed.embedding import Settings, Stats, embed_items
+from pipeline.embed.loading import Preprocess
+from pipeline.embed.work import ShardStore, Work
+
+log = logging.getLogger(__name__)
+
+LOCAL_CPUS = 8  # logical CPUs declared to a local cluster (see the module docstring)
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as err:
+        raise PipelineError("extract.engine: ray needs Ray, an optional extra: pip install -e '.[ray]' "
+                            "(or set extract.engine: local).") from err
+    return ray
+
+
+def _connect(address: str | None) -> None:
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=False)
+    else:
+        log.info("starting a local Ray cluster (%d logical CPUs)", LOCAL_CPUS)
+        ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def cluster_device(params: ExtractParams) -> torch.device:
+    """The device the actors will run on: CUDA when the cluster has GPUs and the params allow it."""
+    _connect(params.ray_address)
+    gpus = _ray().cluster_resources().get("GPU", 0)
+    if params.device == "cuda" and not gpus:
+        raise PipelineError("extract.device: cuda, but the Ray cluster has no GPU; set extract.device: auto or cpu.")
+    if params.device in ("auto", "cuda") and gpus:
+        return torch.device("cuda")
+    if params.device == "mps":
+        raise PipelineError("extract.device: mps is not supported with extract.engine: ray; use auto or cpu.")
+    return torch.device("cpu")
+
+
+class ShardEmbedder:
+    """A Ray actor: one backbone, whole shards embedded per call."""
+
+    def __init__(self, *, model_params: ModelParams, transform: dict[str, Any], fingerprint: str, work: Work,
+                 settings: Settings, preprocess: Preprocess) -> None:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)  # as the driver: the CPU's rounding depends on it
+        self.backbone = build_backbone(model_params, crop_size=transform["crop_size"][0],
+                                       resize_size=transform["resize_size"][0])
+        if self.backbone.info["fingerprint"] != fingerprint:
+            raise PipelineError("A Ray worker built another backbone than the driver (fingerprints differ): the "
+                                "weights file differs between nodes; make model.checkpoint or TORCH_HOME the same.")
+        self.work, self.settings, self.preprocess = work, settings, preprocess
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Embed each shard of the batch; an error a user can fix comes back as text, not as a Ray failure."""
+        out, errors = [], []
+        for start, stop in zip(batch["start"], batch["stop"], strict=True):
+            items = np.arange(int(start), int(stop))
+            try:
+                pieces = [e for _, e in embed_items(self.backbone, self.work, items, self.settings, self.preprocess,
+                                                    desc=f"shard {start}-{stop}")]
+                out.append(np.concatenate(pieces))
+                errors.append("")
+            except PipelineError as err:
+                out.append(np.zeros((len(items), self.backbone.info["feature_dim"]), np.float32))
+                errors.append(str(err))
+        return {"start": batch["start"], "stop": batch["stop"], "embedding": np.stack(out),
+                "error": np.array(errors)}
+
+
+def run_ray(*, work: Work, missing: list[tuple[int, int]], store: ShardStore, settings: Settings,
+            preprocess: Preprocess, model_params: ModelParams, backbone: Backbone, address: str | None,
+            actors: int | str, stats: Stats) -> None:
+    """Compute the ``missing`` shards on the cluster; the driver writes each one as it arrives."""
+    if not missing:
+        return
+    ray = _ray()
+    _connect(address)
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if settings.device.type == "cuda" else 0
+    count = (gpus or 1) if actors == "auto" else int(actors)
+    count = min(count, len(missing))
+    # CPU actors share the cores between them; GPU actors decode with loader workers of their own
+    actor_settings = settings if gpus else Settings(**{**settings.__dict__, "num_workers": 0})
+    shards = ray.data.from_items([{"start": a, "stop": b} for a, b in missing], override_num_blocks=len(missing))
+    # Ray Data restarts an actor that dies and retries its shard (its defaults); an error the code raises
+    # (an unreadable image) is not retried and ends the run, with every shard written so far kept
+    embedded = shards.map_batches(
+        ShardEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=count), num_gpus=1 if gpus else 0,
+        num_cpus=1 if gpus else 0.5,
+        fn_constructor_kwargs={"model_params": model_params, "transform": backbone.info["transform"],
+                               "fingerprint": backbone.info["fingerprint"], "work": work, "settings": actor_settings,
+                               "preprocess": preprocess})
+    log.info("ray: %d shard(s) on %d actor(s) (%s)", len(missing), count, "GPU" if gpus else "CPU")
+    for row in embedded.iter_rows():
+        start, stop = int(row["start"]), int(row["stop"])
+        if row["error"]:
+            raise PipelineError(str(row["error"]))  # every shard written so far is kept for the rerun
+        store.write(start, stop, np.asarray(row["embedding"]))
+        stats.rows += stop - start
+        log.info("ray: shard %d-%d written", start, stop)

@@ -1,0 +1,164 @@
+"""What one extraction computes, as one flat list of items, cut into shards that survive a crash.
+
+An item is one image seen one way: every manifest row through the weights' own
+transform (split by split, rows in manifest order), then each augmented view of
+every train row. One pass over this list serves all splits and views; contiguous
+row ranges of it are the shards, written one by one to a scratch folder keyed by
+everything that determines their values, so a rerun after a crash recomputes only
+the missing ones. ``merge`` turns finished shards into the ``features/`` format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.common.errors import PipelineError
+from pipeline.common.io import atomic_path
+from pipeline.embed import features
+
+log = logging.getLogger(__name__)
+
+PLAIN = -1  # the view number of an item seen through the weights' own transform
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """The items of one extraction, in the order their embeddings are computed and stored."""
+
+    paths: list[Path]  # image file of each item
+    views: np.ndarray  # (n_items,) int: PLAIN, or k for the k-th augmented view
+    rows: np.ndarray  # (n_items,) int: the image's position within its split (seeds its views)
+    splits: dict[str, tuple[int, int]]  # split -> item range of its plain rows
+    n_views: int
+    views_split: str  # the split whose images have augmented views
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def view_range(self, k: int) -> tuple[int, int]:
+        start, stop = self.splits[self.views_split]
+        n_plain = sum(b - a for a, b in self.splits.values())
+        return n_plain + k * (stop - start), n_plain + (k + 1) * (stop - start)
+
+
+def plan_work(manifest: pd.DataFrame, root: Path, *, n_views: int, views_split: str = "train") -> Work:
+    """Every manifest row (split by split, in manifest order), then ``n_views`` views of each ``views_split`` row."""
+    paths: list[Path] = []
+    rows: list[np.ndarray] = []
+    splits: dict[str, tuple[int, int]] = {}
+    for split, frame in manifest.groupby("split", sort=False):
+        splits[str(split)] = (len(paths), len(paths) + len(frame))
+        paths += [root / p for p in frame["path"]]
+        rows.append(np.arange(len(frame)))
+    views = [np.full(len(paths), PLAIN)]
+    if n_views:
+        if views_split not in splits:
+            raise PipelineError(f"views.count={n_views} needs a '{views_split}' split; the manifest has {list(splits)}.")
+        start, stop = splits[views_split]
+        for k in range(n_views):
+            paths += paths[start:stop]
+            views.append(np.full(stop - start, k))
+            rows.append(np.arange(stop - start))
+    return Work(paths=paths, views=np.concatenate(views), rows=np.concatenate(rows) if rows else np.empty(0, int),
+                splits=splits, n_views=n_views, views_split=views_split)
+
+
+def shard_ranges(n_items: int, shard_rows: int) -> list[tuple[int, int]]:
+    """Contiguous item ranges of at most ``shard_rows`` items (the last one shorter, never padded)."""
+    return [(start, min(start + shard_rows, n_items)) for start in range(0, n_items, shard_rows)]
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short hash of everything that determines the embeddings' values."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+SHARD_NAME = re.compile(r"^rows-(\d{9})-(\d{9})\.npy$")
+
+
+class ShardStore:
+    """Finished shards of one extraction in ``scratch/<key>/``: written atomically, reused only under the same key."""
+
+    def __init__(self, scratch: Path, key: str, dim: int) -> None:
+        self.scratch = Path(scratch)
+        self.folder = self.scratch / key
+        self.dim = dim
+
+    def path(self, start: int, stop: int) -> Path:
+        return self.folder / f"rows-{start:09d}-{stop:09d}.npy"
+
+    def finished(self, ranges: list[tuple[int, int]]) -> set[tuple[int, int]]:
+        """The ranges whose shard file exists whole (right shape and dtype)."""
+        done = set()
+        for start, stop in ranges:
+            path = self.path(start, stop)
+            if not path.is_file():
+                continue
+            try:
+                array = np.load(path, mmap_mode="r")
+            except (ValueError, OSError):
+                continue  # not a whole .npy file: recompute it
+            if array.shape == (stop - start, self.dim) and array.dtype == np.float32:
+                done.add((start, stop))
+        return done
+
+    def other_keys(self) -> list[Path]:
+        """Scratch folders of other settings (never reused here; they cost disk)."""
+        if not self.scratch.is_dir():
+            return []
+        return sorted(p for p in self.scratch.iterdir() if p.is_dir() and p != self.folder)
+
+    @contextlib.contextmanager
+    def writing(self, start: int, stop: int) -> Iterator[np.ndarray]:
+        """A float32 (rows, dim) array mapped onto the shard's file, which appears only once it is filled."""
+        with atomic_path(self.path(start, stop)) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(stop - start, self.dim))
+            yield out
+            out.flush()
+            del out
+
+    def write(self, start: int, stop: int, embeddings: np.ndarray) -> None:
+        with self.writing(start, stop) as out:
+            out[:] = embeddings
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.load(self.path(start, stop), mmap_mode="r")
+
+    def clear(self) -> None:
+        """Remove this key's shards (after a successful merge: features/ now holds them)."""
+        if self.folder.is_dir():
+            shutil.rmtree(self.folder)
+        if self.scratch.is_dir() and not any(self.scratch.iterdir()):
+            self.scratch.rmdir()
+
+
+def merge(store: ShardStore, work: Work, ranges: list[tuple[int, int]], out: Path) -> None:
+    """Copy the finished shards into ``out`` in the features format: one array per split, views apart."""
+    targets: list[tuple[tuple[int, int], np.ndarray]] = []
+    for split, (start, stop) in work.splits.items():
+        targets.append(((start, stop), features.allocate(out, split, stop - start, store.dim)))
+    if work.n_views:
+        start, stop = work.splits[work.views_split]
+        views = features.allocate(out, work.views_split, stop - start, store.dim, views=work.n_views)
+        for k in range(work.n_views):
+            targets.append((work.view_range(k), views[k]))
+    for (a, b), array in targets:
+        for start, stop in ranges:
+            lo, hi = max(a, start), min(b, stop)
+            if lo < hi:
+                array[lo - a : hi - a] = store.read(start, stop)[lo - start : hi - start]
+    for _, array in targets:
+        if isinstance(array, np.memmap):
+            array.flush()

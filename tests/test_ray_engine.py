@@ -1,0 +1,95 @@
+"""extract.engine: ray on a local Ray cluster: the same bytes as the local engine, resume after a failure,
+and a whole dvc repro. Each run is a fresh process with a time limit, so a stalled cluster fails the test."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import DVC, ENV, SMALL_RUN, init_project, make_dataset, ran, run, stage_process, write_params
+
+pytest.importorskip("ray")
+
+LIMIT = 300  # seconds for one stage run, Ray's start included
+FILES = ("train.npy", "valid.npy", "test.npy", "train_views.npy", "index.csv")
+
+
+def stage(name, folder, check=True):
+    result = subprocess.run(stage_process(name, folder / "params.yaml"), cwd=folder, capture_output=True, text=True,
+                            timeout=LIMIT, env={**os.environ, "PYTHONWARNINGS": "ignore", "RAY_ADDRESS": ""})
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same images extracted by the local engine and by Ray (2 actors), 4-row batches, 8-row shards."""
+    data = make_dataset(tmp_path_factory.mktemp("data"), train_per_class=3, held_out_per_class=1, augs=1)
+    folders = {}
+    for engine, actors in [("local", "auto"), ("ray", 2)]:
+        folder = tmp_path_factory.mktemp(engine)
+        write_params(folder / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.engine": engine,
+                                              "extract.ray_actors": actors, "extract.batch_size": 4,
+                                              "extract.shard_rows": 8, "views.count": 2})
+        stage("prepare", folder)
+        folders[engine] = (folder, stage("extract", folder))
+    return data, folders
+
+
+def test_ray_gives_byte_identical_features_to_the_local_engine(runs):
+    _, folders = runs
+    (local, _), (ray, output) = folders["local"], folders["ray"]
+    for name in FILES:
+        assert (ray / "features" / name).read_bytes() == (local / "features" / name).read_bytes(), name
+    meta = {e: json.loads((folders[e][0] / "features" / "meta.json").read_text()) for e in folders}
+    assert meta["ray"]["engine"] == "ray" and meta["local"]["engine"] == "local"
+    assert {k: v for k, v in meta["ray"].items() if k != "engine"} == \
+        {k: v for k, v in meta["local"].items() if k != "engine"}
+    assert "0 of 10 shard(s) reused" in output.stdout  # 24 + 4 + 4 images and 2 x 24 views in shards of 8
+    assert not (ray / ".extract-shards").exists()
+
+
+def test_a_failing_ray_worker_ends_the_run_in_one_line_and_the_rerun_computes_only_the_missing_shards(
+        runs, tmp_path):
+    data, folders = runs
+    reference = folders["ray"][0]
+    folder = tmp_path / "project"
+    folder.mkdir()
+    shutil.copy(reference / "params.yaml", folder / "params.yaml")
+    shutil.copytree(reference / "artifacts", folder / "artifacts")  # the same manifest
+    victim = data / "Master Folder" / "test" / "Sad" / sorted(os.listdir(data / "Master Folder" / "test" / "Sad"))[0]
+    original = victim.read_bytes()
+    victim.write_bytes(b"damaged after prepare")  # the shard holding it fails in a worker
+    try:
+        failed = stage("extract", folder, check=False)
+    finally:
+        victim.write_bytes(original)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and victim.name in errors[0] and "Traceback" not in failed.stderr
+    assert not (folder / "features").exists()
+    kept = sorted(p.name for p in (folder / ".extract-shards").rglob("rows-*.npy"))
+    assert kept, "no shard was written before the failure"
+
+    rerun = stage("extract", folder)
+    reused = int(re.search(r"(\d+) of 10 shard\(s\) reused", rerun.stdout)[1])
+    assert reused == len(kept)
+    assert int(re.search(r"(\d+) rows computed", rerun.stdout)[1]) == 80 - 8 * reused
+    for name in FILES:
+        assert (folder / "features" / name).read_bytes() == (reference / "features" / name).read_bytes(), name
+
+
+def test_dvc_repro_with_the_ray_engine_runs_end_to_end(tmp_path):
+    data = make_dataset(tmp_path / "data", train_per_class=5, held_out_per_class=3)
+    root = tmp_path / "project"
+    root.mkdir()
+    init_project(root, data)
+    write_params(root / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.engine": "ray"})
+    out = run([*DVC, "repro"], root, {**ENV, "RAY_ADDRESS": ""})
+    assert {"extract", "train@head", "compare", "report"} <= ran(out)
+    assert json.loads((root / "features" / "meta.json").read_text())["engine"] == "ray"
+    assert (root / "artifacts" / "report.html").is_file()
