@@ -12,13 +12,23 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pandas as pd
-
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
-from pipeline.common.io import atomic_path, read_json, write_csv, write_json, write_text
+from pipeline.common.io import atomic_path, read_csv, read_json, write_csv, write_json, write_text
 from pipeline.common.params import DEFAULT_PARAMS, classifiers_section
 from pipeline.evaluate.leaderboard import leaderboard, render_markdown
+
+REQUIRED_METRICS = ("cv.accuracy_mean", "cv.accuracy_std", "cv.accuracy_ci95.low", "cv.accuracy_ci95.high",
+                    "cv_leaky.accuracy_mean", "test.n", "test.accuracy", "test.accuracy_ci95.low",
+                    "test.accuracy_ci95.high", "test.balanced_accuracy", "test.macro_f1", "test.log_loss", "test.ece")
+
+
+def _has(mapping: dict, dotted: str) -> bool:
+    for key in dotted.split("."):
+        if not isinstance(mapping, dict) or key not in mapping:
+            return False
+        mapping = mapping[key]
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,10 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in classifiers_section(args.params):
         fix = f"run the train stage for it (dvc repro train@{name})."
         metrics[name] = read_json(args.metrics_dir / f"{name}.json", what="Metrics file", fix=fix)
-        predictions_path = args.predictions_dir / f"{name}.csv"
-        if not predictions_path.is_file():
-            raise PipelineError(f"Predictions file {predictions_path} not found; {fix}")
-        predictions[name] = pd.read_csv(predictions_path, dtype=str, keep_default_na=False)
+        predictions[name] = read_csv(args.predictions_dir / f"{name}.csv", what="Predictions file", fix=fix,
+                                     dtype=str, keep_default_na=False)
+    for name, m in metrics.items():
+        missing = [key for key in REQUIRED_METRICS if not _has(m, key)]
+        if missing:
+            raise PipelineError(f"Metrics file {args.metrics_dir / f'{name}.json'} lacks {missing}; it was not "
+                                f"written by the train stage: re-run it (dvc repro train@{name}).")
     table, paired = leaderboard(metrics, predictions)
     best = str(table["classifier"].iloc[0])
     with atomic_path(args.best_model) as tmp:

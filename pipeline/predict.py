@@ -4,22 +4,32 @@ The backbone is rebuilt from the features metadata saved with the model (same
 architecture, weights, transform, batch size, memory format, precision and decode
 path as extraction) and checked by fingerprint, so a model is never fed embeddings of
 another backbone. ``--model best`` is the leaderboard's winner (compare's copy).
+
+Every readable image is classified; each one that cannot be read gets a row with the
+reason (an ``error`` column in csv and json), and the command then ends with one
+``error:`` line and exit status 2, so a script notices while nothing good is lost.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from pipeline.common.cli import run, stage_parser
+from pipeline.common.cli import EXIT_USER_ERROR, run, stage_parser
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import ModelParams
-from pipeline.data.dataset import IMAGE_SUFFIXES
+from pipeline.data.dataset import IMAGE_SUFFIXES, is_clutter
 from pipeline.embed.backbone import Backbone, BackboneError, build_backbone
 from pipeline.embed.embedding import Settings, embed_paths, resolve_device
+from pipeline.embed.features import BACKBONE_KEYS
 from pipeline.evaluate.results import SavedModel, load_model
+
+log = logging.getLogger(__name__)
 
 
 class PredictError(PipelineError):
@@ -27,11 +37,15 @@ class PredictError(PipelineError):
 
 
 def image_files(paths: list[Path]) -> list[Path]:
-    """Files as given, folders expanded recursively to their images, sorted."""
+    """Files as given, folders expanded recursively to their images (operating-system clutter left out), sorted."""
     out = []
     for path in paths:
         if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+            clutter = [p for p in found if is_clutter(p)]
+            for p in clutter:
+                log.info("skipping operating-system metadata file %s", p)
+            out += [p for p in found if not is_clutter(p)]
         elif path.is_file():
             out.append(path)
         else:
@@ -43,6 +57,11 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 def backbone_for(meta: dict[str, Any]) -> Backbone:
     """Rebuild exactly the backbone and transform that produced the training features."""
+    missing = [key for key in BACKBONE_KEYS if key not in meta]
+    if missing:
+        raise PredictError(f"This model was trained on features made outside the extract stage (their meta.json "
+                           f"lacks {missing}), so predict cannot embed new images the same way; classify their "
+                           "embeddings with the model directly (pipeline.evaluate.results.load_model).")
     params = ModelParams(arch=meta["arch"], weights=None if meta.get("checkpoint") else meta["weights"],
                          checkpoint=meta.get("checkpoint"), init_seed=meta.get("init_seed") or 0)
     t = meta["transform"]
@@ -54,17 +73,27 @@ def backbone_for(meta: dict[str, Any]) -> Backbone:
     return backbone
 
 
-def predict(files: list[Path], saved: SavedModel, *, device: str = "auto", batch_size: int | None = None) -> pd.DataFrame:
-    """Predicted class and class probabilities for each image, in the order of ``files``."""
+def predict(files: list[Path], saved: SavedModel, *, device: str = "auto",
+            batch_size: int | None = None) -> pd.DataFrame:
+    """Predicted class and class probabilities for each image, in the order of ``files``; an image that
+    cannot be read has no prediction and the reason in ``error``."""
     meta = saved.features_meta
-    backbone = backbone_for(meta)
     settings = Settings(device=resolve_device(device), precision=meta.get("precision", "fp32"),
                         decode=meta.get("decode", "cpu"), batch_size=batch_size or meta.get("batch_size", 32),
                         num_workers=0, channels_last=meta.get("channels_last", True))
-    X = embed_paths(backbone, files, settings, desc="predict")
-    proba = saved.model.predict_proba(X)
-    frame = pd.DataFrame({"image": [str(f) for f in files], "predicted": [saved.classes[i] for i in proba.argmax(1)]})
-    return pd.concat([frame, pd.DataFrame(proba, columns=[f"p_{c}" for c in saved.classes]).round(6)], axis=1)
+    backbone = backbone_for(meta)
+    failed: dict[int, str] = {}
+    X = embed_paths(backbone, files, settings, desc="predict", failed=failed)
+    good = [i for i in range(len(files)) if i not in failed]
+    proba = saved.model.predict_proba(X) if good else np.empty((0, len(saved.classes)), np.float32)
+    table = np.full((len(files), len(saved.classes)), np.nan, dtype=proba.dtype)
+    table[good] = proba  # written as the train stage writes its predictions (same dtype, same rounding)
+    predicted = np.array([""] * len(files), dtype=object)
+    predicted[good] = [saved.classes[i] for i in proba.argmax(1)]
+    frame = pd.DataFrame({"image": [str(f) for f in files], "predicted": predicted})
+    frame = pd.concat([frame, pd.DataFrame(table, columns=[f"p_{c}" for c in saved.classes]).round(6)], axis=1)
+    frame["error"] = [failed.get(i, "") for i in range(len(files))]
+    return frame
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,12 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         raise PredictError(f"No model {args.model!r} in {args.models_dir} (found {known}); train it first (dvc repro).")
     saved = load_model(path)
     frame = predict(image_files(args.paths), saved, device=args.device, batch_size=args.batch_size)
+    bad = frame[frame["error"] != ""]
     if args.format == "csv":
         print(frame.to_csv(index=False), end="")
     elif args.format == "json":
         print(frame.to_json(orient="records", indent=2))
     else:
-        print(f"model: {saved.name}\n{frame.to_string(index=False)}")
+        good = frame[frame["error"] == ""].drop(columns="error")
+        print(f"model: {saved.name}\n{good.to_string(index=False)}")
+        for row in bad.itertuples():
+            print(f"{row.image}: not classified, {row.error}")
+    if len(bad):
+        first = bad.iloc[0]
+        print(f"error: {len(bad)} of {len(frame)} image(s) could not be read, e.g. {first['image']} {first['error']}; "
+              "every other image is classified above.", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -7,14 +7,29 @@ linear head's training curves. Images are embedded, so the file opens anywhere.
 
 from __future__ import annotations
 
+import importlib.metadata
+import subprocess
 from pathlib import Path
 
-import pandas as pd
-
 from pipeline.common.cli import run, stage_parser
-from pipeline.common.io import read_json, write_text
+from pipeline.common.io import read_csv, read_json, write_text
 from pipeline.embed import features as features_io
 from pipeline.reporting.page import build_report
+
+
+def code_version() -> str:
+    """The commit the report was made from (``git describe``), or the package version outside git."""
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                                   timeout=10, cwd=Path(__file__).resolve().parent)
+        if described.returncode == 0 and described.stdout.strip():
+            return f"git {described.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return f"package {importlib.metadata.version('frozen-embeddings-pipeline')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (no git, package not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,15 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    leaderboard = pd.read_csv(args.comparison)
-    predictions = {name: pd.read_csv(args.predictions_dir / f"{name}.csv", dtype=str, keep_default_na=False)
-                   for name in leaderboard["classifier"]}
+    rerun = "re-run the stages before report (dvc repro)."
+    leaderboard = read_csv(args.comparison, what="Leaderboard", fix=rerun)
+    predictions = {name: read_csv(args.predictions_dir / f"{name}.csv", what="Predictions", fix=rerun, dtype=str,
+                                  keep_default_na=False) for name in leaderboard["classifier"]}
     for frame in predictions.values():
         for column in [c for c in frame.columns if c.startswith("p_")]:
             frame[column] = frame[column].astype(float)
     source = read_json(args.source, what="Source file", fix="run the prepare stage (dvc repro prepare).")
     text = build_report(leaderboard=leaderboard, predictions=predictions, feats=features_io.load(args.features),
-                        history=pd.read_csv(args.history), image_root=Path(source["root"]))
+                        history=read_csv(args.history, what="Training curve", fix=rerun),
+                        image_root=Path(source["root"]), source=source, code_version=code_version())
     write_text(args.out, text)
     print(f"report: {args.out} ({len(text) / 1e6:.1f} MB)")
     return 0

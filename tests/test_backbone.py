@@ -4,8 +4,8 @@ import torch
 import torchvision
 
 from pipeline.common.params import ModelParams
-from pipeline.embed.backbone import BackboneError, build_backbone
 from pipeline.data.images import load_rgb
+from pipeline.embed.backbone import BackboneError, build_backbone
 from pipeline.embed.embedding import Settings, embed_paths
 
 
@@ -50,7 +50,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     with pytest.raises(BackboneError, match=r"shape mismatch at 0.0.weight: \(16, 3, 3, 3\) vs \(32, 3, 3, 3\)"):
         build_backbone(params(checkpoint=str(path)))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(BackboneError, match="is not a loadable state dict"):
+    with pytest.raises(BackboneError, match="is not a PyTorch state dict file"):
         build_backbone(params(checkpoint=str(tmp_path / "junk.pth")))
 
 

@@ -193,3 +193,36 @@ def test_each_stage_reads_only_its_deps_and_params_and_writes_only_its_outs(repo
             if not write and not covered(target, [*deps, *outs, "params.yaml"], root):
                 problems.append(f"{name} reads {target.relative_to(root)}, not among its deps")
     assert not problems, "\n".join(sorted(set(problems)))
+
+
+LAYERS = ["common", "data", "embed", "evaluate", "reporting"]  # each may import only the ones before it
+BELOW = {"common": set(), "data": {"common"}, "embed": {"common", "data"},
+         "evaluate": {"common", "data", "embed"}, "reporting": {"common", "data", "embed"}}
+
+
+def test_the_library_imports_only_downward_and_has_no_cycle():
+    modules = {".".join(p.relative_to(PROJECT).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")}
+    graph = {name: {m for m in imports_of(path) if m in modules and m != name} for name, path in modules.items()}
+    upward = []
+    for name, targets in graph.items():
+        parts = name.split(".")
+        if len(parts) < 3:
+            continue  # entry points and package files may import any layer
+        for target in targets:
+            layer = target.split(".")[1]
+            if layer != parts[1] and layer in LAYERS and layer not in BELOW[parts[1]]:
+                upward.append(f"{name} -> {target}")
+    assert not upward, upward
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in graph[name]:
+            assert state.get(target) != 1, f"import cycle: {' -> '.join([*path, name, target])}"
+            if target not in state:
+                visit(target, [*path, name])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import DVC, ENV, SMALL_RUN, init_project, outputs, ran, run, write_params
+from tests.conftest import DVC, ENV, SMALL_RUN, init_project, make_dataset, outputs, ran, run, write_params
 
 CLASSIFIERS = ["head", "logreg", "svm", "knn"]
 
@@ -97,8 +97,13 @@ def test_report_holds_every_section_with_real_images(repo):
     from PIL import Image
 
     page = (root / "artifacts" / "report.html").read_text()
-    for section in ["leaderboard", "confusion", "per-class", "embeddings", "misclassified", "training"]:
+    for section in ["about", "leaderboard", "confusion", "per-class", "embeddings", "misclassified", "training"]:
         assert f"id='{section}'" in page
+    about = page[page.index("id='about'"):page.index("</table>", page.index("id='about'"))]
+    for fact in ["anshtanwar/pets-facial-expression-dataset/versions/11", "train 60", "valid 12", "test 12",
+                 "efficientnet_b1", "<b>pretrained: false</b>", "Code</th><td>git "]:
+        assert fact in about, fact
+    assert "img{max-width:100%" in page  # figure rows fit the page
     images = re.findall(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)", page)
     decoded = [Image.open(io.BytesIO(base64.b64decode(data))) for _, data in images]
     assert decoded and all(min(image.size) >= 16 for image in decoded)
@@ -166,3 +171,18 @@ def test_dvc_artifacts_get_fetches_the_best_classifier(repo, tmp_path):
     run([*dvc, "artifacts", "get", str(root), "best-classifier", "-o", str(target)], tmp_path,
         {**env, "DVC_GLOBAL_CONFIG_DIR": str(tmp_path)})
     assert target.read_bytes() == (root / "artifacts" / "best_model.joblib").read_bytes()
+
+
+def test_with_a_skipped_file_a_second_repro_changes_nothing_in_git(tmp_path):
+    data = make_dataset(tmp_path / "data", train_per_class=2, held_out_per_class=1)
+    (data / "Master Folder" / "train" / "Sad" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    root = tmp_path / "project"
+    root.mkdir()
+    init_project(root, data)
+    write_params(root / "params.yaml", {**SMALL_RUN, "data.root": str(data), "data.on_bad_image": "skip"})
+    run([*DVC, "repro", "prepare"], root, ENV)
+    assert "broken.jpg" in (root / "artifacts" / "data" / "skipped.csv").read_text()
+    run(["git", "add", "-A"], root, ENV)
+    run(["git", "commit", "-qm", "first repro"], root, ENV)
+    run([*DVC, "repro", "prepare"], root, ENV)
+    assert run(["git", "status", "--porcelain"], root, ENV).strip() == ""

@@ -193,8 +193,10 @@ def test_auto_settings_fit_the_device():
     assert (cuda.decode, cuda.precision, cuda.batch_size, cuda.channels_last) == ("device", "bf16", 256, False)
     assert cuda.num_workers >= 1
     cpu = resolve_settings(params, CPU)
-    assert (cpu.decode, cpu.precision, cpu.batch_size, cpu.num_workers, cpu.channels_last) == ("cpu", "fp32", 32, 2, True)
-    assert resolve_settings(ExtractParams(**{**params.__dict__, "decode": "device", "batch_size": 8}), CPU).decode == "device"
+    assert (cpu.decode, cpu.precision, cpu.batch_size, cpu.num_workers, cpu.channels_last) == \
+        ("cpu", "fp32", 32, 2, True)
+    explicit = ExtractParams(**{**params.__dict__, "decode": "device", "batch_size": 8})
+    assert resolve_settings(explicit, CPU).decode == "device"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.common.params import ModelParams, load_section
+from pipeline.common.params import load_section
 from pipeline.data.dataset import build_manifest
 from pipeline.embed import features
 from pipeline.embed.backbone import build_backbone
@@ -46,7 +46,8 @@ def test_views_are_cached_for_train_only_and_do_not_depend_on_batching(tmp_path,
     flat_a, flat_b = train.views.reshape(-1, 1280), b["train"].views.reshape(-1, 1280)
     same = (flat_a * flat_b).sum(1) / np.linalg.norm(flat_a, axis=1) / np.linalg.norm(flat_b, axis=1)
     assert np.median(same) > 0.99999 and same.min() > 0.95
-    cosine = (train.views[0] * train.X).sum(1) / np.linalg.norm(train.views[0], axis=1) / np.linalg.norm(train.X, axis=1)
+    norms = np.linalg.norm(train.views[0], axis=1) * np.linalg.norm(train.X, axis=1)
+    cosine = (train.views[0] * train.X).sum(1) / norms
     assert cosine.mean() > 0.5  # a view still resembles its image
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
     assert meta["views"]["count"] == 2 and meta["precision"] == "fp32"
@@ -120,16 +121,20 @@ def test_the_backbone_sees_one_input_shape_per_run_over_every_split_and_view(tmp
         "extract.batch_size": batch_size, "views.count": 2},
         hook=lambda module, args: shapes.add(tuple(args[0].shape)))
     assert shapes == {(batch_size, 3, 64, 64)}
-    assert result.stats.rows == 24 + 4 + 4 + 2 * 24
-    assert result.stats.padded == -result.stats.rows % batch_size  # only the very last batch is padded
+    segments = [24, 4, 4, 24, 24]  # train, valid, test, two view passes
+    assert result.stats.rows == sum(segments)
+    assert result.stats.padded == sum(-n % batch_size for n in segments)  # each one's last batch is padded
     assert feats["train"].views.shape == (2, 24, 1280)
 
 
-def test_one_pass_over_all_splits_gives_exactly_the_split_by_split_embeddings(tmp_path, calibrated_checkpoint):
-    """Where the batch size divides every split, batches coincide with a split-by-split extraction: then the
-    one pass, its padding and its split boundaries must change nothing, byte for byte (fp32, CPU)."""
+@pytest.mark.parametrize("batch_size", [8, 5])  # 8 divides every split, 5 none
+def test_one_pass_over_all_splits_gives_exactly_the_split_by_split_embeddings(tmp_path, calibrated_checkpoint,
+                                                                              batch_size):
+    """Each split starts a fresh batch, so the one pass, its padding and its split boundaries change nothing:
+    every row is byte for byte what embedding its split alone gives (fp32, CPU), whatever the batch size."""
     data = make_dataset(tmp_path / "data", train_per_class=4, held_out_per_class=2, augs=1)  # 32/8/8 images
-    feats, _, manifest, backbone = extraction(tmp_path, data, calibrated_checkpoint, **{"extract.batch_size": 8})
+    feats, _, manifest, backbone = extraction(tmp_path, data, calibrated_checkpoint,
+                                              **{"extract.batch_size": batch_size})
     settings = resolve_settings(load_section("extract", tmp_path / "params.yaml"))
     for split in ("train", "valid", "test"):
         paths = [data / "Master Folder" / p for p in manifest.loc[manifest["split"] == split, "path"]]

@@ -4,9 +4,9 @@ import pytest
 from sklearn.base import clone
 
 from pipeline.common.params import CVParams, EvaluationParams
+from pipeline.data.grouping import GroupsError, read_groups
 from pipeline.embed.features import Features, SplitFeatures
 from pipeline.evaluate.classifiers import _GRIDS, select_and_fit
-from pipeline.data.grouping import GroupsError, read_groups
 from pipeline.evaluate.protocol import evaluate_classifier, with_views
 
 CV = CVParams(folds=4, repeats=2, inner_folds=3, seed=0, n_jobs=1)

@@ -29,7 +29,7 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     try:
         return main(argv)
     except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever a library said
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

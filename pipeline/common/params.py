@@ -10,6 +10,7 @@ The ``classifiers`` section is checked by the classifier registry
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -49,6 +50,9 @@ class ModelParams:
     weights: str | None
     checkpoint: str | None
     init_seed: int
+
+    def check(self, name: str) -> None:
+        check_seed(name, "init_seed", self.init_seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +98,7 @@ class ViewsParams:
         in_range(name, "crop_scale_min", self.crop_scale_min, 0.05, 1.0)
         in_range(name, "hflip", self.hflip, 0.0, 1.0)
         in_range(name, "jitter", self.jitter, 0.0, 1.0)
+        check_seed(name, "seed", self.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +115,7 @@ class CVParams:
         in_range(name, "folds", self.folds, 2, None)
         in_range(name, "repeats", self.repeats, 1, None)
         in_range(name, "inner_folds", self.inner_folds, 2, None)
+        check_seed(name, "seed", self.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +127,7 @@ class EvaluationParams:
     def check(self, name: str) -> None:
         in_range(name, "n_bootstrap", self.n_bootstrap, 100, None)
         in_range(name, "ece_bins", self.ece_bins, 1, None)
+        check_seed(name, "seed", self.seed)
 
 
 SECTIONS: dict[str, type] = {
@@ -134,6 +141,21 @@ SECTIONS: dict[str, type] = {
 }
 # Sections whose keys are checked elsewhere: each classifier's by the registry.
 CLASSIFIERS_SECTION = "classifiers"
+
+
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are 32-bit unsigned
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def number_from_text(value: Any) -> Any:
+    """``1e-3`` written in params.yaml reaches Python as text (YAML 1.1 wants ``1.0e-3``): read it as a float."""
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def check_seed(section: str, key: str, value: int) -> None:
+    in_range(section, key, value, 0, SEED_MAX)
 
 
 def in_range(section: str, key: str, value: float, low: float | None, high: float | None) -> None:
@@ -164,6 +186,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         if value is not None:
             raise ParamsError(f"{key}={value!r} has the wrong type: expected null.")
         return value
+    if annotation is float:
+        value = number_from_text(value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is int and isinstance(value, bool):
@@ -213,7 +237,9 @@ def read_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from err
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}.")
     return raw

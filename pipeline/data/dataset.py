@@ -15,6 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.io import read_csv
 from pipeline.common.params import DataParams
 from pipeline.data.images import ImageError, load_rgb
 
@@ -25,6 +26,11 @@ HELD_OUT = ("valid", "test")  # scored, never fitted on
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 # Files that operating systems drop into folders; skipped with a log line, never read.
 OS_CLUTTER = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+
+
+def is_clutter(path: Path) -> bool:
+    """Operating-system metadata: .DS_Store, Thumbs.db, desktop.ini, and macOS's ``._<name>`` resource forks."""
+    return path.name.lower() in OS_CLUTTER or path.name.startswith("._")
 MANIFEST_COLUMNS = ["path", "split", "label", "sha256", "width", "height"]
 
 
@@ -86,7 +92,7 @@ def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
         split_dir = root / split
         if not split_dir.is_dir():
             raise DatasetError(f"Split folder {split_dir} is missing; expected {list(splits)} under {root}.")
-        for stray in sorted(p for p in split_dir.iterdir() if p.is_file() and p.name.lower() not in OS_CLUTTER):
+        for stray in sorted(p for p in split_dir.iterdir() if p.is_file() and not is_clutter(p)):
             message = f"Stray file {stray} sits outside any class folder; move it into one, or away."
             if skipped is None:
                 raise DatasetError(message)
@@ -97,10 +103,15 @@ def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
         for class_dir in (split_dir / name for name in classes_by_split[split]):
             images = []
             for file in sorted(class_dir.iterdir()):
+                if is_clutter(file):
+                    log.info("skipping operating-system metadata file %s", file)
+                    continue
                 if file.is_dir():
-                    raise DatasetError(f"Unexpected folder {file}: class folders must hold image files only.")
-                if file.name.lower() in OS_CLUTTER:
-                    log.info("skipping OS clutter file %s", file)
+                    message = (f"Unexpected folder {file}: class folders must hold image files only; move it out, "
+                               "or set data.on_bad_image: skip.")
+                    if skipped is None:
+                        raise DatasetError(message)
+                    skipped.append((file.relative_to(root).as_posix(), "a folder inside a class folder"))
                     continue
                 if file.suffix.lower() not in IMAGE_SUFFIXES:
                     message = (f"{file} is not an image file (allowed: {sorted(IMAGE_SUFFIXES)}); "
@@ -178,10 +189,8 @@ def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
 
 def read_manifest(path: Path) -> pd.DataFrame:
     """Load a manifest written by ``prepare``, checking its columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"Manifest {path} not found; run the prepare stage first (dvc repro prepare).")
-    frame = pd.read_csv(path, dtype={"path": str, "split": str, "label": str, "sha256": str})
+    frame = read_csv(path, what="Manifest", fix="run the prepare stage (dvc repro prepare).",
+                     dtype={"path": str, "split": str, "label": str, "sha256": str}, keep_default_na=False)
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise DatasetError(f"Manifest {path} lacks column(s) {missing}.")

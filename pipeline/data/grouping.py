@@ -8,6 +8,7 @@ also works on datasets without such naming.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
@@ -15,11 +16,11 @@ from pathlib import Path, PurePosixPath
 import imagehash
 import numpy as np
 import pandas as pd
-from PIL import ImageOps
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from pipeline.common.errors import PipelineError
-from pipeline.data.images import load_rgb
+from pipeline.data.images import ImageError, load_rgb
 
 AUG_NAME = re.compile(r"^aug-\d+-(?P<original>.+)$")
 
@@ -31,39 +32,65 @@ def original_name(path: str) -> str:
     return str(p.with_name(match["original"])) if match else path
 
 
-def perceptual_hashes(paths: Iterable[Path]) -> np.ndarray:
-    """64-bit difference hashes (dHash) of each image and of its mirror image, shape (n, 2).
+FLAT_RANGE = 8  # grey levels: a thumbnail flatter than this gives a difference hash of noise, or of zeros
+
+
+@dataclasses.dataclass(frozen=True)
+class Hashes:
+    """Difference hashes of images and of their mirror images, and whether each carries information."""
+
+    plain: np.ndarray  # (n,) uint64
+    mirrored: np.ndarray  # (n,) uint64
+    informative: np.ndarray  # (n,) bool: False for flat or nearly flat images
+
+    def __len__(self) -> int:
+        return len(self.plain)
+
+
+def perceptual_hashes(paths: Iterable[Path]) -> Hashes:
+    """64-bit difference hashes (dHash) of each image and of its mirror image.
 
     dHash compares neighbouring pixels of a 9x8 thumbnail: robust to resizing,
     re-encoding and light crops. On the pets data, at 10 bits, it links no two
-    different pictures.
+    different pictures. A flat image (its thumbnail spans fewer than ``FLAT_RANGE``
+    grey levels) hashes to zeros or to noise, so it is marked uninformative and
+    never linked by appearance: two unrelated one-colour images are not one picture.
     """
-    out = []
+    plain, mirrored, informative = [], [], []
     for path in tqdm(list(paths), desc="perceptual hashes", unit="img"):
-        image = load_rgb(path)
-        out.append([_as_int(imagehash.dhash(image)), _as_int(imagehash.dhash(ImageOps.mirror(image)))])
-    return np.array(out, dtype=np.uint64).reshape(-1, 2)
+        try:
+            image = load_rgb(path)
+        except ImageError as err:
+            raise PipelineError(f"{path} {err}; it changed after prepare checked it: re-run dvc repro "
+                                "(prepare checks every image again).") from err
+        plain.append(_as_int(imagehash.dhash(image)))
+        mirrored.append(_as_int(imagehash.dhash(ImageOps.mirror(image))))
+        thumbnail = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+        informative.append(int(thumbnail.max()) - int(thumbnail.min()) >= FLAT_RANGE)
+    return Hashes(plain=np.array(plain, dtype=np.uint64), mirrored=np.array(mirrored, dtype=np.uint64),
+                  informative=np.array(informative, dtype=bool))
 
 
 def _as_int(h: imagehash.ImageHash) -> int:
     return int(str(h), 16)
 
 
-def near_duplicate_pairs(hashes: np.ndarray, max_bits: int, *, chunk: int = 1024) -> np.ndarray:
-    """Index pairs (i < j) whose hashes differ in at most ``max_bits`` bits, mirror included.
+def near_duplicate_pairs(hashes: Hashes, max_bits: int, *, chunk: int = 1024) -> np.ndarray:
+    """Index pairs (i < j) of informative images whose hashes differ in at most ``max_bits`` bits, mirror included.
 
     Compares image i's hash with both the plain and mirrored hash of image j, so
     a horizontally flipped copy is found as readily as a resized one.
     """
-    plain, mirrored = hashes[:, 0], hashes[:, 1]
+    keep = np.flatnonzero(hashes.informative)
+    plain, mirrored = hashes.plain[keep], hashes.mirrored[keep]
     pairs = []
-    for start in range(0, len(hashes), chunk):
+    for start in range(0, len(keep), chunk):
         block = plain[start : start + chunk, None]
         dist = np.minimum(np.bitwise_count(block ^ plain[None, :]), np.bitwise_count(block ^ mirrored[None, :]))
         i, j = np.nonzero(dist <= max_bits)
         i = i + start
-        keep = i < j
-        pairs.append(np.stack([i[keep], j[keep]], axis=1))
+        below = i < j
+        pairs.append(np.stack([keep[i[below]], keep[j[below]]], axis=1))
     return np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data.dataset import HELD_OUT
-from pipeline.data.grouping import components, near_duplicate_pairs, picture_groups
+from pipeline.data.grouping import Hashes, components, near_duplicate_pairs, picture_groups
 
 
 @dataclasses.dataclass
@@ -25,7 +25,7 @@ class Audit:
         return self.report["cross_split_leaks"]
 
 
-def audit_dataset(manifest: pd.DataFrame, hashes: np.ndarray, *, near_duplicate_bits: int) -> Audit:
+def audit_dataset(manifest: pd.DataFrame, hashes: Hashes, *, near_duplicate_bits: int) -> Audit:
     """Find exact and near duplicates, group images into pictures, and flag cross-split leaks."""
     paths = manifest["path"].tolist()
     splits = manifest["split"].to_numpy()
@@ -64,6 +64,9 @@ def audit_dataset(manifest: pd.DataFrame, hashes: np.ndarray, *, near_duplicate_
         "near_duplicate_bits": near_duplicate_bits,
         "exact_duplicate_groups": exact,
         "near_duplicate_groups": near,
+        # flat or nearly flat images: their difference hash carries no information, so they are linked
+        # to others by identical bytes only, never by appearance
+        "uninformative_hashes": [paths[i] for i in np.flatnonzero(~hashes.informative)],
         "cross_split_leaks": leaks,
         "leaks_into_held_out": sum(1 for leak in leaks if set(leak["splits"]) & set(HELD_OUT)),
         "unreadable": [],  # prepare refuses unreadable files, so none reach the audit
@@ -110,4 +113,8 @@ def render_markdown(report: dict[str, Any], *, max_listed: int = 20) -> str:
         lines += [f"- {', '.join(g)}" for g in groups[:max_listed]]
         if len(groups) > max_listed:
             lines.append(f"- ... and {len(groups) - max_listed} more (see audit.json)")
+    flat = report.get("uninformative_hashes", [])
+    if flat:
+        lines += ["", f"## Flat images, linked to others by identical bytes only: {len(flat)}", ""]
+        lines += [f"- {path}" for path in flat[:max_listed]]
     return "\n".join(lines) + "\n"

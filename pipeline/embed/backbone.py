@@ -121,16 +121,22 @@ def _download_state_dict(weights: WeightsEnum) -> dict[str, torch.Tensor]:
 
 
 def _load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    name = f"model.checkpoint={str(path)!r}"
     if not path.is_file():
-        raise BackboneError(f"model.checkpoint={str(path)!r} does not exist.")
+        raise BackboneError(f"{name} does not exist; point it at a state dict file "
+                            "(e.g. efficientnet_b1-c27df63c.pth).")
+    if path.stat().st_size == 0:
+        raise BackboneError(f"{name} is an empty file; copy the weights file again.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors alike
-        raise BackboneError(f"model.checkpoint={str(path)!r} is not a loadable state dict ({err}).") from err
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        raise BackboneError(f"{name} is not a PyTorch state dict file ({type(err).__name__}: {detail}); point it at "
+                            "a .pth file saved with torch.save, e.g. efficientnet_b1-c27df63c.pth.") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise BackboneError(f"model.checkpoint={str(path)!r} holds a {type(state).__name__}, not a state dict.")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"{name} holds a {type(state).__name__}, not a state dict of tensors.")
     return state
 
 
@@ -146,6 +152,10 @@ def _load_features(model: nn.Module, state: dict[str, torch.Tensor], source: str
             f"{tuple(expected[mismatched[0]].shape)}")
         raise BackboneError(f"{source} does not fit {type(model).__name__}'s features: {detail}. "
                             "Is it a checkpoint of another architecture?")
+    damaged = [k for k, v in trunk.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if damaged:
+        raise BackboneError(f"{source} holds NaN or infinite values in {len(damaged)} tensor(s), e.g. "
+                            f"features.{damaged[0]}: the file is damaged; copy it again.")
     model.features.load_state_dict(trunk, strict=True)
 
 

@@ -5,7 +5,9 @@ Measured on an H100, the backbone's first call at a new batch shape costs about
 sees one shape: the last batch is padded to the batch size and the padded rows'
 embeddings dropped. In eval mode each row is computed alone, so padding changes no
 real row (tests/test_embedding.py checks it byte for byte). All items of a run,
-every split and every view, stream through one loader and one worker pool.
+every split and every view, stream through one loader and one worker pool; the
+batches are planned per split and view pass (``pipeline.embed.work``), so each
+split's last batch is padded and a row sits where a split-by-split run puts it.
 
 On CUDA, batch k+1 is read, decoded and copied in on a side stream while the
 model runs batch k, and embeddings come back through pinned memory without
@@ -32,7 +34,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.params import ExtractParams
 from pipeline.embed.backbone import Backbone
 from pipeline.embed.loading import Chunk, Preprocess, WorkImages, collate, decode_on_device
-from pipeline.embed.work import PLAIN, Work, plan_work
+from pipeline.embed.work import PLAIN, Work, plan_batches, plan_work
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +121,10 @@ class Stats:
         return f"rows={self.rows} padded={self.padded} batches={self.batches} shapes={len(self.shapes)} {parts}"
 
 
-def _batches(chunks: Iterator[Chunk], size: int) -> Iterator[list[tuple[Chunk, int, int]]]:
-    """Regroup the loader's chunks into batches of ``size`` items (the last may be short), as chunk slices."""
+def _batches(chunks: Iterator[Chunk], sizes: list[int]) -> Iterator[list[tuple[Chunk, int, int]]]:
+    """Regroup the loader's chunks into the planned batches (``sizes`` items each), as chunk slices."""
+    sizes = iter(sizes)
+    size = next(sizes, 0)
     batch: list[tuple[Chunk, int, int]] = []
     filled = 0
     for chunk in chunks:
@@ -132,16 +136,15 @@ def _batches(chunks: Iterator[Chunk], size: int) -> Iterator[list[tuple[Chunk, i
             start += take
             if filled == size:
                 yield batch
-                batch, filled = [], 0
-    if batch:
-        yield batch
+                batch, filled, size = [], 0, next(sizes, 0)
 
 
 class _Runner:
     """Builds one batch's input on the device and runs the backbone on it."""
 
     def __init__(self, backbone: Backbone, work: Work, preprocess: Preprocess, settings: Settings, stats: Stats):
-        self.backbone, self.work, self.preprocess, self.settings, self.stats = backbone, work, preprocess, settings, stats
+        self.backbone, self.work, self.preprocess = backbone, work, preprocess
+        self.settings, self.stats = settings, stats
         self.device = settings.device
         self.cuda = self.device.type == "cuda"
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
@@ -243,10 +246,11 @@ class _Runner:
 
 
 @torch.inference_mode()
-def embed_items(backbone: Backbone, work: Work, items: np.ndarray, settings: Settings, preprocess: Preprocess, *,
-                stats: Stats | None = None, desc: str = "embedding",
+def embed_items(backbone: Backbone, work: Work, batches: list[tuple[int, int]], settings: Settings,
+                preprocess: Preprocess, *, stats: Stats | None = None, desc: str = "embedding",
                 skip_unreadable: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(item indices, float32 embeddings)`` batch by batch, in the order of ``items``.
+    """Yield ``(item indices, float32 embeddings)`` batch by batch, for the planned ``batches`` (item ranges
+    of at most ``batch_size``, see ``pipeline.embed.work.plan_batches``), in their order.
 
     ``precision`` other than fp32 runs the backbone under autocast; embeddings come
     back as float32 either way, and a non-finite one is an error naming its image.
@@ -255,16 +259,18 @@ def embed_items(backbone: Backbone, work: Work, items: np.ndarray, settings: Set
     """
     stats = stats if stats is not None else Stats()
     runner = _Runner(backbone, work, preprocess, settings, stats)
+    assert all(0 < b - a <= settings.batch_size for a, b in batches), "a batch larger than the batch size"
+    items = np.concatenate([np.arange(a, b) for a, b in batches]) if batches else np.empty(0, int)
     files = WorkImages(work, items, preprocess, decode_on_device=settings.decode == "device")
     workers = settings.num_workers
     loader = DataLoader(files, batch_size=max(1, min(settings.batch_size, CHUNK)), shuffle=False,
                         num_workers=workers, collate_fn=collate,  # pinned: the gathered batch, not each chunk
                         prefetch_factor=4 if workers else None, persistent_workers=False)
-    batches = _batches(iter(loader), settings.batch_size)
+    planned = _batches(iter(loader), [b - a for a, b in batches])
 
     def fetch():
         start = time.perf_counter()
-        slices = next(batches, None)
+        slices = next(planned, None)
         stats.seconds["loader_wait"] += time.perf_counter() - start
         return None if slices is None else runner.prepare(slices)
 
@@ -294,9 +300,12 @@ def embed_items(backbone: Backbone, work: Work, items: np.ndarray, settings: Set
                 embedding = np.array(host[good])  # padded and unreadable rows are dropped
                 batch_items = batch_items[good]
                 bad = np.flatnonzero(~np.isfinite(embedding).all(axis=1))
-                if bad.size:  # fp16 overflows where fp32 and bf16 do not
+                if bad.size:
+                    fix = ("set extract.precision: fp32 or bf16 (fp16 overflows where they do not)"
+                           if settings.precision == "fp16" else "the backbone's weights are damaged or diverge "
+                           "on this image; check model.checkpoint, or try another precision")
                     raise EmbeddingError(f"The {settings.precision} embedding of {work.paths[batch_items[bad[0]]]} "
-                                         "is not finite; set extract.precision: fp32 or bf16.")
+                                         f"is not finite; {fix}.")
                 stats.rows += len(batch_items)
                 bar.update(len(batch_items) + len(failed))
                 yield batch_items, embedding
@@ -315,7 +324,7 @@ def embed_paths(backbone: Backbone, paths: list[Path], settings: Settings, *, de
     manifest = pd.DataFrame({"path": [str(p) for p in paths], "split": "images"})
     work = plan_work(manifest, Path(), n_views=0)
     stats = Stats()
-    chunks = [e for _, e in embed_items(backbone, work, np.arange(len(work)), settings,
+    chunks = [e for _, e in embed_items(backbone, work, plan_batches(work, settings.batch_size), settings,
                                         Preprocess.of(backbone.transform), stats=stats, desc=desc,
                                         skip_unreadable=failed is not None)]
     if failed is not None:

@@ -28,7 +28,17 @@ from pipeline.embed import features
 from pipeline.embed.backbone import Backbone
 from pipeline.embed.embedding import Settings, Stats, embed_items
 from pipeline.embed.loading import Preprocess
-from pipeline.embed.work import ShardStore, Work, merge, plan_work, settings_key, shard_ranges
+from pipeline.embed.work import (
+    ShardStore,
+    Work,
+    batches_per_shard,
+    batches_within,
+    merge,
+    plan_batches,
+    plan_work,
+    settings_key,
+    shard_ranges,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +64,12 @@ def value_settings(backbone: Backbone, settings: Settings, views: ViewsParams, m
         "decode": settings.decode,
         "channels_last": settings.channels_last,
         # on the CPU a row's float rounding depends on the batch shape, its position in the batch and the
-        # thread count (measured: up to 1e-4 relative on a random backbone); shards start on batch boundaries
+        # thread count (measured: up to 2e-4 relative on a random backbone); the batch plan fixes the first two
         "batch_size": settings.batch_size,
         "threads": settings.threads,
         "views": {"count": views.count, "crop_scale_min": views.crop_scale_min, "hflip": views.hflip,
                   "jitter": views.jitter, "seed": views.seed},
     }
-
-
-def aligned_shard_rows(shard_rows: int, batch_size: int) -> int:
-    """``shard_rows`` rounded up to whole batches, so every shard starts on a batch boundary: each row then
-    sits at the same place in the same batch whether one pass, a resumed run or a Ray actor computes it."""
-    return -(-shard_rows // batch_size) * batch_size
 
 
 def _rows(stream: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
@@ -86,13 +90,13 @@ def _fill(out: np.ndarray, rows: Iterator[np.ndarray], carry: list[np.ndarray]) 
             carry.append(block[take:])
 
 
-def run_local(backbone: Backbone, work: Work, missing: list[tuple[int, int]], store: ShardStore, settings: Settings,
-              preprocess: Preprocess, stats: Stats) -> None:
-    """Every missing shard in one pass: one loader over all their items, each shard written as it fills."""
+def run_local(backbone: Backbone, work: Work, batches: list[tuple[int, int]], missing: list[tuple[int, int]],
+              store: ShardStore, settings: Settings, preprocess: Preprocess, stats: Stats) -> None:
+    """Every missing shard in one pass: one loader over all their batches, each shard written as it fills."""
     if not missing:
         return
-    items = np.concatenate([np.arange(start, stop) for start, stop in missing])
-    rows = _rows(embed_items(backbone, work, items, settings, preprocess, stats=stats, desc="extract"))
+    planned = [batch for start, stop in missing for batch in batches_within(batches, start, stop)]
+    rows = _rows(embed_items(backbone, work, planned, settings, preprocess, stats=stats, desc="extract"))
     carry: list[np.ndarray] = []
     for start, stop in missing:
         with store.writing(start, stop) as out:
@@ -110,8 +114,9 @@ def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path
     values = value_settings(backbone, settings, views, manifest_sha256)
     dim = backbone.info["feature_dim"]
     store = ShardStore(scratch, settings_key(values), dim)
-    shard_rows = aligned_shard_rows(params.shard_rows, settings.batch_size)
-    ranges = shard_ranges(len(work), shard_rows)
+    batches = plan_batches(work, settings.batch_size)
+    ranges = shard_ranges(batches, params.shard_rows, settings.batch_size)
+    shard_rows = batches_per_shard(params.shard_rows, settings.batch_size) * settings.batch_size
     done = store.finished(ranges)
     missing = [r for r in ranges if r not in done]
     stale = store.other_keys()
@@ -124,34 +129,36 @@ def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path
     if params.engine == "ray":
         from pipeline.embed.ray_engine import run_ray
 
-        run_ray(work=work, missing=missing, store=store, settings=settings, preprocess=preprocess,
+        run_ray(work=work, batches=batches, missing=missing, store=store, settings=settings, preprocess=preprocess,
                 model_params=model_params, backbone=backbone, address=params.ray_address, actors=params.ray_actors,
                 stats=stats)
     else:
-        run_local(backbone, work, missing, store, settings, preprocess, stats)
+        run_local(backbone, work, batches, missing, store, settings, preprocess, stats)
 
+    meta = {
+        **backbone.info,
+        "classes": sorted(manifest.loc[manifest["split"] == "train", "label"].unique()),
+        "splits": {split: b - a for split, (a, b) in work.splits.items()},
+        "manifest_sha256": manifest_sha256,
+        "device": settings.device.type,
+        "dtype": "float32",
+        "channels_last": settings.channels_last,
+        "precision": settings.precision,
+        "decode": settings.decode,
+        "views": values["views"],
+        "batch_size": settings.batch_size,
+        "num_workers": settings.num_workers,
+        "engine": params.engine,
+        "shard_rows": shard_rows,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "numpy": np.__version__,
+                     "scikit-learn": importlib.metadata.version("scikit-learn")},
+    }
+    assert set(meta) == set(features.EXTRACT_META_KEYS), sorted(set(meta) ^ set(features.EXTRACT_META_KEYS))
     with atomic_path(out, is_dir=True) as tmp:
         merge(store, work, ranges, tmp)
         write_csv(tmp / features.INDEX, manifest[features.INDEX_COLUMNS])
-        write_json(tmp / features.META, {
-            **backbone.info,
-            "classes": sorted(manifest.loc[manifest["split"] == "train", "label"].unique()),
-            "splits": {split: b - a for split, (a, b) in work.splits.items()},
-            "manifest_sha256": manifest_sha256,
-            "device": settings.device.type,
-            "dtype": "float32",
-            "channels_last": settings.channels_last,
-            "precision": settings.precision,
-            "decode": settings.decode,
-            "views": values["views"],
-            "batch_size": settings.batch_size,
-            "num_workers": settings.num_workers,
-            "engine": params.engine,
-            "shard_rows": shard_rows,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "torchvision": torchvision.__version__, "numpy": np.__version__,
-                         "scikit-learn": importlib.metadata.version("scikit-learn")},
-        })
+        write_json(tmp / features.META, meta)
     store.clear()
     return Extraction(rows=len(work), shards=len(ranges), reused=len(done), seconds=time.perf_counter() - start,
                       stats=stats)

@@ -9,7 +9,11 @@ A features folder holds:
 - ``meta.json``: backbone, weights, transform, dim, classes, manifest hash, device, versions.
 
 Anything that writes this format (another backbone, another repo) can feed the
-classifier and compare stages.
+train and compare stages. A producer other than ``extract`` needs only
+``{"classes": [...]}`` in ``meta.json`` (every label of ``index.csv`` among them);
+``pretrained`` (true/false) is copied into every metrics file when present. The
+backbone keys that ``extract`` also writes (``arch``, ``weights``, ``checkpoint``,
+``transform``, ``fingerprint``) are what ``predict`` needs to embed new images.
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ from pipeline.common.errors import PipelineError
 INDEX = "index.csv"
 META = "meta.json"
 INDEX_COLUMNS = ["split", "path", "label"]
+BACKBONE_KEYS = ("arch", "weights", "checkpoint", "transform", "fingerprint")  # what predict rebuilds from
+# Everything extract writes to meta.json (the loader needs only "classes"; see the module docstring).
+EXTRACT_META_KEYS = (
+    *BACKBONE_KEYS, "checkpoint_sha256", "init_seed", "pretrained", "feature_dim", "classes", "splits",
+    "manifest_sha256", "device", "dtype", "channels_last", "precision", "decode", "views", "batch_size",
+    "num_workers", "engine", "shard_rows", "versions",
+)
 
 
 class FeaturesError(PipelineError):
@@ -79,7 +90,7 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
     if not (directory / META).is_file() or not (directory / INDEX).is_file():
         raise FeaturesError(f"{directory} is not a features folder (needs {META} and {INDEX}); "
                             "run the extract stage (dvc repro extract).")
-    meta = json.loads((directory / META).read_text())
+    meta = read_meta(directory / META)
     if manifest is not None:
         digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
         if meta.get("manifest_sha256") != digest:
@@ -89,7 +100,7 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
     missing = [c for c in INDEX_COLUMNS if c not in index.columns]
     if missing:
         raise FeaturesError(f"{directory / INDEX} lacks column(s) {missing}.")
-    classes = list(meta.get("classes", []))
+    classes = list(meta["classes"])
     unknown = sorted(set(index["label"]) - set(classes))
     if unknown:
         raise FeaturesError(f"{directory / INDEX} has label(s) {unknown} not among meta.json classes {classes}.")
@@ -99,16 +110,45 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
         path = array_path(directory, split)
         if not path.is_file():
             raise FeaturesError(f"{path} is missing although {INDEX} lists {len(rows)} '{split}' images.")
-        X = np.load(path, mmap_mode="r" if mmap else None)
+        X = _load_array(path, mmap)
         if X.ndim != 2 or X.shape[0] != len(rows) or X.dtype != np.float32:
             raise FeaturesError(f"{path} has shape {X.shape} and dtype {X.dtype}; expected "
                                 f"({len(rows)}, dim) float32 to match {INDEX}.")
         views = None
         if views_path(directory, split).is_file():
-            views = np.load(views_path(directory, split), mmap_mode="r" if mmap else None)
+            views = _load_array(views_path(directory, split), mmap)
             if views.ndim != 3 or views.shape[1:] != X.shape or views.dtype != np.float32:
                 raise FeaturesError(f"{views_path(directory, split)} has shape {views.shape}; expected "
                                     f"(n_views, {X.shape[0]}, {X.shape[1]}) float32.")
         splits[split] = SplitFeatures(X=X, y=rows["label"].map(lookup).to_numpy(np.int64),
                                       paths=rows["path"].tolist(), views=views)
     return Features(splits=splits, classes=classes, meta=meta)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """``meta.json`` of a features folder, checked for what the loader needs: a list of class names."""
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise FeaturesError(f"{path} is not valid JSON ({err}); re-run extract, or fix the file.") from err
+    if not isinstance(meta, dict):
+        raise FeaturesError(f"{path} must hold a JSON object, like {{\"classes\": [...]}}.")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise FeaturesError(f"{path} needs \"classes\": the list of class names (strings) the labels of "
+                            f"{INDEX} come from; it has {classes!r}.")
+    return meta
+
+
+def _load_array(path: Path, mmap: bool) -> np.ndarray:
+    """A float array of the folder, refused if it is damaged or holds NaN or infinite values."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise FeaturesError(f"{path} is not a readable .npy array ({err}); re-run extract.") from err
+    if array.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(array.reshape(-1, array.shape[-1])).all(axis=1)) if array.size else []
+        if len(bad):
+            raise FeaturesError(f"{path} holds {len(bad)} row(s) with NaN or infinite values (first: row {bad[0]}); "
+                                "the embeddings are unusable: re-run extract (or fix the producer).")
+    return array

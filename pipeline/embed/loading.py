@@ -27,7 +27,6 @@ import io
 import logging
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -102,7 +101,8 @@ class Preprocess:
 
 
 @functools.lru_cache(maxsize=8)
-def _moments(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _moments(mean: tuple[float, ...], std: tuple[float, ...],
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std as (3, 1, 1) tensors on ``device``, made once (each new one is a host-to-device copy)."""
     return (torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1),
             torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1))

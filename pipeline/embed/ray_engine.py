@@ -29,7 +29,7 @@ from pipeline.common.params import ExtractParams, ModelParams
 from pipeline.embed.backbone import Backbone, build_backbone
 from pipeline.embed.embedding import Settings, Stats, embed_items
 from pipeline.embed.loading import Preprocess
-from pipeline.embed.work import ShardStore, Work
+from pipeline.embed.work import ShardStore, Work, batches_within
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class ShardEmbedder:
     """A Ray actor: one backbone, whole shards embedded per call."""
 
     def __init__(self, *, model_params: ModelParams, transform: dict[str, Any], fingerprint: str, work: Work,
-                 settings: Settings, preprocess: Preprocess) -> None:
+                 batches: list[tuple[int, int]], settings: Settings, preprocess: Preprocess) -> None:
         if settings.threads:
             torch.set_num_threads(settings.threads)  # as the driver: the CPU's rounding depends on it
         self.backbone = build_backbone(model_params, crop_size=transform["crop_size"][0],
@@ -85,15 +85,16 @@ class ShardEmbedder:
         if self.backbone.info["fingerprint"] != fingerprint:
             raise PipelineError("A Ray worker built another backbone than the driver (fingerprints differ): the "
                                 "weights file differs between nodes; make model.checkpoint or TORCH_HOME the same.")
-        self.work, self.settings, self.preprocess = work, settings, preprocess
+        self.work, self.batches, self.settings, self.preprocess = work, batches, settings, preprocess
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed each shard of the batch; an error a user can fix comes back as text, not as a Ray failure."""
         out, errors = [], []
         for start, stop in zip(batch["start"], batch["stop"], strict=True):
             items = np.arange(int(start), int(stop))
+            planned = batches_within(self.batches, int(start), int(stop))  # the batches a single pass makes
             try:
-                pieces = [e for _, e in embed_items(self.backbone, self.work, items, self.settings, self.preprocess,
+                pieces = [e for _, e in embed_items(self.backbone, self.work, planned, self.settings, self.preprocess,
                                                     desc=f"shard {start}-{stop}")]
                 out.append(np.concatenate(pieces))
                 errors.append("")
@@ -104,7 +105,8 @@ class ShardEmbedder:
                 "error": np.array(errors)}
 
 
-def run_ray(*, work: Work, missing: list[tuple[int, int]], store: ShardStore, settings: Settings,
+def run_ray(*, work: Work, batches: list[tuple[int, int]], missing: list[tuple[int, int]], store: ShardStore,
+            settings: Settings,
             preprocess: Preprocess, model_params: ModelParams, backbone: Backbone, address: str | None,
             actors: int | str, stats: Stats) -> None:
     """Compute the ``missing`` shards on the cluster; the driver writes each one as it arrives."""
@@ -124,7 +126,8 @@ def run_ray(*, work: Work, missing: list[tuple[int, int]], store: ShardStore, se
         ShardEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=count), num_gpus=1 if gpus else 0,
         num_cpus=1 if gpus else 0.5,
         fn_constructor_kwargs={"model_params": model_params, "transform": backbone.info["transform"],
-                               "fingerprint": backbone.info["fingerprint"], "work": work, "settings": actor_settings,
+                               "fingerprint": backbone.info["fingerprint"], "work": work, "batches": batches,
+                               "settings": actor_settings,
                                "preprocess": preprocess})
     log.info("ray: %d shard(s) on %d actor(s) (%s)", len(missing), count, "GPU" if gpus else "CPU")
     for row in embedded.iter_rows():

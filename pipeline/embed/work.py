@@ -2,10 +2,16 @@
 
 An item is one image seen one way: every manifest row through the weights' own
 transform (split by split, rows in manifest order), then each augmented view of
-every train row. One pass over this list serves all splits and views; contiguous
-row ranges of it are the shards, written one by one to a scratch folder keyed by
-everything that determines their values, so a rerun after a crash recomputes only
-the missing ones. ``merge`` turns finished shards into the ``features/`` format.
+every train row. One pass over this list serves all splits and views.
+
+Batches are planned once: each segment (a split, a view pass) is cut into batches
+from its own start, so the last batch of each segment is the one padded, and every
+row sits where a split-by-split extraction (or ``predict`` on that split's folder)
+puts it; on the CPU a row's float rounding depends on its place in the batch.
+Shards are runs of whole batches, written one by one to a scratch folder keyed by
+everything that determines their values, so a rerun after a crash, or a Ray worker,
+computes each row exactly as a single pass does. ``merge`` turns finished shards into
+the ``features/`` format.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +52,10 @@ class Work:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def segments(self) -> list[tuple[int, int]]:
+        """Item ranges that start a fresh batch: each split, then each view pass."""
+        return [*self.splits.values(), *(self.view_range(k) for k in range(self.n_views))]
+
     def view_range(self, k: int) -> tuple[int, int]:
         start, stop = self.splits[self.views_split]
         n_plain = sum(b - a for a, b in self.splits.values())
@@ -65,7 +74,8 @@ def plan_work(manifest: pd.DataFrame, root: Path, *, n_views: int, views_split: 
     views = [np.full(len(paths), PLAIN)]
     if n_views:
         if views_split not in splits:
-            raise PipelineError(f"views.count={n_views} needs a '{views_split}' split; the manifest has {list(splits)}.")
+            raise PipelineError(f"views.count={n_views} needs a '{views_split}' split; "
+                                f"the manifest has {list(splits)}.")
         start, stop = splits[views_split]
         for k in range(n_views):
             paths += paths[start:stop]
@@ -75,17 +85,29 @@ def plan_work(manifest: pd.DataFrame, root: Path, *, n_views: int, views_split: 
                 splits=splits, n_views=n_views, views_split=views_split)
 
 
-def shard_ranges(n_items: int, shard_rows: int) -> list[tuple[int, int]]:
-    """Contiguous item ranges of at most ``shard_rows`` items (the last one shorter, never padded)."""
-    return [(start, min(start + shard_rows, n_items)) for start in range(0, n_items, shard_rows)]
+def plan_batches(work: Work, batch_size: int) -> list[tuple[int, int]]:
+    """Item ranges of at most ``batch_size``, each segment cut from its own start."""
+    return [(start, min(start + batch_size, stop)) for first, stop in work.segments()
+            for start in range(first, stop, batch_size)]
+
+
+def shard_ranges(batches: list[tuple[int, int]], shard_rows: int, batch_size: int) -> list[tuple[int, int]]:
+    """Contiguous item ranges of whole batches, ``ceil(shard_rows / batch_size)`` batches each (never padded)."""
+    per = batches_per_shard(shard_rows, batch_size)
+    return [(batches[i][0], batches[min(i + per, len(batches)) - 1][1]) for i in range(0, len(batches), per)]
+
+
+def batches_per_shard(shard_rows: int, batch_size: int) -> int:
+    return max(1, -(-shard_rows // batch_size))
+
+
+def batches_within(batches: list[tuple[int, int]], start: int, stop: int) -> list[tuple[int, int]]:
+    return [(a, b) for a, b in batches if start <= a and b <= stop]
 
 
 def settings_key(settings: dict[str, Any]) -> str:
     """A short hash of everything that determines the embeddings' values."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-SHARD_NAME = re.compile(r"^rows-(\d{9})-(\d{9})\.npy$")
 
 
 class ShardStore:

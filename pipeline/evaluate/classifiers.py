@@ -29,7 +29,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC
 
-from pipeline.common.params import CVParams, ParamsError, in_range, parse_section
+from pipeline.common.params import CVParams, ParamsError, check_seed, in_range, number_from_text, parse_section
 from pipeline.evaluate.linear_head import LinearHeadClassifier
 from pipeline.evaluate.protocol import FitFold
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
@@ -84,6 +84,7 @@ class HeadParams:
         in_range(name, "batch_size", self.batch_size, 1, None)
         in_range(name, "max_epochs", self.max_epochs, 1, None)
         in_range(name, "patience", self.patience, 1, None)
+        check_seed(name, "seed", self.seed)
 
 
 def _select_head(params: HeadParams, data: TrainingData, cv: CVParams) -> Selection:
@@ -135,7 +136,7 @@ class GridClassifier:
             raise ParamsError(f"Unknown key(s) {[f'{name}.{k}' for k in unknown]}; allowed: {sorted(self.keys)}.")
         values = {}
         for key, given in raw.items():
-            options = given if isinstance(given, list) else [given]
+            options = [number_from_text(v) for v in (given if isinstance(given, list) else [given])]
             check, allowed = self.keys[key]
             if not options or any(not check(v) for v in options):
                 raise ParamsError(f"{name}.{key}={given!r} is invalid: values must be {allowed}.")

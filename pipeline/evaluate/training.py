@@ -15,10 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.common.errors import PipelineError
 from pipeline.common.params import CVParams, EvaluationParams
+from pipeline.data.dataset import HELD_OUT
 from pipeline.embed.features import Features
 from pipeline.evaluate.classifiers import Selection, TrainingData, get_classifier
 from pipeline.evaluate.protocol import Evaluation, evaluate_classifier, with_views
+from pipeline.evaluate.splits import check_cv_fits
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,25 @@ class Trained:
                 f"[{low:.3f}, {high:.3f}], selected {self.selection.selected}")
 
 
+def check_classes(features: Features) -> None:
+    """Train must hold two classes at least, and every class valid or test holds: no model predicts the others."""
+    present = {split: {features.classes[i] for i in np.unique(features[split].y)} for split in features.splits}
+    if len(present["train"]) < 2:
+        raise PipelineError(f"train holds a single class {sorted(present['train'])}: a classifier needs two at least.")
+    for split in HELD_OUT:
+        unknown = sorted(present.get(split, set()) - present["train"])
+        if unknown:
+            raise PipelineError(f"{split} holds class(es) {unknown} that train lacks: no model can predict them; "
+                                f"add train images of them or remove them from {split}.")
+
+
 def train_classifier(name: str, params: Any, *, features: Features, groups: np.ndarray, cv: CVParams,
                      evaluation: EvaluationParams, use_views: bool) -> Trained:
     """Select, fit and evaluate classifier ``name`` (its params already validated by the registry)."""
     spec = get_classifier(name)
     train, valid = features["train"], features["valid"]
+    check_classes(features)
+    check_cv_fits(train.y, groups, folds=cv.folds, repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed)
     views = train.views if use_views else None
     X, y, g = with_views(train.X, train.y, groups, views)
     data = TrainingData(X=X, y=y, groups=g, X_valid=valid.X, y_valid=valid.y, n_classes=len(features.classes),

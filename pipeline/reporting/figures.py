@@ -33,10 +33,14 @@ def img_tag(data: bytes, *, mime: str = "image/png", alt: str = "", width: int |
     return f'<img alt="{html.escape(alt)}"{size} src="data:{mime};base64,{base64.b64encode(data).decode()}">'
 
 
-def confusion_figure(predictions: dict[str, pd.DataFrame], classes: list[str]) -> plt.Figure:
-    """One test-set confusion matrix per classifier, counts in the cells."""
-    fig, axes = plt.subplots(1, len(predictions), figsize=(3.8 * len(predictions), 3.6), squeeze=False)
-    for ax, (name, frame) in zip(axes[0], predictions.items()):
+def confusion_figure(predictions: dict[str, pd.DataFrame], classes: list[str], *, per_row: int = 3) -> plt.Figure:
+    """One test-set confusion matrix per classifier, counts in the cells, ``per_row`` to a row."""
+    columns = min(per_row, len(predictions))
+    rows = -(-len(predictions) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(predictions):]:
+        ax.set_axis_off()
+    for ax, (name, frame) in zip(axes.flat, predictions.items()):
         test = frame[frame["split"] == "test"]
         cm = confusion_matrix(test["true"], test["predicted"], labels=classes)
         ax.imshow(cm, cmap="Blues")
@@ -45,7 +49,9 @@ def confusion_figure(predictions: dict[str, pd.DataFrame], classes: list[str]) -
         ax.set(title=name, xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted")
         ax.set_xticklabels(classes, rotation=45, ha="right")
         ax.set_yticklabels(classes)
-    axes[0][0].set_ylabel("true")
+    for row in axes:
+        row[0].set_ylabel("true")
+    fig.tight_layout()
     return fig
 
 

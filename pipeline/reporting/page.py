@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data.images import load_rgb
+from pipeline.data.images import ImageError, load_rgb
 from pipeline.embed import features as features_io
 from pipeline.reporting.figures import (
     confusion_figure,
@@ -25,6 +25,7 @@ from pipeline.reporting.figures import (
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+.about th{text-align:left}.about td{text-align:left}img{max-width:100%;height:auto}
 .warn{background:#fde2e1;border:1px solid #c00;padding:.6em}.gallery{display:flex;flex-wrap:wrap;gap:10px}
 figure{margin:0;width:170px;font-size:12px}"""
 
@@ -47,19 +48,44 @@ def misclassified_gallery(predictions: pd.DataFrame, image_root: Path, classes: 
         probability = row[f"p_{row['predicted']}"]
         caption = (f"{html.escape(row['image'])}<br>true <b>{html.escape(row['true'])}</b>, predicted "
                    f"<b>{html.escape(row['predicted'])}</b> (p={probability:.2f})")
-        thumb = thumbnail_jpeg(load_rgb(image_root / row["image"]))
-        cards.append(f"<figure>{img_tag(thumb, mime='image/jpeg', alt=row['image'])}"
-                     f"<figcaption>{caption}</figcaption></figure>")
+        try:
+            picture = img_tag(thumbnail_jpeg(load_rgb(image_root / row["image"])), mime="image/jpeg", alt=row["image"])
+        except ImageError as err:  # moved or damaged since extraction: the rest of the page still stands
+            picture = f"<p>(image {html.escape(str(err))})</p>"
+        cards.append(f"<figure>{picture}<figcaption>{caption}</figcaption></figure>")
     return f'<div class="gallery">{"".join(cards)}</div>'
 
 
+def about_table(*, meta: dict, source: dict, code_version: str) -> str:
+    """What the report is a report of: data, backbone and weights, extraction, code."""
+    transform = meta.get("transform", {})
+    weights = html.escape(f"{meta.get('weights')}" + (f", checkpoint {meta['checkpoint']}" if meta.get("checkpoint")
+                                                        else ""))
+    pretrained = "<b>pretrained: false</b>" if not meta.get("pretrained") else "pretrained: true"
+    views = meta.get("views", {}).get("count", 0)
+    rows = {
+        "Dataset": f"{html.escape(str(source.get('handle')))} "
+                   f"(images read from {html.escape(str(source.get('root')))})",
+        "Images": ", ".join(f"{html.escape(split)} {n}" for split, n in meta.get("splits", {}).items())
+                  + (f"; {views} augmented view(s) of each train image" if views else ""),
+        "Backbone": f"{html.escape(str(meta.get('arch', 'unknown')))}, weights {weights}; {pretrained}",
+        "Extraction": html.escape(f"crop {transform.get('crop_size')}, resize {transform.get('resize_size')}, "
+                                  f"{meta.get('precision')} on {meta.get('device')}, decode {meta.get('decode')}, "
+                                  f"batch {meta.get('batch_size')}, engine {meta.get('engine', 'local')}"),
+        "Code": html.escape(code_version),
+    }
+    cells = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows.items())
+    return f"<table class='about' id='about'>{cells}</table>"
+
+
 def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFrame], feats: features_io.Features,
-                 history: pd.DataFrame, image_root: Path) -> str:
+                 history: pd.DataFrame, image_root: Path, source: dict, code_version: str) -> str:
     """The report page as HTML text."""
     classes = feats.classes
     best = str(leaderboard.sort_values("rank")["classifier"].iloc[0])
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Classifier report</title>"
-             f"<style>{STYLE}</style></head><body><h1>Frozen-embedding classifiers: report</h1>"]
+             f"<style>{STYLE}</style></head><body><h1>Frozen-embedding classifiers: report</h1>",
+             about_table(meta=feats.meta, source=source, code_version=code_version)]
     if not leaderboard["pretrained"].fillna(False).astype(bool).all():
         parts.append("<p class='warn'><b>Random or unverified backbone weights (pretrained: false).</b> "
                      "These results test the machinery only.</p>")

@@ -1,0 +1,370 @@
+"""Every bad input a user can cause ends in one line that names the culprit, exit status 2, and writes nothing.
+
+Each case copies a small finished project, breaks one thing, runs one stage's CLI
+(or predict) exactly as dvc.yaml does, and checks: status 2, a single ``error:``
+line naming the file or key, no traceback, and no output file created or changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.common.cli import run as run_cli
+from tests.conftest import PROJECT, SMALL_RUN, make_dataset, stage_command, stage_process, write_params
+
+DATA = "data"  # the dataset, inside each case's folder
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A project folder where every stage has run once, on a small generated dataset."""
+    root = tmp_path_factory.mktemp("finished")
+    make_dataset(root / DATA, train_per_class=4, held_out_per_class=2, augs=1)
+    write_params(root / "params.yaml", {**SMALL_RUN, "data.root": DATA})
+    warnings.simplefilter("ignore", UserWarning)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for stage, key in [("prepare", None), ("audit", None), ("extract", None), *[("train", k) for k in
+                           ("head", "logreg", "svm", "knn")], ("export", None), ("compare", None), ("report", None)]:
+            assert stage_main(stage, key) == 0, stage
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def stage_main(stage: str, key: str | None = None, *extra: str) -> int:
+    """A stage's CLI in-process, through the same wrapper as ``python -m``, params from ./params.yaml."""
+    import importlib
+
+    module, argv = stage_command(stage, key)
+    main = importlib.import_module(module).main
+    reads_params = "params" in yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"][stage].get("do", {}) or \
+        "params" in yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"][stage]
+    return run_cli(main, [*argv, *(["--params", "params.yaml"] if reads_params else []), *extra])
+
+
+def copy_project(finished: Path, root: Path) -> Path:
+    """A copy of the finished project whose recorded image folder is the copy's own."""
+    shutil.copytree(finished, root, symlinks=True)
+    rewrite_json(root / "artifacts/data/source.json", lambda s: s.update(root=str(root / DATA / "Master Folder")))
+    return root
+
+
+def fingerprint(root: Path) -> dict[str, str]:
+    """Hash of every file under the outputs (and the scratch folder), to prove nothing was written."""
+    found = {}
+    for top in ("artifacts", "features", ".extract-shards"):
+        for path in sorted((root / top).rglob("*")) if (root / top).exists() else []:
+            if path.is_file():
+                found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def edit_params(root: Path, **changes) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def first_image(root: Path, split: str = "train") -> Path:
+    folder = root / DATA / "Master Folder" / split / "Angry"
+    return sorted(folder.iterdir())[0]
+
+
+def held_out_image(root: Path) -> Path:
+    return first_image(root, "test")
+
+
+def corrupt_npy_row(root: Path, name: str, value: float) -> None:
+    array = np.load(root / "features" / name)
+    array[0, 0] = value
+    np.save(root / "features" / name, array)
+
+
+def rewrite_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+# (case id, stage, classifier key, how to break the project, what the error line must name)
+CASES = [
+    # prepare: the data
+    ("dangling symlink", "prepare", None,
+     lambda r: (first_image(r).parent / "gone.jpg").symlink_to(r / "nowhere.jpg"), "gone.jpg cannot be read"),
+    ("text file named .jpg", "prepare", None,
+     lambda r: (first_image(r).parent / "note.jpg").write_text("not an image"), "note.jpg is not a readable image"),
+    ("folder in a class folder", "prepare", None,
+     lambda r: (first_image(r).parent / "more").mkdir(), "Unexpected folder"),
+    ("stray file in a split folder", "prepare", None,
+     lambda r: (r / DATA / "Master Folder" / "train" / "notes.txt").write_text("x"), "notes.txt"),
+    ("class only in test", "prepare", None,
+     lambda r: shutil.copytree(held_out_image(r).parent, held_out_image(r).parent.with_name("Bored")), "['Bored']"),
+    ("empty class folder", "prepare", None,
+     lambda r: [p.unlink() for p in first_image(r, "valid").parent.iterdir()], "is empty"),
+    ("missing split folder", "prepare", None,
+     lambda r: shutil.rmtree(r / DATA / "Master Folder" / "valid"), "Split folder"),
+    ("data.root not a folder", "prepare", None, lambda r: edit_params(r, data__root="no/such/folder"), "data.root"),
+    ("image above the pixel limit", "prepare", None,
+     lambda r: Image.new("L", (9500, 9500)).save(first_image(r).parent / "huge.png"), "huge.png is too large"),
+    # prepare: the params, all checked before any work
+    ("negative seed", "prepare", None, lambda r: edit_params(r, cv__seed=-1), "cv.seed=-1"),
+    ("huge seed", "prepare", None, lambda r: edit_params(r, views__seed=2**40), "views.seed=1099511627776"),
+    ("huge init seed", "prepare", None, lambda r: edit_params(r, model__init_seed=2**33), "model.init_seed"),
+    ("head seed", "prepare", None, lambda r: edit_params(r, classifiers__head__seed=-5), "classifiers.head.seed=-5"),
+    ("unknown device name", "prepare", None, lambda r: edit_params(r, extract__device="tpu"), "extract.device='tpu'"),
+    ("unknown weights", "prepare", None, lambda r: edit_params(r, model__weights="IMAGENET9"), "model.weights"),
+    ("unknown engine", "prepare", None, lambda r: edit_params(r, extract__engine="spark"), "extract.engine"),
+    ("knn grid", "prepare", None, lambda r: edit_params(r, classifiers__knn__n_neighbors=[0]),
+     "classifiers.knn.n_neighbors"),
+    ("unknown classifier", "prepare", None, lambda r: edit_params(r, classifiers__forest={"n": [1]}),
+     "Unknown classifier 'forest'"),
+    ("unknown section", "prepare", None,
+     lambda r: (r / "params.yaml").write_text((r / "params.yaml").read_text() + "extras: {}\n"), "['extras']"),
+    ("params not YAML", "prepare", None,
+     lambda r: (r / "params.yaml").write_text("data: [unclosed\n"), "params.yaml is not valid YAML"),
+    ("text where a number goes", "prepare", None, lambda r: edit_params(r, classifiers__head__lr="fast"),
+     "classifiers.head.lr='fast'"),
+    # audit
+    ("manifest missing", "audit", None, lambda r: (r / "artifacts/data/manifest.csv").unlink(), "manifest.csv"),
+    ("source.json damaged", "audit", None,
+     lambda r: (r / "artifacts/data/source.json").write_text("{not json"), "source.json is not valid JSON"),
+    ("image changed after prepare (audit)", "audit", None,
+     lambda r: first_image(r).write_bytes(b"broken"), first_image),
+    # extract
+    ("device that is not there", "extract", None, lambda r: edit_params(r, extract__device="cuda"),
+     "device 'cuda' is not available"),
+    ("checkpoint missing", "extract", None, lambda r: edit_params(r, model__checkpoint="none.pth"),
+     "model.checkpoint='none.pth' does not exist"),
+    ("checkpoint is a text file", "extract", None,
+     lambda r: ((r / "text.pth").write_text("hello"), edit_params(r, model__checkpoint="text.pth")),
+     "model.checkpoint='text.pth' is not a PyTorch state dict file"),
+    ("checkpoint is empty", "extract", None,
+     lambda r: ((r / "empty.pth").write_bytes(b""), edit_params(r, model__checkpoint="empty.pth")),
+     "model.checkpoint='empty.pth' is an empty file"),
+    ("checkpoint full of NaN", "extract", None, lambda r: nan_checkpoint(r), "NaN or infinite values"),
+    ("image deleted after prepare", "extract", None, lambda r: held_out_image(r).unlink(), held_out_image),
+    # train
+    ("groups.csv without a group column", "train", "logreg",
+     lambda r: pd.read_csv(r / "artifacts/data/groups.csv").drop(columns="group").to_csv(
+         r / "artifacts/data/groups.csv", index=False), "groups.csv lacks column(s) ['group']"),
+    ("groups.csv missing rows", "train", "logreg",
+     lambda r: pd.read_csv(r / "artifacts/data/groups.csv").iloc[3:].to_csv(r / "artifacts/data/groups.csv",
+                                                                             index=False), "have no group"),
+    ("meta.json damaged", "train", "logreg", lambda r: (r / "features/meta.json").write_text("{"),
+     "meta.json is not valid JSON"),
+    ("meta.json without classes", "train", "logreg",
+     lambda r: rewrite_json(r / "features/meta.json", lambda m: m.pop("classes")), "meta.json needs \"classes\""),
+    ("NaN embedding", "train", "logreg", lambda r: corrupt_npy_row(r, "train.npy", np.nan),
+     "train.npy holds 1 row(s) with NaN"),
+    ("cv.folds above the pictures", "train", "logreg", lambda r: edit_params(r, cv__folds=50),
+     "cv.folds=50 is larger than the number of original pictures"),
+    ("cv.inner_folds above the pictures", "train", "logreg", lambda r: edit_params(r, cv__inner_folds=12),
+     "cv.inner_folds=12"),
+    ("classifier not in params", "train", "forest", lambda r: None, "no classifiers.forest entry"),
+    ("features from another manifest", "train", "logreg",
+     lambda r: (r / "artifacts/data/manifest.csv").write_text(
+         (r / "artifacts/data/manifest.csv").read_text() + "\n"), "extracted from another manifest"),
+    # export, compare, report
+    ("export model damaged", "export", None, lambda r: (r / "artifacts/models/head.joblib").write_bytes(b"junk"),
+     "head.joblib is not a model saved by the train stage"),
+    ("metrics missing", "compare", None, lambda r: (r / "artifacts/metrics/svm.json").unlink(), "svm.json not found"),
+    ("metrics damaged", "compare", None, lambda r: (r / "artifacts/metrics/svm.json").write_text("[1]"),
+     "svm.json lacks"),
+    ("leaderboard missing", "report", None, lambda r: (r / "artifacts/comparison.csv").unlink(),
+     "comparison.csv not found"),
+    ("training curve damaged", "report", None, lambda r: (r / "artifacts/selection/head.csv").write_text(""),
+     "head.csv is not a readable CSV"),
+]
+
+
+def nan_checkpoint(root: Path) -> None:
+    import torch
+    import torchvision
+
+    state = torchvision.models.efficientnet_b1().state_dict()
+    state["features.3.0.block.0.0.weight"][0] = float("nan")
+    torch.save(state, root / "nan.pth")
+    edit_params(root, model__checkpoint="nan.pth")
+
+
+@pytest.mark.parametrize(("case", "stage", "key", "breaking", "culprit"), CASES, ids=[c[0] for c in CASES])
+def test_a_bad_input_ends_in_one_error_line_and_writes_nothing(finished, tmp_path, monkeypatch, capfd, case, stage,
+                                                                 key, breaking, culprit):
+    root = copy_project(finished, tmp_path / "project")
+    monkeypatch.chdir(root)
+    name = culprit(root).name if callable(culprit) else culprit  # before the file is broken or gone
+    breaking(root)
+    before = fingerprint(root)
+    capfd.readouterr()
+    code = stage_main(stage, key)
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err[-2000:]
+    assert len(errors) == 1 and name in errors[0], errors
+    assert "Traceback" not in err
+    assert fingerprint(root) == before, "an output was written or changed"
+
+
+def test_the_oversized_image_is_skipped_like_any_bad_image(finished, tmp_path, monkeypatch):
+    root = copy_project(finished, tmp_path / "project")
+    monkeypatch.chdir(root)
+    Image.new("L", (9500, 9500)).save(first_image(root).parent / "huge.png")
+    edit_params(root, data__on_bad_image="skip")
+    assert stage_main("prepare") == 0
+    skipped = pd.read_csv(root / "artifacts/data/skipped.csv")
+    assert skipped["path"].str.endswith("huge.png").any()
+    assert skipped["reason"].str.contains("is too large: 90,250,000 pixels").any()
+
+
+def test_skip_mode_covers_every_unreadable_entry_with_reasons_that_never_change(finished, tmp_path, monkeypatch):
+    root = copy_project(finished, tmp_path / "project")
+    monkeypatch.chdir(root)
+    folder = first_image(root).parent
+    (folder / "gone.jpg").symlink_to(root / "nowhere.jpg")
+    (folder / "note.jpg").write_text("not an image")
+    (folder / "more").mkdir()
+    (folder / "._001.jpg").write_bytes(b"\x00\x05\x16\x07macOS resource fork")  # ignored, like .DS_Store
+    (folder / ".DS_Store").write_bytes(b"\x00")
+    edit_params(root, data__on_bad_image="skip")
+    assert stage_main("prepare") == 0
+    first = (root / "artifacts/data/skipped.csv").read_bytes()
+    assert stage_main("prepare") == 0
+    assert (root / "artifacts/data/skipped.csv").read_bytes() == first  # no addresses, no times
+    skipped = pd.read_csv(root / "artifacts/data/skipped.csv").set_index("path")["reason"]
+    assert sorted(p.rsplit("/", 1)[1] for p in skipped.index) == ["gone.jpg", "more", "note.jpg"]
+    assert "0x" not in first.decode()
+
+
+def test_float_params_accept_what_people_type(finished, tmp_path, monkeypatch):
+    root = copy_project(finished, tmp_path / "project")
+    monkeypatch.chdir(root)
+    text = (root / "params.yaml").read_text().replace("lr: 0.001", "lr: 1e-3")
+    text = text.replace("C:\n    - 0.01\n    - 0.1", "C:\n    - 1e-2\n    - 1e-1")
+    (root / "params.yaml").write_text(text)
+    assert yaml.safe_load(text)["classifiers"]["head"]["lr"] == "1e-3"  # YAML 1.1 reads it as text
+    assert yaml.safe_load(text)["classifiers"]["logreg"]["C"] == ["1e-2", "1e-1"]
+    assert stage_main("prepare") == 0
+
+
+def test_predict_classifies_every_readable_image_and_reports_each_bad_one(finished, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(finished)
+    photos = tmp_path / "photos"
+    shutil.copytree(finished / DATA / "Master Folder" / "test", photos)
+    (photos / "Angry" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    (photos / "Sad" / "._mac.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata: ignored
+    capfd.readouterr()
+    code = run_cli(__import__("pipeline.predict", fromlist=["main"]).main,
+                   [str(photos), "--model", "knn", "--format", "csv"])
+    out, err = capfd.readouterr()
+    assert code == 2
+    frame = pd.read_csv(__import__("io").StringIO(out), keep_default_na=False)
+    good = frame[frame["error"] == ""]
+    assert len(good) == 8 and (good["predicted"] != "").all()
+    bad = frame[frame["error"] != ""]
+    assert bad["image"].str.endswith("broken.jpg").tolist() == [True]
+    assert "is not a readable image" in bad["error"].iloc[0]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.jpg" in errors[0] and "1 of 9" in errors[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "culprit"), [
+    (["no/such/folder"], "no/such/folder does not exist"),
+    (["--device", "cuda"], "device 'cuda' is not available"),
+    (["--device", "gpu9"], "device 'gpu9' is not known"),
+    (["--model", "forest"], "No model 'forest'"),
+    (["--best-model", "missing.joblib"], "missing.joblib not found"),
+])
+def test_predict_refuses_bad_arguments_in_one_line(finished, monkeypatch, capfd, argv, culprit):
+    monkeypatch.chdir(finished)
+    images = str(finished / DATA / "Master Folder" / "test")
+    argv = argv if argv[0].startswith("no/") else [images, *argv]
+    capfd.readouterr()
+    code = run_cli(__import__("pipeline.predict", fromlist=["main"]).main, argv)
+    err = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:") and culprit in line]
+
+
+def test_predict_refuses_a_model_trained_on_features_made_elsewhere(tmp_path, monkeypatch, capfd):
+    from tests.test_train import foreign_features
+
+    monkeypatch.chdir(tmp_path)
+    foreign_features(tmp_path / "features", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
+    write_params(tmp_path / "params.yaml", SMALL_RUN)
+    module, argv = stage_command("train", "knn", without=("--manifest",))
+    assert run_cli(__import__(module, fromlist=["main"]).main, [*argv, "--params", "params.yaml"]) == 0
+    images = make_dataset(tmp_path / "photos", train_per_class=1, held_out_per_class=1, augs=0)
+    capfd.readouterr()
+    code = run_cli(__import__("pipeline.predict", fromlist=["main"]).main, [str(images), "--model", "knn"])
+    err = capfd.readouterr().err
+    assert code == 2 and "features made outside the extract stage" in err and "Traceback" not in err
+
+
+def test_ctrl_c_prints_one_line_and_leaves_no_output(tmp_path):
+    data = make_dataset(tmp_path / "data", train_per_class=10, augs=2)
+    params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.batch_size": 2,
+                                                     "extract.num_workers": 2})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(stage_process("extract", params), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.glob(".extract-shards/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert proc.poll() is None, "extract finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the stage and its loader workers alike
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert not (tmp_path / "features").exists() and not list(tmp_path.glob(".extract-shards/*/rows-*.npy"))
+
+
+def test_two_flat_images_in_train_and_test_are_no_leak_but_an_exact_copy_is(finished, tmp_path, monkeypatch):
+    root = copy_project(finished, tmp_path / "project")
+    monkeypatch.chdir(root)
+    Image.new("RGB", (60, 50), (200, 30, 30)).save(first_image(root).parent / "flat_red.png")
+    Image.new("RGB", (60, 50), (20, 90, 220)).save(held_out_image(root).parent / "flat_blue.png")
+    assert stage_main("prepare") == 0
+    assert stage_main("audit") == 0  # audit.on_leak is error: a leak would fail the stage
+    report = json.loads((root / "artifacts/audit.json").read_text())
+    assert report["cross_split_leaks"] == []
+    assert {p.rsplit("/", 1)[1] for p in report["uninformative_hashes"]} == {"flat_red.png", "flat_blue.png"}
+    shutil.copy(first_image(root).parent / "flat_red.png", held_out_image(root).parent / "copy_of_red.png")
+    assert stage_main("prepare") == 0
+    assert stage_main("audit") == 1  # identical bytes are still one picture
+    assert json.loads((root / "artifacts/audit.json").read_text())["leaks_into_held_out"] == 1
+
+
+def test_the_stage_processes_print_one_line_too(finished, tmp_path):
+    """The same through ``python -m``, as DVC runs it: a fresh interpreter, nothing but the line."""
+    root = copy_project(finished, tmp_path / "project")
+    edit_params(root, cv__folds=50)
+    result = subprocess.run(stage_process("train", Path("params.yaml"), "logreg"), cwd=root, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(
+                                Path(__file__).resolve().parents[1])})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cv.folds=50 is larger")
+    assert "Traceback" not in result.stderr
