@@ -59,7 +59,7 @@ from pipeline.common.params import ExtractParams, ModelParams
 from pipeline.embed.backbone import build_backbone
 from pipeline.embed.embedding import DECODES, PRECISIONS, Settings, Stats, embed_items, embed_paths, resolve_settings
 from pipeline.embed.loading import Preprocess
-from pipeline.embed.work import plan_work
+from pipeline.embed.work import plan_batches, plan_work
 
 PROJECT = Path(__file__).resolve().parents[1]
 CHANNELS_LAST = {"auto": "auto", "true": True, "false": False}
@@ -106,8 +106,8 @@ def model_only(backbone, settings: Settings, *, seconds: float) -> float:
 def end_to_end(backbone, paths: list[Path], settings: Settings, *, profile: int = 0) -> tuple[float, Stats, set]:
     work = plan_work(pd.DataFrame({"path": [str(p) for p in paths], "split": "images"}), Path(), n_views=0)
     preprocess = Preprocess.of(backbone.transform)
-    warm = np.arange(min(len(work), 2 * settings.batch_size))
-    for _ in embed_items(backbone, work, warm, settings, preprocess, desc="warm-up"):
+    batches = plan_batches(work, settings.batch_size)
+    for _ in embed_items(backbone, work, batches[:2], settings, preprocess, desc="warm-up"):
         pass
     shapes: set = set()
     hook = backbone.model.features.register_forward_pre_hook(lambda module, args: shapes.add(tuple(args[0].shape)))
@@ -118,7 +118,7 @@ def end_to_end(backbone, paths: list[Path], settings: Settings, *, profile: int 
     start = time.perf_counter()
     if profiler:
         profiler.enable()
-    for _ in embed_items(backbone, work, np.arange(len(work)), settings, preprocess, stats=stats, desc="end-to-end"):
+    for _ in embed_items(backbone, work, batches, settings, preprocess, stats=stats, desc="end-to-end"):
         pass  # each batch is copied back to the host, so the loop ends when the device has finished
     seconds = time.perf_counter() - start
     if profiler:
