@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows = sum(counts.values())
                 rates[name] = rows / seconds
                 print(f"{name}: {rates[name]:.1f} img/s over {rows} images (extraction {seconds:.1f} s; "
-                      f"stage wall {wall:.1f} s with interpreter and Ray start-up)")
+                      f"stage wall {wall:.1f} s with interpreter and Ray start-up; peak RSS of the stage "
+                      f"process {figure(printed, 'peak_rss_kib') / 1024:.0f} MiB)")
             print(f"scaling_1_actor={rates['ray, 1 actor'] / rates['local']:.3f} "
                   f"scaling_2_actors={rates['ray, 2 actors'] / rates['local']:.3f}")
             return 0

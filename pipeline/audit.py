@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
-from pipeline.common.io import read_json, write_csv, write_json, write_text
+from pipeline.common.io import write_csv, write_json, write_text
 from pipeline.common.params import DEFAULT_PARAMS, load_section
-from pipeline.data.dataset import read_manifest
+from pipeline.data.dataset import read_manifest, read_source
 from pipeline.data.grouping import perceptual_hashes
 from pipeline.data.leakage import audit_dataset, render_markdown
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_section("audit", args.params)
     manifest = read_manifest(args.manifest)
-    root = Path(read_json(args.source, what="Source file", fix="run the prepare stage (dvc repro prepare).")["root"])
+    root = Path(read_source(args.source)["root"])
     hashes = perceptual_hashes(root / p for p in manifest["path"])
     audit = audit_dataset(manifest, hashes, near_duplicate_bits=params.near_duplicate_bits)
 

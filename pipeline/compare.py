@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                                 f"written by the train stage: re-run it (dvc repro train@{name}).")
     table, paired = leaderboard(metrics, predictions)
     best = str(table["classifier"].iloc[0])
+    if not (args.models_dir / f"{best}.joblib").is_file():
+        raise PipelineError(f"Model file {args.models_dir / f'{best}.joblib'} not found; re-run its train stage "
+                            f"(dvc repro train@{best}).")
     with atomic_path(args.best_model) as tmp:
         shutil.copyfile(args.models_dir / f"{best}.joblib", tmp)
     write_csv(args.csv, table)

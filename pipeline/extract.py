@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
-from pipeline.common.io import read_json
 from pipeline.common.params import DEFAULT_PARAMS, load_section
-from pipeline.data.dataset import read_manifest
+from pipeline.data.dataset import read_manifest, read_source
 from pipeline.embed.backbone import build_backbone
 from pipeline.embed.embedding import resolve_settings
 from pipeline.embed.extraction import extract_features
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_section("extract", args.params)
     views = load_section("views", args.params)
     manifest = read_manifest(args.manifest)
-    root = Path(read_json(args.source, what="Source file", fix="run the prepare stage (dvc repro prepare).")["root"])
+    root = Path(read_source(args.source)["root"])
     if params.engine == "ray":
         from pipeline.embed.ray_engine import cluster_device
 

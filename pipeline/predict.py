@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.common.cli import EXIT_USER_ERROR, run, stage_parser
+from pipeline.common.cli import EXIT_USER_ERROR, positive_int, run, stage_parser
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import ModelParams
 from pipeline.data.dataset import IMAGE_SUFFIXES, is_clutter
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--best-model", type=Path, default=Path("artifacts/best_model.joblib"))
     parser.add_argument("--format", default="table", choices=["table", "csv", "json"])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the one used for extraction")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="default: the one used for extraction")
     args = parser.parse_args(argv)
 
     path = args.best_model if args.model == "best" else args.models_dir / f"{args.model}.joblib"

@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
-from pipeline.common.io import read_csv, read_json, write_text
+from pipeline.common.io import read_csv, write_text
+from pipeline.data.dataset import read_source
 from pipeline.embed import features as features_io
 from pipeline.reporting.page import build_report
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     for frame in predictions.values():
         for column in [c for c in frame.columns if c.startswith("p_")]:
             frame[column] = frame[column].astype(float)
-    source = read_json(args.source, what="Source file", fix="run the prepare stage (dvc repro prepare).")
+    source = read_source(args.source)
     text = build_report(leaderboard=leaderboard, predictions=predictions, feats=features_io.load(args.features),
                         history=read_csv(args.history, what="Training curve", fix=rerun),
                         image_root=Path(source["root"]), source=source, code_version=code_version())

@@ -120,14 +120,19 @@ def write_params(path: Path, overrides: dict) -> Path:
     import yaml
 
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    path.write_text(yaml.safe_dump(with_overrides(params, overrides), sort_keys=False))
+    return path
+
+
+def with_overrides(params: dict, overrides: dict) -> dict:
+    """``params`` with each dotted key of ``overrides`` set (in place)."""
     for dotted, value in overrides.items():
         *parents, key = dotted.split(".")
         node = params
-        for p in parents:
-            node = node[p]
+        for part in parents:
+            node = node[part]
         node[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
+    return params
 
 
 def stage_command(stage: str, key: str | None = None, *, without: tuple[str, ...] = ()) -> tuple[str, list[str]]:

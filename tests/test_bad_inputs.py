@@ -24,7 +24,15 @@ import yaml
 from PIL import Image
 
 from pipeline.common.cli import run as run_cli
-from tests.conftest import PROJECT, SMALL_RUN, make_dataset, stage_command, stage_process, write_params
+from tests.conftest import (
+    PROJECT,
+    SMALL_RUN,
+    make_dataset,
+    stage_command,
+    stage_process,
+    with_overrides,
+    write_params,
+)
 
 DATA = "data"  # the dataset, inside each case's folder
 
@@ -76,14 +84,10 @@ def fingerprint(root: Path) -> dict[str, str]:
 
 
 def edit_params(root: Path, **changes) -> None:
+    """Set keys of the project's params.yaml (``cv__seed`` for ``cv.seed``)."""
     params = yaml.safe_load((root / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        *parents, key = dotted.split("__")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[key] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    overrides = {key.replace("__", "."): value for key, value in changes.items()}
+    (root / "params.yaml").write_text(yaml.safe_dump(with_overrides(params, overrides), sort_keys=False))
 
 
 def first_image(root: Path, split: str = "train") -> Path:
@@ -185,12 +189,20 @@ CASES = [
     ("features from another manifest", "train", "logreg",
      lambda r: (r / "artifacts/data/manifest.csv").write_text(
          (r / "artifacts/data/manifest.csv").read_text() + "\n"), "extracted from another manifest"),
+    ("manifest missing (train)", "train", "logreg", lambda r: (r / "artifacts/data/manifest.csv").unlink(),
+     "Manifest artifacts/data/manifest.csv not found"),
+    ("groups.csv empty", "train", "logreg", lambda r: (r / "artifacts/data/groups.csv").write_text(""),
+     "groups.csv is not a readable CSV file"),
+    ("source.json without a root", "extract", None, lambda r: (r / "artifacts/data/source.json").write_text("{}"),
+     'has no "root"'),
     # export, compare, report
     ("export model damaged", "export", None, lambda r: (r / "artifacts/models/head.joblib").write_bytes(b"junk"),
      "head.joblib is not a model saved by the train stage"),
     ("metrics missing", "compare", None, lambda r: (r / "artifacts/metrics/svm.json").unlink(), "svm.json not found"),
     ("metrics damaged", "compare", None, lambda r: (r / "artifacts/metrics/svm.json").write_text("[1]"),
      "svm.json lacks"),
+    ("models missing", "compare", None,
+     lambda r: [p.unlink() for p in (r / "artifacts/models").glob("*.joblib")], ".joblib not found"),
     ("leaderboard missing", "report", None, lambda r: (r / "artifacts/comparison.csv").unlink(),
      "comparison.csv not found"),
     ("training curve damaged", "report", None, lambda r: (r / "artifacts/selection/head.csv").write_text(""),
@@ -294,6 +306,8 @@ def test_predict_classifies_every_readable_image_and_reports_each_bad_one(finish
     (["--device", "cuda"], "device 'cuda' is not available"),
     (["--device", "gpu9"], "device 'gpu9' is not known"),
     (["--model", "forest"], "No model 'forest'"),
+    (["--batch-size", "0"], "argument --batch-size: 0 must be 1 or more"),
+    (["--format", "xml"], "argument --format: invalid choice"),
     (["--best-model", "missing.joblib"], "missing.joblib not found"),
 ])
 def test_predict_refuses_bad_arguments_in_one_line(finished, monkeypatch, capfd, argv, culprit):
@@ -301,7 +315,10 @@ def test_predict_refuses_bad_arguments_in_one_line(finished, monkeypatch, capfd,
     images = str(finished / DATA / "Master Folder" / "test")
     argv = argv if argv[0].startswith("no/") else [images, *argv]
     capfd.readouterr()
-    code = run_cli(__import__("pipeline.predict", fromlist=["main"]).main, argv)
+    try:
+        code = run_cli(__import__("pipeline.predict", fromlist=["main"]).main, argv)
+    except SystemExit as usage:  # argparse's mistakes end the process, as they would from the shell
+        code = usage.code
     err = capfd.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("error:") and culprit in line]

@@ -91,7 +91,7 @@ def device_pixels(paths):
     out = torch.stack([torch.zeros(3, 64, 64, dtype=torch.uint8) if isinstance(item[2], bytes) else item[2]
                        for item in items])
     encoded = [k for k, item in enumerate(items) if isinstance(item[2], bytes)]
-    out[encoded] = decode_on_device([items[k][2] for k in encoded], [paths[k] for k in encoded], preprocess(), CPU)
+    out[encoded] = decode_on_device([items[k][2] for k in encoded], preprocess(), CPU)[0]
     return out
 
 
@@ -178,9 +178,15 @@ def test_a_batch_the_device_decoder_refuses_is_decoded_by_pil(tmp_path, monkeypa
         raise RuntimeError("nvjpegDecodeBatched failed")
 
     monkeypatch.setattr(loading, "decode_jpeg", refuse)
-    fallback = decode_on_device([items[k][2] for k in encoded], [paths[k] for k in encoded], preprocess(), CPU)
+    fallback, failed = decode_on_device([items[k][2] for k in encoded], preprocess(), CPU)
     cpu = torch.stack([items_of([paths[k]], decode_on_device=False)[0][2] for k in encoded])
-    assert torch.equal(fallback, cpu)
+    assert torch.equal(fallback, cpu) and failed == {}
+    # a valid header over a damaged body: that file alone fails, named by position, the others stay
+    damaged = [items[k][2] for k in encoded]
+    damaged[1] = damaged[1][:400]
+    fallback, failed = decode_on_device(damaged, preprocess(), CPU)
+    assert list(failed) == [1] and "is not a readable image" in failed[1]
+    assert torch.equal(fallback[0], cpu[0]) and not fallback[1].any()
 
 
 def test_auto_settings_fit_the_device():
@@ -205,8 +211,7 @@ def test_nvjpeg_decoding_matches_the_cpu_path(tmp_path):
     cpu = torch.stack([item[2] for item in items_of(paths, decode_on_device=False)])
     items = items_of(paths, decode_on_device=True)
     encoded = [k for k, item in enumerate(items) if isinstance(item[2], bytes)]
-    cuda = decode_on_device([items[k][2] for k in encoded], [paths[k] for k in encoded], preprocess(),
-                            torch.device("cuda"))
+    cuda, failed = decode_on_device([items[k][2] for k in encoded], preprocess(), torch.device("cuda"))
     assert cuda.device.type == "cuda" and cuda.dtype == torch.uint8
     difference = (cuda.cpu().float() - cpu[encoded].float()).abs()
     assert difference.mean() < 1.0  # grey levels: nvjpeg's IDCT and upsampling differ slightly

@@ -93,3 +93,31 @@ def test_dvc_repro_with_the_ray_engine_runs_end_to_end(tmp_path):
     assert {"extract", "train@head", "compare", "report"} <= ran(out)
     assert json.loads((root / "features" / "meta.json").read_text())["engine"] == "ray"
     assert (root / "artifacts" / "report.html").is_file()
+
+
+def test_a_ray_worker_that_cannot_build_the_backbone_reports_why_with_its_shard(tmp_path):
+    """A failed set-up would kill the actor and reach the driver as a bare ActorDiedError; instead the
+    reason comes back in the shard's error column, which the driver raises as one line."""
+    import numpy as np
+    import pandas as pd
+    import torchvision
+
+    from pipeline.common.params import ModelParams
+    from pipeline.embed.embedding import Settings
+    from pipeline.embed.loading import Preprocess
+    from pipeline.embed.ray_engine import ShardEmbedder
+    from pipeline.embed.work import plan_batches, plan_work
+
+    data = make_dataset(tmp_path / "data", train_per_class=1, held_out_per_class=1, augs=0)
+    manifest = pd.DataFrame({"path": sorted(str(p) for p in (data / "Master Folder").rglob("*.jpg")), "split": "a"})
+    work = plan_work(manifest, data, n_views=0)
+    settings = Settings(device=__import__("torch").device("cpu"), precision="fp32", decode="cpu", batch_size=4,
+                        num_workers=0, channels_last=True)
+    transform = {"crop_size": [64], "resize_size": [72]}
+    preprocess = Preprocess.of(torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms(
+        crop_size=64, resize_size=72))
+    actor = ShardEmbedder(model_params=ModelParams(arch="efficientnet_b1", weights=None, checkpoint=None,
+                                                   init_seed=0), transform=transform, fingerprint="0" * 64,
+                          work=work, batches=plan_batches(work, 4), settings=settings, preprocess=preprocess)
+    out = actor({"start": np.array([0]), "stop": np.array([4])})
+    assert "fingerprints differ" in out["error"][0] and out["error"][0].startswith("on a Ray worker")

@@ -1,7 +1,8 @@
 """How every entry point starts and ends: logging, one-line errors, exit statuses.
 
 Exit status 0 on success; 2 with one ``error: ...`` line for anything the user can
-fix (a ``PipelineError``); 130 with one ``interrupted`` line on Ctrl-C. Outputs are
+fix (a ``PipelineError``), and for argparse's usage errors; 130 with one
+``interrupted`` line on Ctrl-C; the audit stage's 1 for a leak between splits. Outputs are
 written atomically (``pipeline.common.io``), so an interrupted stage leaves none.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from pipeline.common.errors import PipelineError
 
@@ -18,9 +20,27 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """A usage mistake, like any other: one line, exit status 2."""
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
 def stage_parser(doc: str | None) -> argparse.ArgumentParser:
-    """An argument parser whose help is the stage module's docstring."""
-    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """An argument parser whose help is the stage module's docstring, and whose errors are one line."""
+    return _Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.common.errors import PipelineError
-from pipeline.common.io import read_csv
+from pipeline.common.io import read_csv, read_json
 from pipeline.common.params import DataParams
 from pipeline.data.images import ImageError, load_rgb
 
@@ -88,15 +88,20 @@ def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
     """
     rows = []
     classes_by_split: dict[str, list[str]] = {}
+
+    def bad_entry(entry: Path, message: str, reason: str) -> None:
+        """An error naming ``entry``, or, in skip mode, a row of skipped.csv."""
+        if skipped is None:
+            raise DatasetError(message)
+        skipped.append((entry.relative_to(root).as_posix(), reason))
+
     for split in splits:
         split_dir = root / split
         if not split_dir.is_dir():
             raise DatasetError(f"Split folder {split_dir} is missing; expected {list(splits)} under {root}.")
         for stray in sorted(p for p in split_dir.iterdir() if p.is_file() and not is_clutter(p)):
-            message = f"Stray file {stray} sits outside any class folder; move it into one, or away."
-            if skipped is None:
-                raise DatasetError(message)
-            skipped.append((stray.relative_to(root).as_posix(), "outside any class folder"))
+            bad_entry(stray, f"Stray file {stray} sits outside any class folder; move it into one, or away.",
+                      "outside any class folder")
         classes_by_split[split] = classes_of(split_dir)
         if not classes_by_split[split]:
             raise DatasetError(f"Split folder {split_dir} has no class folders.")
@@ -107,18 +112,12 @@ def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
                     log.info("skipping operating-system metadata file %s", file)
                     continue
                 if file.is_dir():
-                    message = (f"Unexpected folder {file}: class folders must hold image files only; move it out, "
-                               "or set data.on_bad_image: skip.")
-                    if skipped is None:
-                        raise DatasetError(message)
-                    skipped.append((file.relative_to(root).as_posix(), "a folder inside a class folder"))
+                    bad_entry(file, f"Unexpected folder {file}: class folders must hold image files only; move "
+                              "it out, or set data.on_bad_image: skip.", "a folder inside a class folder")
                     continue
                 if file.suffix.lower() not in IMAGE_SUFFIXES:
-                    message = (f"{file} is not an image file (allowed: {sorted(IMAGE_SUFFIXES)}); "
-                               "move it out of the class folder, or set data.on_bad_image: skip.")
-                    if skipped is None:
-                        raise DatasetError(message)
-                    skipped.append((file.relative_to(root).as_posix(), "not an image file"))
+                    bad_entry(file, f"{file} is not an image file (allowed: {sorted(IMAGE_SUFFIXES)}); move it out "
+                              "of the class folder, or set data.on_bad_image: skip.", "not an image file")
                     continue
                 images.append(file)
             if not images:
@@ -195,3 +194,12 @@ def read_manifest(path: Path) -> pd.DataFrame:
     if missing:
         raise DatasetError(f"Manifest {path} lacks column(s) {missing}.")
     return frame
+
+
+def read_source(path: Path) -> dict:
+    """``source.json``, written by prepare: where the images are (``root``) and the dataset handle."""
+    source = read_json(path, what="Source file", fix="run the prepare stage (dvc repro prepare).")
+    if not isinstance(source, dict) or not isinstance(source.get("root"), str):
+        raise DatasetError(f"Source file {path} has no \"root\" (the folder holding the split folders); "
+                           "run the prepare stage (dvc repro prepare).")
+    return source

@@ -15,11 +15,11 @@ from pathlib import Path, PurePosixPath
 
 import imagehash
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.io import read_csv
 from pipeline.data.images import ImageError, load_rgb
 
 AUG_NAME = re.compile(r"^aug-\d+-(?P<original>.+)$")
@@ -148,10 +148,10 @@ class GroupsError(PipelineError):
 
 def read_groups(path: Path, paths: Sequence[str]) -> np.ndarray:
     """The original-picture id of each image in ``paths``, from the audit's ``groups.csv``."""
-    path = Path(path)
-    if not path.is_file():
-        raise GroupsError(f"Groups file {path} not found; run the audit stage (dvc repro audit).")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    fix = "run the audit stage (dvc repro audit)."
+    if not Path(path).is_file():
+        raise GroupsError(f"Groups file {path} not found; {fix}")
+    table = read_csv(path, what="Groups file", fix=fix, dtype=str, keep_default_na=False)
     missing_columns = [c for c in ("path", "group") if c not in table.columns]
     if missing_columns:
         raise GroupsError(f"Groups file {path} lacks column(s) {missing_columns}; it needs 'path' and 'group' "

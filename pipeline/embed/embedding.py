@@ -1,8 +1,9 @@
 """Run the frozen backbone over work items: one loader, one input shape, decode and compute overlapped.
 
-Measured on an H100, the backbone's first call at a new batch shape costs about
-3 s (cuDNN building its plans) and a repeat about 20 ms, so the backbone only ever
-sees one shape: the last batch is padded to the batch size and the padded rows'
+Measured on an H100 and an H200, the backbone's first call at a new batch shape
+costs seconds in channels_last (cuDNN building its plans; 3.45 s on the H200) and
+0.57 s in the default layout, a repeat 20-34 ms, so the backbone only ever sees one
+shape: the last batch is padded to the batch size and the padded rows'
 embeddings dropped. In eval mode each row is computed alone, so padding changes no
 real row (tests/test_embedding.py checks it byte for byte). All items of a run,
 every split and every view, stream through one loader and one worker pool; the
@@ -22,6 +23,7 @@ import dataclasses
 import logging
 import os
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from pipeline.embed.work import PLAIN, Work, plan_batches, plan_work
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-DECODES = ("auto", "cpu", "device")
+DECODES = typing.get_args(typing.get_type_hints(ExtractParams)["decode"])  # auto, cpu, device
 CHUNK = 32  # items a loader worker decodes at a time: small, so the first batch is ready soon
 GPU_BATCH = 256  # batch_size: auto on CUDA (the H100 measurements used 256)
 CPU_BATCH = 32
@@ -109,7 +111,7 @@ class Stats:
     """Where an extraction's time went, and what the backbone saw."""
 
     rows: int = 0  # real rows embedded
-    padded: int = 0  # rows added to fill the last batch
+    padded: int = 0  # rows added to fill the last batch of each split and view pass
     batches: int = 0
     shapes: set[tuple[int, ...]] = dataclasses.field(default_factory=set)  # input shapes the backbone saw
     failed: dict[int, str] = dataclasses.field(default_factory=dict)  # item -> why it could not be read
@@ -197,22 +199,18 @@ class _Runner:
             if host is None:
                 pixels = torch.zeros((size, 3, *crop), dtype=torch.uint8, device=self.device)
             else:
-                pixels = host.to(self.device, non_blocking=True)
+                pixels = host.to(self.device, non_blocking=self.cuda)  # pinned only on CUDA
             if encoded:
-                paths = [self.work.paths[items[r]] for r in encoded_rows]
-                decoded = decode_on_device(encoded, paths, self.preprocess, self.device)
+                decoded, refused = decode_on_device(encoded, self.preprocess, self.device)
+                failed.update({encoded_rows[k]: why for k, why in refused.items()})
                 if encoded_rows[-1] - encoded_rows[0] == len(encoded_rows) - 1:
                     pixels[encoded_rows[0] : encoded_rows[-1] + 1] = decoded
                 else:
                     pixels[torch.tensor(encoded_rows, device=self.device)] = decoded
-            view_rows = np.flatnonzero(views != PLAIN)
-            if view_rows.size == len(items):  # a batch of views (padding rows come out any which way)
-                batch = self.preprocess.view_normalize(pixels)
-            else:
-                batch = self.preprocess.normalize(pixels)
-                if view_rows.size:
-                    at = torch.from_numpy(view_rows).to(self.device)
-                    batch[at] = self.preprocess.view_normalize(pixels[at])
+            # batches are planned per split and view pass: all views or none (padding rows come out any which way)
+            assert len(set(views == PLAIN)) == 1, "a batch mixes views and images"
+            normalize = self.preprocess.normalize if views[0] == PLAIN else self.preprocess.view_normalize
+            batch = normalize(pixels)
             batch = batch.contiguous(memory_format=self.memory_format)
             ready = torch.cuda.Event() if self.cuda else None
             if ready is not None:
@@ -229,7 +227,7 @@ class _Runner:
         with self._timed("model"), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             embedding = self.backbone.embed(batch)
         if not self.cuda:
-            return embedding.float().numpy(), None
+            return embedding.float().cpu().numpy(), None  # MPS tensors reach numpy through the host
         with self._timed("copy_back"):
             host = torch.empty(embedding.shape, dtype=torch.float32, pin_memory=True)
             host.copy_(embedding.float(), non_blocking=True)

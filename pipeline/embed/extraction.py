@@ -13,7 +13,6 @@ import importlib.metadata
 import logging
 import platform
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,39 +68,26 @@ def value_settings(backbone: Backbone, settings: Settings, views: ViewsParams, m
         "threads": settings.threads,
         "views": {"count": views.count, "crop_scale_min": views.crop_scale_min, "hflip": views.hflip,
                   "jitter": views.jitter, "seed": views.seed},
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},  # kernels and resizing
     }
-
-
-def _rows(stream: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
-    """Embeddings one batch at a time, without their item indices."""
-    for _, embedding in stream:
-        yield embedding
-
-
-def _fill(out: np.ndarray, rows: Iterator[np.ndarray], carry: list[np.ndarray]) -> None:
-    """Fill ``out`` from the stream of batches; what overflows stays in ``carry`` for the next shard."""
-    filled = 0
-    while filled < len(out):
-        block = carry.pop() if carry else next(rows)
-        take = min(len(block), len(out) - filled)
-        out[filled : filled + take] = block[:take]
-        filled += take
-        if take < len(block):
-            carry.append(block[take:])
 
 
 def run_local(backbone: Backbone, work: Work, batches: list[tuple[int, int]], missing: list[tuple[int, int]],
               store: ShardStore, settings: Settings, preprocess: Preprocess, stats: Stats) -> None:
-    """Every missing shard in one pass: one loader over all their batches, each shard written as it fills."""
+    """Every missing shard in one pass: one loader over all their batches, each shard written as it fills
+    (a shard is whole batches, so batch by batch the stream fills one shard after the other)."""
     if not missing:
         return
     planned = [batch for start, stop in missing for batch in batches_within(batches, start, stop)]
-    rows = _rows(embed_items(backbone, work, planned, settings, preprocess, stats=stats, desc="extract"))
-    carry: list[np.ndarray] = []
+    stream = embed_items(backbone, work, planned, settings, preprocess, stats=stats, desc="extract")
     for start, stop in missing:
         with store.writing(start, stop) as out:
-            _fill(out, rows, carry)
-    assert not carry and next(rows, None) is None, "the stream and the shards disagree"
+            filled = 0
+            while filled < len(out):
+                _, embedding = next(stream)
+                out[filled : filled + len(embedding)] = embedding
+                filled += len(embedding)
+    assert next(stream, None) is None, "the stream and the shards disagree"
 
 
 def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path, backbone: Backbone,

@@ -196,26 +196,34 @@ def _decode_jpegs(encoded: list[bytes], device: torch.device) -> list[torch.Tens
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
-def decode_on_device(encoded: list[bytes], paths: list, preprocess: Preprocess,
-                     device: torch.device) -> torch.Tensor:
+def decode_on_device(encoded: list[bytes], preprocess: Preprocess,
+                     device: torch.device) -> tuple[torch.Tensor, dict[int, str]]:
     """Decode JPEG bytes on ``device`` in one call and resize and crop them there: (n, 3, crop, crop) uint8.
 
     Images of one size are resized in one call. A batch the decoder refuses is
-    decoded with PIL instead (``paths`` name the files), with a warning.
+    decoded with PIL instead, one file at a time, with a warning; a file PIL cannot
+    decode either is returned among the failures (its position -> why), its pixels zero.
     """
     try:
         images = _decode_jpegs(encoded, device)
     except RuntimeError as error:  # a JPEG variant the device decoder refuses: take the PIL path
         log.warning("device JPEG decode failed (%s); decoding these %d images with PIL", error, len(encoded))
-        return torch.stack([preprocess.geometry(load_rgb(path)) for path in paths]).to(device)
+        out = torch.zeros((len(encoded), 3, *preprocess.size), dtype=torch.uint8)
+        failed = {}
+        for k, data in enumerate(encoded):
+            try:
+                out[k] = preprocess.geometry(load_rgb(data))
+            except ImageError as err:  # a damaged body behind a valid header
+                failed[k] = str(err)
+        return out.to(device), failed
     by_shape: dict[torch.Size, list[int]] = defaultdict(list)
     for k, image in enumerate(images):
         by_shape[image.shape].append(k)
     if len(by_shape) == 1:  # the usual case: a dataset of one image size
-        return preprocess.geometry(torch.stack(images))
+        return preprocess.geometry(torch.stack(images)), {}
     out = torch.empty((len(images), 3, *preprocess.size), dtype=torch.uint8, device=device)
     for same in by_shape.values():
         out[torch.tensor(same, device=device)] = preprocess.geometry(torch.stack([images[k] for k in same]))
-    return out
+    return out, {}
 
 

@@ -52,7 +52,12 @@ def _connect(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise PipelineError(f"Could not connect to the Ray cluster at {address!r} (extract.ray_address or "
+                                f"RAY_ADDRESS): {str(err).strip().splitlines()[0] if str(err).strip() else err!r}; "
+                                "start it (ray start --head) or unset both for a local one.") from err
     else:
         log.info("starting a local Ray cluster (%d logical CPUs)", LOCAL_CPUS)
         ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, log_to_driver=False,
@@ -80,18 +85,27 @@ class ShardEmbedder:
                  batches: list[tuple[int, int]], settings: Settings, preprocess: Preprocess) -> None:
         if settings.threads:
             torch.set_num_threads(settings.threads)  # as the driver: the CPU's rounding depends on it
-        self.backbone = build_backbone(model_params, crop_size=transform["crop_size"][0],
-                                       resize_size=transform["resize_size"][0])
-        if self.backbone.info["fingerprint"] != fingerprint:
-            raise PipelineError("A Ray worker built another backbone than the driver (fingerprints differ): the "
-                                "weights file differs between nodes; make model.checkpoint or TORCH_HOME the same.")
         self.work, self.batches, self.settings, self.preprocess = work, batches, settings, preprocess
+        self.failure = ""  # a failed set-up is reported with the first shard: a dying actor would hide the reason
+        try:
+            self.backbone = build_backbone(model_params, crop_size=transform["crop_size"][0],
+                                           resize_size=transform["resize_size"][0])
+            if self.backbone.info["fingerprint"] != fingerprint:
+                raise PipelineError("A Ray worker built another backbone than the driver (fingerprints differ): "
+                                    "the weights file differs between nodes; make model.checkpoint or TORCH_HOME "
+                                    "the same on every node.")
+        except PipelineError as err:
+            self.failure = f"on a Ray worker: {err}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed each shard of the batch; an error a user can fix comes back as text, not as a Ray failure."""
         out, errors = [], []
         for start, stop in zip(batch["start"], batch["stop"], strict=True):
-            items = np.arange(int(start), int(stop))
+            rows = int(stop) - int(start)
+            if self.failure:
+                out.append(np.zeros((rows, 1), np.float32))
+                errors.append(self.failure)
+                continue
             planned = batches_within(self.batches, int(start), int(stop))  # the batches a single pass makes
             try:
                 pieces = [e for _, e in embed_items(self.backbone, self.work, planned, self.settings, self.preprocess,
@@ -99,7 +113,7 @@ class ShardEmbedder:
                 out.append(np.concatenate(pieces))
                 errors.append("")
             except PipelineError as err:
-                out.append(np.zeros((len(items), self.backbone.info["feature_dim"]), np.float32))
+                out.append(np.zeros((rows, self.backbone.info["feature_dim"]), np.float32))
                 errors.append(str(err))
         return {"start": batch["start"], "stop": batch["stop"], "embedding": np.stack(out),
                 "error": np.array(errors)}
