@@ -210,8 +210,8 @@ def precision_check(backbone, paths: list[Path], settings: Settings, *, labels: 
 def settings_from(args, device: torch.device | None = None) -> Settings:
     params = ExtractParams(device=args.device, batch_size=args.batch_size or "auto",
                            num_workers="auto" if args.workers is None else args.workers,
-                           channels_last=CHANNELS_LAST[args.channels_last], precision=args.precision,
-                           decode=args.decode,
+                           channels_last=CHANNELS_LAST[args.channels_last], pad_batches="auto",
+                           precision=args.precision, decode=args.decode,
                            crop_size=None, resize_size=None, shard_rows=50000, engine="local", ray_address=None,
                            ray_actors="auto")
     settings = resolve_settings(params, device)

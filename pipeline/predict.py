@@ -80,7 +80,8 @@ def predict(files: list[Path], saved: SavedModel, *, device: str = "auto",
     meta = saved.features_meta
     settings = Settings(device=resolve_device(device), precision=meta.get("precision", "fp32"),
                         decode=meta.get("decode", "cpu"), batch_size=batch_size or meta.get("batch_size", 32),
-                        num_workers=0, channels_last=meta.get("channels_last", True))
+                        num_workers=0, channels_last=meta.get("channels_last", True),
+                        pad=meta.get("pad_batches", True))
     backbone = backbone_for(meta)
     failed: dict[int, str] = {}
     X = embed_paths(backbone, files, settings, desc="predict", failed=failed)

@@ -192,15 +192,17 @@ def test_a_batch_the_device_decoder_refuses_is_decoded_by_pil(tmp_path, monkeypa
 def test_auto_settings_fit_the_device():
     from pipeline.common.params import ExtractParams
 
-    params = ExtractParams(device="auto", batch_size="auto", num_workers="auto", channels_last="auto", precision="auto",
+    params = ExtractParams(device="auto", batch_size="auto", num_workers="auto", channels_last="auto",
+                           pad_batches="auto", precision="auto",
                            decode="auto", crop_size=None, resize_size=None, shard_rows=10, engine="local",
                            ray_address=None, ray_actors="auto")
     cuda = resolve_settings(params, torch.device("cuda"))
-    assert (cuda.decode, cuda.precision, cuda.batch_size, cuda.channels_last) == ("device", "bf16", 256, False)
+    assert (cuda.decode, cuda.precision, cuda.batch_size, cuda.channels_last, cuda.pad) == \
+        ("device", "bf16", 256, False, True)
     assert cuda.num_workers >= 1
     cpu = resolve_settings(params, CPU)
-    assert (cpu.decode, cpu.precision, cpu.batch_size, cpu.num_workers, cpu.channels_last) == \
-        ("cpu", "fp32", 32, 2, True)
+    assert (cpu.decode, cpu.precision, cpu.batch_size, cpu.num_workers, cpu.channels_last, cpu.pad) == \
+        ("cpu", "fp32", 32, 2, True, False)
     explicit = ExtractParams(**{**params.__dict__, "decode": "device", "batch_size": 8})
     assert resolve_settings(explicit, CPU).decode == "device"
 

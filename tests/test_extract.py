@@ -115,16 +115,27 @@ def extraction(tmp_path, data, checkpoint, *, hook=None, **overrides):
 @pytest.mark.parametrize("batch_size", [3, 8, 64])
 def test_the_backbone_sees_one_input_shape_per_run_over_every_split_and_view(tmp_path, calibrated_checkpoint,
                                                                              batch_size):
+    """As on a GPU (pad_batches: auto pads there): one shape whatever the split sizes, views and batch size."""
     data = make_dataset(tmp_path / "data", train_per_class=3, held_out_per_class=1, augs=1)  # 24/4/4 images
     shapes = set()
     feats, result, _, _ = extraction(tmp_path, data, calibrated_checkpoint, **{
-        "extract.batch_size": batch_size, "views.count": 2},
+        "extract.batch_size": batch_size, "views.count": 2, "extract.pad_batches": True},
         hook=lambda module, args: shapes.add(tuple(args[0].shape)))
     assert shapes == {(batch_size, 3, 64, 64)}
     segments = [24, 4, 4, 24, 24]  # train, valid, test, two view passes
     assert result.stats.rows == sum(segments)
     assert result.stats.padded == sum(-n % batch_size for n in segments)  # each one's last batch is padded
     assert feats["train"].views.shape == (2, 24, 1280)
+    assert feats.meta["pad_batches"] is True
+
+
+def test_on_the_cpu_short_batches_run_as_they_are(tmp_path, calibrated_checkpoint):
+    """A new shape costs the CPU nothing, padding costs compute: auto leaves the short batches short."""
+    data = make_dataset(tmp_path / "data", train_per_class=3, held_out_per_class=1, augs=1)  # 24/4/4 images
+    shapes = set()
+    feats, result, _, _ = extraction(tmp_path, data, calibrated_checkpoint, **{"extract.batch_size": 16},
+                                     hook=lambda module, args: shapes.add(args[0].shape[0]))
+    assert shapes == {16, 8, 4} and result.stats.padded == 0 and feats.meta["pad_batches"] is False
 
 
 @pytest.mark.parametrize("batch_size", [8, 5])  # 8 divides every split, 5 none

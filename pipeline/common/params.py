@@ -61,6 +61,7 @@ class ExtractParams:
     batch_size: int | Literal["auto"]
     num_workers: int | Literal["auto"]
     channels_last: bool | Literal["auto"]
+    pad_batches: bool | Literal["auto"]
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     decode: Literal["auto", "cpu", "device"]
     crop_size: int | None

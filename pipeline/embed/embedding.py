@@ -2,13 +2,13 @@
 
 Measured on an H100 and an H200, the backbone's first call at a new batch shape
 costs seconds in channels_last (cuDNN building its plans; 3.45 s on the H200) and
-0.57 s in the default layout, a repeat 20-34 ms, so the backbone only ever sees one
-shape: the last batch is padded to the batch size and the padded rows'
-embeddings dropped. In eval mode each row is computed alone, so padding changes no
-real row (tests/test_embedding.py checks it byte for byte). All items of a run,
-every split and every view, stream through one loader and one worker pool; the
-batches are planned per split and view pass (``pipeline.embed.work``), so each
-split's last batch is padded and a row sits where a split-by-split run puts it.
+0.57 s in the default layout, a repeat 20-34 ms. So on a GPU the backbone sees one
+shape only (``Settings.pad``, on everywhere but the CPU): a short batch is padded to
+the batch size and the padded rows' embeddings dropped. In eval mode each row is
+computed alone, so padding changes no real row (tests/test_embedding.py checks it
+byte for byte). All items of a run, every split and every view, stream through one
+loader and one worker pool; batches are planned per split and view pass
+(``pipeline.embed.work``), so a row sits where a split-by-split run puts it.
 
 On CUDA, batch k+1 is read, decoded and copied in on a side stream while the
 model runs batch k, and embeddings come back through pinned memory without
@@ -62,6 +62,7 @@ class Settings:
     batch_size: int
     num_workers: int
     channels_last: bool
+    pad: bool = True  # pad each segment's last batch to batch_size: one input shape per run
     threads: int = 0  # torch's intra-op threads on the CPU (0: as the process has); they change the rounding
 
 
@@ -87,7 +88,9 @@ def resolve_settings(params: ExtractParams, device: torch.device | None = None) 
 
     precision: bf16 autocast on CUDA (tensor cores), fp32 elsewhere; decode: nvjpeg
     on CUDA, PIL elsewhere; batch_size: 256 on CUDA, 32 elsewhere; num_workers: the
-    cores less one on CUDA, 2 elsewhere; channels_last: on the CPU only. Measured on
+    cores less one on CUDA, 2 elsewhere; channels_last: on the CPU only; pad_batches:
+    everywhere but the CPU (measured there: padding 200 images to 224 cost 11% of
+    the run, and a new shape nothing noticeable). Measured on
     an H200 (torch 2.11, bf16, batch 256): the first call in channels_last took 3.45 s
     (cuDNN building its NHWC plans) and each later one 20 ms; in the default layout
     0.57 s, then 34 ms, faster than decoding feeds it and quicker to start.
@@ -102,6 +105,7 @@ def resolve_settings(params: ExtractParams, device: torch.device | None = None) 
         num_workers=(max(1, (os.cpu_count() or 2) - 1) if cuda else CPU_WORKERS)
         if params.num_workers == "auto" else params.num_workers,
         channels_last=(not cuda) if params.channels_last == "auto" else params.channels_last,
+        pad=(device.type != "cpu") if params.pad_batches == "auto" else params.pad_batches,
         threads=torch.get_num_threads() if device.type == "cpu" else 0,
     )
 
@@ -170,10 +174,11 @@ class _Runner:
         self.events.append((phase, begin, end))
 
     def prepare(self, slices: list[tuple[Chunk, int, int]]):
-        """The normalised input batch (always ``batch_size`` rows), its items and unreadable rows, built on the
+        """The normalised input batch (``batch_size`` rows when padding), its items and unreadable rows, built on the
         side stream: rows decoded by the workers are gathered on the host (pinned on CUDA) and sent in one copy,
         JPEGs are decoded on the device in one call; padding rows stay zero."""
-        size, crop = self.settings.batch_size, self.preprocess.size
+        crop = self.preprocess.size
+        size = self.settings.batch_size if self.settings.pad else sum(hi - lo for _, lo, hi in slices)
         items = np.concatenate([chunk.items[lo:hi] for chunk, lo, hi in slices])
         views = np.concatenate([chunk.views[lo:hi] for chunk, lo, hi in slices])
         failed: dict[int, str] = {}
@@ -285,7 +290,7 @@ def embed_items(backbone: Backbone, work: Work, batches: list[tuple[int, int]], 
                 stats.failed.update({int(batch_items[at]): why for at, why in failed.items()})
                 in_flight.append((batch_items, failed, *runner.launch(batch, ready)))
                 stats.batches += 1
-                stats.padded += settings.batch_size - len(batch_items)
+                stats.padded += len(batch) - len(batch_items)
                 upcoming = fetch()  # read, decode and copy in the next batch while the device computes
             if in_flight and (upcoming is None or len(in_flight) > 1):
                 batch_items, failed, host, done = in_flight.popleft()

@@ -65,6 +65,7 @@ def value_settings(backbone: Backbone, settings: Settings, views: ViewsParams, m
         # on the CPU a row's float rounding depends on the batch shape, its position in the batch and the
         # thread count (measured: up to 2e-4 relative on a random backbone); the batch plan fixes the first two
         "batch_size": settings.batch_size,
+        "pad_batches": settings.pad,
         "threads": settings.threads,
         "views": {"count": views.count, "crop_scale_min": views.crop_scale_min, "hflip": views.hflip,
                   "jitter": views.jitter, "seed": views.seed},
@@ -129,6 +130,7 @@ def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path
         "device": settings.device.type,
         "dtype": "float32",
         "channels_last": settings.channels_last,
+        "pad_batches": settings.pad,
         "precision": settings.precision,
         "decode": settings.decode,
         "views": values["views"],

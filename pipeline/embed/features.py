@@ -36,7 +36,7 @@ BACKBONE_KEYS = ("arch", "weights", "checkpoint", "transform", "fingerprint")  #
 # Everything extract writes to meta.json (the loader needs only "classes"; see the module docstring).
 EXTRACT_META_KEYS = (
     *BACKBONE_KEYS, "checkpoint_sha256", "init_seed", "pretrained", "feature_dim", "classes", "splits",
-    "manifest_sha256", "device", "dtype", "channels_last", "precision", "decode", "views", "batch_size",
+    "manifest_sha256", "device", "dtype", "channels_last", "pad_batches", "precision", "decode", "views", "batch_size",
     "num_workers", "engine", "shard_rows", "versions",
 )
 
