@@ -27,6 +27,7 @@ from pipeline.data.dataset import IMAGE_SUFFIXES, is_clutter
 from pipeline.embed.backbone import Backbone, BackboneError, build_backbone
 from pipeline.embed.embedding import Settings, embed_paths, resolve_device
 from pipeline.embed.features import BACKBONE_KEYS
+from pipeline.evaluate.protocol import probability_columns
 from pipeline.evaluate.results import SavedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,11 @@ def predict(files: list[Path], saved: SavedModel, *, device: str = "auto",
     good = [i for i in range(len(files)) if i not in failed]
     proba = saved.model.predict_proba(X) if good else np.empty((0, len(saved.classes)), np.float32)
     table = np.full((len(files), len(saved.classes)), np.nan, dtype=proba.dtype)
-    table[good] = proba  # written as the train stage writes its predictions (same dtype, same rounding)
+    table[good] = proba
     predicted = np.array([""] * len(files), dtype=object)
     predicted[good] = [saved.classes[i] for i in proba.argmax(1)]
     frame = pd.DataFrame({"image": [str(f) for f in files], "predicted": predicted})
-    frame = pd.concat([frame, pd.DataFrame(table, columns=[f"p_{c}" for c in saved.classes]).round(6)], axis=1)
+    frame = pd.concat([frame, probability_columns(table, saved.classes)], axis=1)
     frame["error"] = [failed.get(i, "") for i in range(len(files))]
     return frame
 

@@ -7,6 +7,7 @@ line naming the file or key, no traceback, and no output file created or changed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -340,23 +341,34 @@ def test_predict_refuses_a_model_trained_on_features_made_elsewhere(tmp_path, mo
 
 
 def test_ctrl_c_prints_one_line_and_leaves_no_output(tmp_path):
-    data = make_dataset(tmp_path / "data", train_per_class=10, augs=2)
+    """Ctrl-C in the middle of a run. A test image turned into a FIFO after prepare is a read that hangs (a
+    stalled network file): the run waits there, shard file open, so the interrupt always lands mid-run."""
+    data = make_dataset(tmp_path / DATA, train_per_class=10, augs=2)
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.batch_size": 2,
                                                      "extract.num_workers": 2})
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
+    stalled = held_out_image(tmp_path)
+    stalled.unlink()
+    os.mkfifo(stalled)
+    # As from a terminal: a shell starts background jobs (`pytest &`) with SIGINT ignored, and children inherit it.
     proc = subprocess.Popen(stage_process("extract", params), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not any(tmp_path.glob(".extract-shards/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)
-    assert proc.poll() is None, "extract finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the stage and its loader workers alike
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while not any(tmp_path.glob(".extract-shards/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[1]
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the stage and its loader workers alike
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
-    assert not (tmp_path / "features").exists() and not list(tmp_path.glob(".extract-shards/*/rows-*.npy"))
+    assert not (tmp_path / "features").exists() and not list(tmp_path.glob(".extract-shards/*/*rows-*"))
 
 
 def test_two_flat_images_in_train_and_test_are_no_leak_but_an_exact_copy_is(finished, tmp_path, monkeypatch):

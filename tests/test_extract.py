@@ -1,5 +1,6 @@
 """The extract stage: one pass, one input shape, one worker pool, shards that resume, the features format."""
 
+import collections
 import contextlib
 import json
 import os
@@ -162,19 +163,21 @@ def test_one_worker_pool_serves_every_split_and_view(tmp_path, calibrated_checkp
                                                      "views.count": 2})
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(stage_process("extract", params), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    stage, workers = psutil.Process(proc.pid), set()
-    command = stage.cmdline()
+    command = stage_process("extract", params)
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage, seen = psutil.Process(proc.pid), collections.Counter()  # (its own /proc cmdline may not be ready yet)
     while proc.poll() is None:
         try:
             for child in stage.children(recursive=True):
-                with contextlib.suppress(psutil.Error):  # forked loader workers carry the stage's command line;
-                    if child.cmdline() == command:  # libraries may also run short helper programs
-                        workers.add(child.pid)
+                with contextlib.suppress(psutil.Error):  # forked loader workers carry the stage's command line
+                    if child.cmdline() == command:
+                        seen[child.pid] += 1
         except psutil.NoSuchProcess:
             break
         time.sleep(0.005)
+    # a library's helper program shows the stage's command line too, for the instant between fork and exec;
+    # loader workers live for the whole pass
+    workers = {pid for pid, polls in seen.items() if polls >= 3}
     assert proc.returncode == 0
     assert len(workers) == 2, f"{len(workers)} loader worker processes over the run; one pool of 2 expected"
     assert features.load(tmp_path / "features")["train"].views.shape[0] == 2
@@ -244,3 +247,15 @@ def test_shard_rows_are_rounded_up_to_whole_batches(tmp_path, calibrated_checkpo
                                                                                 "extract.batch_size": 4})
     assert feats.meta["shard_rows"] == 8 and result.shards == 5  # 40 items in shards of 8
     assert pd.read_csv(tmp_path / "features-0" / "index.csv").shape[0] == 24
+
+
+def test_each_shard_is_whole_batches_and_the_shards_cover_every_batch_once(dataset):
+    from pipeline.embed.work import batches_within, plan_batches, plan_work, shard_ranges
+
+    work = plan_work(build_manifest(dataset / "Master Folder")[0], dataset, n_views=3)
+    batches = plan_batches(work, 5)
+    ranges = shard_ranges(batches, 12, 5)  # three batches a shard
+    assert [b for start, stop in ranges for b in batches_within(batches, start, stop)] == batches
+    for start, stop in ranges:
+        inside = [(a, b) for a, b in batches if start <= a and b <= stop]
+        assert batches_within(batches, start, stop) == inside and len(inside) <= 3

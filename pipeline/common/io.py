@@ -66,24 +66,25 @@ def write_csv(path: Path | str, frame: pd.DataFrame) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def read_json(path: Path | str, *, what: str, fix: str) -> Any:
-    """Parse a JSON file another stage wrote; a missing or damaged one is a one-line error."""
+def read_json(path: Path | str, *, what: str, fix: str, error: type[PipelineError] = PipelineError) -> Any:
+    """Parse a JSON file another stage wrote; a missing or damaged one is a one-line ``error``."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"{what} {path} not found; {fix}")
+        raise error(f"{what} {path} not found; {fix}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PipelineError(f"{what} {path} is not valid JSON ({err}); {fix}") from err
+        raise error(f"{what} {path} is not valid JSON ({err}); {fix}") from err
 
 
-def read_csv(path: Path | str, *, what: str, fix: str, **options: Any) -> pd.DataFrame:
-    """Read a CSV file another stage wrote; a missing, empty or damaged one is a one-line error."""
+def read_csv(path: Path | str, *, what: str, fix: str, error: type[PipelineError] = PipelineError,
+             **options: Any) -> pd.DataFrame:
+    """Read a CSV file another stage wrote; a missing, empty or damaged one is a one-line ``error``."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"{what} {path} not found; {fix}")
+        raise error(f"{what} {path} not found; {fix}")
     try:
         return pd.read_csv(path, **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise PipelineError(f"{what} {path} is not a readable CSV file ({str(err).strip().splitlines()[0]}); "
-                            f"{fix}") from err
+        raise error(f"{what} {path} is not a readable CSV file ({str(err).strip().splitlines()[0]}); "
+                    f"{fix}") from err

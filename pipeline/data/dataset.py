@@ -188,7 +188,7 @@ def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
 
 def read_manifest(path: Path) -> pd.DataFrame:
     """Load a manifest written by ``prepare``, checking its columns."""
-    frame = read_csv(path, what="Manifest", fix="run the prepare stage (dvc repro prepare).",
+    frame = read_csv(path, what="Manifest", fix="run the prepare stage (dvc repro prepare).", error=DatasetError,
                      dtype={"path": str, "split": str, "label": str, "sha256": str}, keep_default_na=False)
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
@@ -198,7 +198,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
 
 def read_source(path: Path) -> dict:
     """``source.json``, written by prepare: where the images are (``root``) and the dataset handle."""
-    source = read_json(path, what="Source file", fix="run the prepare stage (dvc repro prepare).")
+    source = read_json(path, what="Source file", fix="run the prepare stage (dvc repro prepare).", error=DatasetError)
     if not isinstance(source, dict) or not isinstance(source.get("root"), str):
         raise DatasetError(f"Source file {path} has no \"root\" (the folder holding the split folders); "
                            "run the prepare stage (dvc repro prepare).")

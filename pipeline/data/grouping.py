@@ -148,10 +148,8 @@ class GroupsError(PipelineError):
 
 def read_groups(path: Path, paths: Sequence[str]) -> np.ndarray:
     """The original-picture id of each image in ``paths``, from the audit's ``groups.csv``."""
-    fix = "run the audit stage (dvc repro audit)."
-    if not Path(path).is_file():
-        raise GroupsError(f"Groups file {path} not found; {fix}")
-    table = read_csv(path, what="Groups file", fix=fix, dtype=str, keep_default_na=False)
+    table = read_csv(path, what="Groups file", fix="run the audit stage (dvc repro audit).", error=GroupsError,
+                     dtype=str, keep_default_na=False)
     missing_columns = [c for c in ("path", "group") if c not in table.columns]
     if missing_columns:
         raise GroupsError(f"Groups file {path} lacks column(s) {missing_columns}; it needs 'path' and 'group' "

@@ -16,6 +16,7 @@ the ``features/`` format.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import hashlib
@@ -102,7 +103,10 @@ def batches_per_shard(shard_rows: int, batch_size: int) -> int:
 
 
 def batches_within(batches: list[tuple[int, int]], start: int, stop: int) -> list[tuple[int, int]]:
-    return [(a, b) for a, b in batches if start <= a and b <= stop]
+    """The planned batches of shard ``[start, stop)`` (found by bisection: millions of images make many)."""
+    first = bisect.bisect_left(batches, (start,))
+    last = bisect.bisect_left(batches, (stop,), lo=first)
+    return batches[first:last]
 
 
 def settings_key(settings: dict[str, Any]) -> str:

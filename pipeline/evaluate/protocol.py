@@ -97,8 +97,13 @@ def predictions_frame(features: Features, split: str, proba: np.ndarray, predict
     frame = pd.DataFrame({"image": part.paths, "split": split,
                           "true": [features.classes[i] for i in part.y],
                           "predicted": [features.classes[i] for i in predicted]})
-    probs = pd.DataFrame(proba, columns=[f"p_{c}" for c in features.classes]).round(6)
-    return pd.concat([frame, probs], axis=1)
+    return pd.concat([frame, probability_columns(proba, features.classes)], axis=1)
+
+
+def probability_columns(proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """``p_<class>`` columns, rounded, in the classifier's dtype: the one way every predictions file writes
+    them, so predict's output on a folder equals the train stage's rows byte for byte."""
+    return pd.DataFrame(proba, columns=[f"p_{c}" for c in classes]).round(6)
 
 
 def evaluate_classifier(*, model: Any, fit_fold: FitFold, fit_fixed: FitFold, features: Features,
