@@ -50,7 +50,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 from PIL import Image
@@ -59,7 +58,7 @@ from pipeline.common.params import ExtractParams, ModelParams
 from pipeline.embed.backbone import build_backbone
 from pipeline.embed.embedding import DECODES, PRECISIONS, Settings, Stats, embed_items, embed_paths, resolve_settings
 from pipeline.embed.loading import Preprocess
-from pipeline.embed.work import plan_batches, plan_work
+from pipeline.embed.work import plan_batches, work_of_paths
 
 PROJECT = Path(__file__).resolve().parents[1]
 CHANNELS_LAST = {"auto": "auto", "true": True, "false": False}
@@ -104,7 +103,7 @@ def model_only(backbone, settings: Settings, *, seconds: float) -> float:
 
 
 def end_to_end(backbone, paths: list[Path], settings: Settings, *, profile: int = 0) -> tuple[float, Stats, set]:
-    work = plan_work(pd.DataFrame({"path": [str(p) for p in paths], "split": "images"}), Path(), n_views=0)
+    work = work_of_paths(paths)
     preprocess = Preprocess.of(backbone.transform)
     batches = plan_batches(work, settings.batch_size)
     for _ in embed_items(backbone, work, batches[:2], settings, preprocess, desc="warm-up"):

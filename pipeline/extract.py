@@ -10,7 +10,6 @@ only when complete. ``extract.engine: ray`` computes the shards on a Ray cluster
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from pipeline.data.dataset import read_manifest, read_source
 from pipeline.embed.backbone import build_backbone
 from pipeline.embed.embedding import resolve_settings
 from pipeline.embed.extraction import extract_features
-
-log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(batch {settings.batch_size}, {settings.num_workers} workers, {settings.precision}, decode "
           f"{settings.decode}, engine {params.engine}): {result.reused} of {result.shards} shard(s) reused, "
           f"{computed} rows computed -> {args.out}")
-    print(f"timing: {result.stats.line()}")
+    if params.engine == "local":  # the Ray actors keep their timings to themselves
+        print(f"timing: {result.stats.line()}")
     print(f"stage_seconds={time.perf_counter() - started:.2f} extract_seconds={result.seconds:.2f}")
     return 0
 

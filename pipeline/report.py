@@ -45,11 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rerun = "re-run the stages before report (dvc repro)."
     leaderboard = read_csv(args.comparison, what="Leaderboard", fix=rerun)
-    predictions = {name: read_csv(args.predictions_dir / f"{name}.csv", what="Predictions", fix=rerun, dtype=str,
-                                  keep_default_na=False) for name in leaderboard["classifier"]}
-    for frame in predictions.values():
-        for column in [c for c in frame.columns if c.startswith("p_")]:
-            frame[column] = frame[column].astype(float)
+    text_columns = dict.fromkeys(["image", "split", "true", "predicted"], str)  # a class may be called "NA"
+    predictions = {name: read_csv(args.predictions_dir / f"{name}.csv", what="Predictions", fix=rerun,
+                                  dtype=text_columns, keep_default_na=False) for name in leaderboard["classifier"]}
     source = read_source(args.source)
     text = build_report(leaderboard=leaderboard, predictions=predictions, feats=features_io.load(args.features),
                         history=read_csv(args.history, what="Training curve", fix=rerun),

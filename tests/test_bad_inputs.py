@@ -106,6 +106,12 @@ def corrupt_npy_row(root: Path, name: str, value: float) -> None:
     np.save(root / "features" / name, array)
 
 
+def rewrite_yaml(path: Path, change) -> None:
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 def rewrite_json(path: Path, change) -> None:
     data = json.loads(path.read_text())
     change(data)
@@ -150,6 +156,11 @@ CASES = [
      lambda r: (r / "params.yaml").write_text("data: [unclosed\n"), "params.yaml is not valid YAML"),
     ("text where a number goes", "prepare", None, lambda r: edit_params(r, classifiers__head__lr="fast"),
      "classifiers.head.lr='fast'"),
+    ("NaN learning rate", "prepare", None, lambda r: edit_params(r, classifiers__head__lr=float("nan")),
+     "classifiers.head.lr=nan must be a finite number"),
+    ("NaN flip probability", "prepare", None, lambda r: edit_params(r, views__hflip=float("nan")), "views.hflip=nan"),
+    ("head left out of classifiers", "prepare", None,
+     lambda r: rewrite_yaml(r / "params.yaml", lambda p: p["classifiers"].pop("head")), "classifiers.head is missing"),
     # audit
     ("manifest missing", "audit", None, lambda r: (r / "artifacts/data/manifest.csv").unlink(), "manifest.csv"),
     ("source.json damaged", "audit", None,
@@ -178,6 +189,8 @@ CASES = [
                                                                              index=False), "have no group"),
     ("meta.json damaged", "train", "logreg", lambda r: (r / "features/meta.json").write_text("{"),
      "meta.json is not valid JSON"),
+    ("features index empty", "train", "logreg", lambda r: (r / "features/index.csv").write_text(""),
+     "index.csv is not a readable CSV file"),
     ("meta.json without classes", "train", "logreg",
      lambda r: rewrite_json(r / "features/meta.json", lambda m: m.pop("classes")), "meta.json needs \"classes\""),
     ("NaN embedding", "train", "logreg", lambda r: corrupt_npy_row(r, "train.npy", np.nan),

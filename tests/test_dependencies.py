@@ -100,6 +100,8 @@ def test_every_module_a_stage_imports_is_one_of_its_deps(name):
     uncovered = sorted(str(p.relative_to(PROJECT)) for p in closure
                        if p != PACKAGE / "__init__.py" and not covered(p, deps))
     assert not uncovered, f"{name} imports {uncovered}, which its deps in dvc.yaml do not cover"
+    unused = [d for d in deps if d.startswith("pipeline") and not any(covered(p, [d]) for p in closure)]
+    assert not unused, f"{name} depends on {unused} but imports nothing there: edits there re-run it for nothing"
 
 
 def test_the_package_file_every_stage_imports_holds_no_code():

@@ -2,10 +2,8 @@
 embedding loop: one input shape, padding that changes no real row, the non-finite check."""
 
 import io
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -16,7 +14,7 @@ from pipeline.embed import loading
 from pipeline.embed.backbone import build_backbone
 from pipeline.embed.embedding import EmbeddingError, Settings, embed_paths, resolve_settings
 from pipeline.embed.loading import Preprocess, WorkImages, collate, decode_on_device
-from pipeline.embed.work import plan_work
+from pipeline.embed.work import work_of_paths
 
 CPU = torch.device("cpu")
 ONE_LEVEL = 1 / 255 / min(torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms().std)
@@ -32,7 +30,7 @@ def transform():
 
 
 def work_of(paths):
-    return plan_work(pd.DataFrame({"path": [str(p) for p in paths], "split": "images"}), Path(), n_views=0)
+    return work_of_paths(paths)
 
 
 def items_of(paths, *, decode_on_device):

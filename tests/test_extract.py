@@ -241,6 +241,18 @@ def test_shards_of_other_settings_are_never_reused(tmp_path, calibrated_checkpoi
     assert [p.name for p in (tmp_path / "scratch").iterdir()] == ["f" * 16]  # left alone, and logged
 
 
+def test_an_empty_or_cut_shard_file_is_computed_again(tmp_path):
+    from pipeline.embed.work import ShardStore
+
+    store = ShardStore(tmp_path / "scratch", "k" * 16, 8)
+    store.write(0, 4, np.ones((4, 8), np.float32))
+    store.write(4, 8, np.ones((4, 8), np.float32))
+    store.write(8, 12, np.ones((4, 8), np.float32))
+    store.path(4, 8).write_bytes(b"")  # a disk that filled up, say
+    store.path(8, 12).write_bytes(store.path(8, 12).read_bytes()[:100])
+    assert store.finished([(0, 4), (4, 8), (8, 12)]) == {(0, 4)}
+
+
 def test_shard_rows_are_rounded_up_to_whole_batches(tmp_path, calibrated_checkpoint):
     data = make_dataset(tmp_path / "data", train_per_class=2, held_out_per_class=1, augs=1)  # 24 images, 16 views
     feats, result, _, _ = extraction(tmp_path, data, calibrated_checkpoint, **{"extract.shard_rows": 5,

@@ -66,7 +66,7 @@ def test_full_model_on_image_files_equals_head_on_cached_embeddings(dataset, cal
     head_logits = load_model("artifacts/models/head.joblib").model.logits(feats["test"].X)
 
     model = torchvision.models.efficientnet_b1(num_classes=4)
-    model.load_state_dict(torch.load("artifacts/models/efficientnet_b1_head.pt", weights_only=True))
+    model.load_state_dict(torch.load("artifacts/export/efficientnet_b1_head.pt", weights_only=True))
     model.eval()
     transform = torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms(crop_size=64, resize_size=72)
     images = torch.stack([transform(load_rgb(dataset / "Master Folder" / p)) for p in feats["test"].paths])
@@ -89,7 +89,7 @@ def test_export_refuses_a_backbone_other_than_the_one_that_made_the_features(dat
 
     with pytest.raises(BackboneError, match="fingerprints differ"):
         run_stage("export", params)
-    assert not (tmp_path / "artifacts" / "models" / "efficientnet_b1_head.pt").exists()
+    assert not (tmp_path / "artifacts" / "export" / "efficientnet_b1_head.pt").exists()
 
 
 def test_export_refuses_a_model_that_is_not_the_head(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ The ``classifiers`` section is checked by the classifier registry
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -160,6 +161,8 @@ def check_seed(section: str, key: str, value: int) -> None:
 
 
 def in_range(section: str, key: str, value: float, low: float | None, high: float | None) -> None:
+    if not math.isfinite(value):  # NaN passes every comparison
+        raise ParamsError(f"{section}.{key}={value!r} must be a finite number.")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ParamsError(f"{section}.{key}={value!r} is out of range: it must be {bounds}.")
@@ -169,15 +172,12 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Return ``value`` if it fits ``annotation`` (ints accepted for floats), else raise."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(annotation):
             try:
                 return _check_type(key, value, option)
-            except ParamsError as err:
-                errors.append(err)
-        raise errors[-1] if len(errors) == 1 else ParamsError(
-            f"{key}={value!r} has the wrong type: expected {_describe(annotation)}."
-        )
+            except ParamsError:
+                continue
+        raise ParamsError(f"{key}={value!r} has the wrong type: expected {_describe(annotation)}.")
     if origin is Literal:
         allowed = typing.get_args(annotation)
         if value not in allowed:

@@ -43,9 +43,6 @@ class Hashes:
     mirrored: np.ndarray  # (n,) uint64
     informative: np.ndarray  # (n,) bool: False for flat or nearly flat images
 
-    def __len__(self) -> int:
-        return len(self.plain)
-
 
 def perceptual_hashes(paths: Iterable[Path]) -> Hashes:
     """64-bit difference hashes (dHash) of each image and of its mirror image.

@@ -36,7 +36,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.params import ExtractParams
 from pipeline.embed.backbone import Backbone
 from pipeline.embed.loading import Chunk, Preprocess, WorkImages, collate, decode_on_device
-from pipeline.embed.work import PLAIN, Work, plan_batches, plan_work
+from pipeline.embed.work import PLAIN, Work, plan_batches, work_of_paths
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,8 @@ def _batches(chunks: Iterator[Chunk], sizes: list[int]) -> Iterator[list[tuple[C
 class _Runner:
     """Builds one batch's input on the device and runs the backbone on it."""
 
-    def __init__(self, backbone: Backbone, work: Work, preprocess: Preprocess, settings: Settings, stats: Stats):
-        self.backbone, self.work, self.preprocess = backbone, work, preprocess
+    def __init__(self, backbone: Backbone, preprocess: Preprocess, settings: Settings, stats: Stats):
+        self.backbone, self.preprocess = backbone, preprocess
         self.settings, self.stats = settings, stats
         self.device = settings.device
         self.cuda = self.device.type == "cuda"
@@ -261,7 +261,7 @@ def embed_items(backbone: Backbone, work: Work, batches: list[tuple[int, int]], 
     left out and recorded in ``stats.failed``.
     """
     stats = stats if stats is not None else Stats()
-    runner = _Runner(backbone, work, preprocess, settings, stats)
+    runner = _Runner(backbone, preprocess, settings, stats)
     assert all(0 < b - a <= settings.batch_size for a, b in batches), "a batch larger than the batch size"
     items = np.concatenate([np.arange(a, b) for a, b in batches]) if batches else np.empty(0, int)
     files = WorkImages(work, items, preprocess, decode_on_device=settings.decode == "device")
@@ -322,10 +322,7 @@ def embed_paths(backbone: Backbone, paths: list[Path], settings: Settings, *, de
     With ``failed`` (a dict), unreadable files are left out of the result and
     recorded there (position in ``paths`` -> why); without it they are an error.
     """
-    import pandas as pd
-
-    manifest = pd.DataFrame({"path": [str(p) for p in paths], "split": "images"})
-    work = plan_work(manifest, Path(), n_views=0)
+    work = work_of_paths(paths)
     stats = Stats()
     chunks = [e for _, e in embed_items(backbone, work, plan_batches(work, settings.batch_size), settings,
                                         Preprocess.of(backbone.transform), stats=stats, desc=desc,

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import PIL
 import torch
 import torchvision
 
@@ -69,7 +70,8 @@ def value_settings(backbone: Backbone, settings: Settings, views: ViewsParams, m
         "threads": settings.threads,
         "views": {"count": views.count, "crop_scale_min": views.crop_scale_min, "hflip": views.hflip,
                   "jitter": views.jitter, "seed": views.seed},
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},  # kernels and resizing
+        # kernels, and resizing: on the device by torchvision, in the workers and for every view by Pillow
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__},
     }
 
 
@@ -88,7 +90,8 @@ def run_local(backbone: Backbone, work: Work, batches: list[tuple[int, int]], mi
                 _, embedding = next(stream)
                 out[filled : filled + len(embedding)] = embedding
                 filled += len(embedding)
-    assert next(stream, None) is None, "the stream and the shards disagree"
+    if next(stream, None) is not None:  # also runs the stream to its end, where it closes its progress bar
+        raise RuntimeError("the embedding stream outlasted the shards: the batch plan and the shards disagree")
 
 
 def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path, backbone: Backbone,
@@ -124,22 +127,14 @@ def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path
 
     meta = {
         **backbone.info,
+        **values,
         "classes": sorted(manifest.loc[manifest["split"] == "train", "label"].unique()),
         "splits": {split: b - a for split, (a, b) in work.splits.items()},
-        "manifest_sha256": manifest_sha256,
-        "device": settings.device.type,
         "dtype": "float32",
-        "channels_last": settings.channels_last,
-        "pad_batches": settings.pad,
-        "precision": settings.precision,
-        "decode": settings.decode,
-        "views": values["views"],
-        "batch_size": settings.batch_size,
         "num_workers": settings.num_workers,
         "engine": params.engine,
         "shard_rows": shard_rows,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "numpy": np.__version__,
+        "versions": {**values["versions"], "python": platform.python_version(), "numpy": np.__version__,
                      "scikit-learn": importlib.metadata.version("scikit-learn")},
     }
     assert set(meta) == set(features.EXTRACT_META_KEYS), sorted(set(meta) ^ set(features.EXTRACT_META_KEYS))

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.io import read_csv, read_json
 
 INDEX = "index.csv"
 META = "meta.json"
@@ -37,7 +36,7 @@ BACKBONE_KEYS = ("arch", "weights", "checkpoint", "transform", "fingerprint")  #
 EXTRACT_META_KEYS = (
     *BACKBONE_KEYS, "checkpoint_sha256", "init_seed", "pretrained", "feature_dim", "classes", "splits",
     "manifest_sha256", "device", "dtype", "channels_last", "pad_batches", "precision", "decode", "views", "batch_size",
-    "num_workers", "engine", "shard_rows", "versions",
+    "threads", "num_workers", "engine", "shard_rows", "versions",
 )
 
 
@@ -98,7 +97,8 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
         if meta.get("manifest_sha256") != digest:
             raise FeaturesError(f"{directory} was extracted from another manifest than {manifest} "
                                 "(manifest_sha256 differs): the embeddings are stale. Re-run extract (dvc repro).")
-    index = pd.read_csv(directory / INDEX, dtype=str, keep_default_na=False)
+    index = read_csv(directory / INDEX, what="Features index", fix="re-run extract, or fix the file.",
+                     error=FeaturesError, dtype=str, keep_default_na=False)
     missing = [c for c in INDEX_COLUMNS if c not in index.columns]
     if missing:
         raise FeaturesError(f"{directory / INDEX} lacks column(s) {missing}.")
@@ -129,10 +129,7 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
 
 def read_meta(path: Path) -> dict[str, Any]:
     """``meta.json`` of a features folder, checked for what the loader needs: a list of class names."""
-    try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FeaturesError(f"{path} is not valid JSON ({err}); re-run extract, or fix the file.") from err
+    meta = read_json(path, what="Features metadata", fix="re-run extract, or fix the file.", error=FeaturesError)
     if not isinstance(meta, dict):
         raise FeaturesError(f"{path} must hold a JSON object, like {{\"classes\": [...]}}.")
     classes = meta.get("classes")

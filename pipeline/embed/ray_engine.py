@@ -17,6 +17,7 @@ driver writes, to ``--scratch`` and ``features/``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -131,14 +132,17 @@ def run_ray(*, work: Work, batches: list[tuple[int, int]], missing: list[tuple[i
     gpus = int(ray.cluster_resources().get("GPU", 0)) if settings.device.type == "cuda" else 0
     count = (gpus or 1) if actors == "auto" else int(actors)
     count = min(count, len(missing))
-    # CPU actors share the cores between them; GPU actors decode with loader workers of their own
-    actor_settings = settings if gpus else Settings(**{**settings.__dict__, "num_workers": 0})
+    # CPU actors share the cores between them; a GPU actor takes its GPU's share of the cores and decodes with
+    # loader workers of its own within it (the driver's count would give each actor a whole node's worth)
+    share = max(1, int(ray.cluster_resources().get("CPU", 1) // gpus)) if gpus else 0
+    workers = min(settings.num_workers, share - 1) if gpus else 0
+    actor_settings = dataclasses.replace(settings, num_workers=workers)
     shards = ray.data.from_items([{"start": a, "stop": b} for a, b in missing], override_num_blocks=len(missing))
     # Ray Data restarts an actor that dies and retries its shard (its defaults); an error the code raises
     # (an unreadable image) is not retried and ends the run, with every shard written so far kept
     embedded = shards.map_batches(
         ShardEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=count), num_gpus=1 if gpus else 0,
-        num_cpus=1 if gpus else 0.5,
+        num_cpus=share if gpus else 0.5,
         fn_constructor_kwargs={"model_params": model_params, "transform": backbone.info["transform"],
                                "fingerprint": backbone.info["fingerprint"], "work": work, "batches": batches,
                                "settings": actor_settings,

@@ -37,6 +37,7 @@ from pipeline.embed import features
 log = logging.getLogger(__name__)
 
 PLAIN = -1  # the view number of an item seen through the weights' own transform
+VIEWS_SPLIT = "train"  # the split whose images have augmented views
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,6 @@ class Work:
     rows: np.ndarray  # (n_items,) int: the image's position within its split (seeds its views)
     splits: dict[str, tuple[int, int]]  # split -> item range of its plain rows
     n_views: int
-    views_split: str  # the split whose images have augmented views
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -58,13 +58,13 @@ class Work:
         return [*self.splits.values(), *(self.view_range(k) for k in range(self.n_views))]
 
     def view_range(self, k: int) -> tuple[int, int]:
-        start, stop = self.splits[self.views_split]
+        start, stop = self.splits[VIEWS_SPLIT]
         n_plain = sum(b - a for a, b in self.splits.values())
         return n_plain + k * (stop - start), n_plain + (k + 1) * (stop - start)
 
 
-def plan_work(manifest: pd.DataFrame, root: Path, *, n_views: int, views_split: str = "train") -> Work:
-    """Every manifest row (split by split, in manifest order), then ``n_views`` views of each ``views_split`` row."""
+def plan_work(manifest: pd.DataFrame, root: Path, *, n_views: int) -> Work:
+    """Every manifest row (split by split, in manifest order), then ``n_views`` views of each train row."""
     paths: list[Path] = []
     rows: list[np.ndarray] = []
     splits: dict[str, tuple[int, int]] = {}
@@ -74,16 +74,21 @@ def plan_work(manifest: pd.DataFrame, root: Path, *, n_views: int, views_split: 
         rows.append(np.arange(len(frame)))
     views = [np.full(len(paths), PLAIN)]
     if n_views:
-        if views_split not in splits:
-            raise PipelineError(f"views.count={n_views} needs a '{views_split}' split; "
+        if VIEWS_SPLIT not in splits:
+            raise PipelineError(f"views.count={n_views} needs a '{VIEWS_SPLIT}' split; "
                                 f"the manifest has {list(splits)}.")
-        start, stop = splits[views_split]
+        start, stop = splits[VIEWS_SPLIT]
         for k in range(n_views):
             paths += paths[start:stop]
             views.append(np.full(stop - start, k))
             rows.append(np.arange(stop - start))
     return Work(paths=paths, views=np.concatenate(views), rows=np.concatenate(rows) if rows else np.empty(0, int),
-                splits=splits, n_views=n_views, views_split=views_split)
+                splits=splits, n_views=n_views)
+
+
+def work_of_paths(paths: list[Path]) -> Work:
+    """Image files outside any manifest (predict, benchmarks) as one split, ``images``, without views."""
+    return plan_work(pd.DataFrame({"path": [str(p) for p in paths], "split": "images"}), Path(), n_views=0)
 
 
 def plan_batches(work: Work, batch_size: int) -> list[tuple[int, int]]:
@@ -134,8 +139,8 @@ class ShardStore:
                 continue
             try:
                 array = np.load(path, mmap_mode="r")
-            except (ValueError, OSError):
-                continue  # not a whole .npy file: recompute it
+            except (ValueError, OSError, EOFError):
+                continue  # not a whole .npy file (an empty one included): recompute it
             if array.shape == (stop - start, self.dim) and array.dtype == np.float32:
                 done.add((start, stop))
         return done
@@ -176,8 +181,8 @@ def merge(store: ShardStore, work: Work, ranges: list[tuple[int, int]], out: Pat
     for split, (start, stop) in work.splits.items():
         targets.append(((start, stop), features.allocate(out, split, stop - start, store.dim)))
     if work.n_views:
-        start, stop = work.splits[work.views_split]
-        views = features.allocate(out, work.views_split, stop - start, store.dim, views=work.n_views)
+        start, stop = work.splits[VIEWS_SPLIT]
+        views = features.allocate(out, VIEWS_SPLIT, stop - start, store.dim, views=work.n_views)
         for k in range(work.n_views):
             targets.append((work.view_range(k), views[k]))
     for (a, b), array in targets:

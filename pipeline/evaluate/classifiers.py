@@ -144,9 +144,10 @@ class GridClassifier:
         return Grid(values)
 
     def select(self, grid: Grid, data: TrainingData, cv: CVParams) -> Selection:
-        smallest = smallest_training_fold(data.y[: data.n_images], data.groups[: data.n_images], folds=cv.folds,
-                                          repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed) * data.copies
-        check_grid_fits(grid, smallest)
+        if "clf__n_neighbors" in grid.values:  # the one hyperparameter bounded by the data
+            smallest = smallest_training_fold(data.y[: data.n_images], data.groups[: data.n_images], folds=cv.folds,
+                                              repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed)
+            check_grid_fits(grid, smallest * data.copies)
         pipeline = self.build()
 
         def fit_fold(X, y, groups):
@@ -261,5 +262,8 @@ def parse_classifier_params(name: str, raw: Any) -> Any:
 
 def check_classifiers(section: dict[str, Any]) -> None:
     """Validate every classifier's params, so a typo fails in the first stage, not the last."""
+    if "head" not in section:
+        raise ParamsError("classifiers.head is missing from params.yaml: the export and report stages use the "
+                          "linear head, so it cannot be skipped (the other classifiers can).")
     for name, raw in section.items():
         parse_classifier_params(name, raw)

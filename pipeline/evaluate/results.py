@@ -44,7 +44,7 @@ def write_results(trained: Trained, *, classes: list[str], features_meta: dict[s
     saved = SavedModel(name=trained.name, model=trained.selection.model, classes=classes,
                        features_meta=features_meta, selected=trained.selection.selected)
     with atomic_path(paths.model) as tmp:
-        joblib.dump(dataclasses.asdict(saved), tmp)
+        joblib.dump(vars(saved), tmp)  # not dataclasses.asdict: it deep-copies the fitted model first
     write_csv(paths.predictions, evaluation.predictions)
     test = evaluation.predictions[evaluation.predictions["split"] == "test"]
     write_csv(paths.confusion, test[["image", "true", "predicted"]])

@@ -38,13 +38,12 @@ LEADERBOARD_COLUMNS = {
 }
 
 
-def misclassified_gallery(predictions: pd.DataFrame, image_root: Path, classes: list[str]) -> str:
+def misclassified_gallery(predictions: pd.DataFrame, image_root: Path) -> str:
     wrong = predictions[(predictions["split"] == "test") & (predictions["true"] != predictions["predicted"])]
     if wrong.empty:
         return "<p>No test image is misclassified.</p>"
     cards = []
-    for row in wrong.itertuples(index=False):
-        row = row._asdict()
+    for row in wrong.to_dict("records"):  # not itertuples: it renames a column like 'p_golden retriever'
         probability = row[f"p_{row['predicted']}"]
         caption = (f"{html.escape(row['image'])}<br>true <b>{html.escape(row['true'])}</b>, predicted "
                    f"<b>{html.escape(row['predicted'])}</b> (p={probability:.2f})")
@@ -107,7 +106,7 @@ def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFra
     parts += ["<h2 id='embeddings'>Embedding map</h2>",
               img_tag(png(embedding_map_figure(X, labels, split_names)), alt="embedding map")]
     parts += [f"<h2 id='misclassified'>Misclassified test images ({html.escape(best)}, best by grouped CV)</h2>",
-              misclassified_gallery(predictions[best], image_root, classes)]
+              misclassified_gallery(predictions[best], image_root)]
     parts += ["<h2 id='training'>Linear head training</h2>", img_tag(png(history_figure(history)), alt="training")]
     parts.append("</body></html>")
     return "\n".join(parts)
