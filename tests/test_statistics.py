@@ -1,5 +1,8 @@
+import warnings
+
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from pipeline.evaluate.statistics import (
@@ -58,8 +61,6 @@ def test_vectorised_metrics_equal_sklearn_even_with_missing_classes(seed):
     y_true = rng.integers(0, 3, size=(50, 12))  # label 3 never true
     y_pred = rng.integers(0, 4, size=(50, 12))
     cm = confusion_counts(y_true, y_pred, 4)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected_bal = [balanced_accuracy_score(t, p) for t, p in zip(y_true, y_pred)]
@@ -68,14 +69,59 @@ def test_vectorised_metrics_equal_sklearn_even_with_missing_classes(seed):
     np.testing.assert_allclose(macro_f1_from_counts(cm), expected_f1)
 
 
+def _noisy_predictions(seed=0, n=38, right=0.7):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    return y, np.where(rng.random(n) < right, y, (y + rng.integers(1, 4, n)) % 4)
+
+
 def test_bootstrap_intervals_contain_the_estimate_and_are_seeded():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 4, 38)
-    pred = np.where(rng.random(38) < 0.7, y, (y + 1) % 4)
+    y, pred = _noisy_predictions()
     a = bootstrap_intervals(y, pred, n_classes=4, n_resamples=500, seed=1)
     assert a == bootstrap_intervals(y, pred, n_classes=4, n_resamples=500, seed=1)
-    low, high = a["balanced_accuracy"]
-    assert low < balanced_accuracy_score(y, pred) < high
+    assert a != bootstrap_intervals(y, pred, n_classes=4, n_resamples=500, seed=2)
+    assert a["balanced_accuracy"]["low"] < balanced_accuracy_score(y, pred) < a["balanced_accuracy"]["high"]
+    assert a["balanced_accuracy"]["method"] == a["macro_f1"]["method"] == "BCa"
+
+
+@pytest.mark.parametrize(("name", "score"), [
+    ("balanced_accuracy", balanced_accuracy_score),
+    ("macro_f1", lambda t, p: f1_score(t, p, average="macro", zero_division=0)),
+])
+def test_bca_interval_equals_scipy_bootstrap_of_the_sklearn_score_on_the_same_pairs(name, score):
+    """Worked numbers: 38 images, 4 classes, ~70% right. scipy resamples (truth, prediction) pairs and
+    scores each resample with sklearn, one at a time; ours scores them all at once from confusion counts."""
+    y, pred = _noisy_predictions(seed=3)
+
+    def statistic(t, p):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a resample may lack a class
+            return score(t, p)
+
+    common = dict(paired=True, vectorized=False)
+    result = stats.bootstrap((y, pred), statistic, n_resamples=300, method="BCa", rng=np.random.default_rng(7),
+                             **common)
+    ours = bootstrap_intervals(y, pred, n_classes=4, n_resamples=300, seed=7)[name]
+    assert ours["method"] == "BCa"
+    expected = result.confidence_interval
+    assert (ours["low"], ours["high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    percentile = stats.bootstrap((y, pred), statistic, n_resamples=0, method="percentile", bootstrap_result=result,
+                                 **common).confidence_interval  # the same resamples, read the old way
+    assert (ours["low"], ours["high"]) != pytest.approx((percentile.low, percentile.high), abs=1e-6)
+
+
+def test_bca_falls_back_to_percentile_and_says_so_when_every_prediction_is_right():
+    y, _ = _noisy_predictions()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the degenerate case is handled, not warned about
+        intervals = bootstrap_intervals(y, y, n_classes=4, n_resamples=300, seed=0)
+    for interval in intervals.values():
+        assert interval["method"] == "percentile"
+        assert interval["fallback"] == "BCa undefined: every resample gives the same score"
+        assert (interval["low"], interval["high"]) == (1.0, 1.0)
+    one_wrong = y.copy()
+    one_wrong[0] = (y[0] + 1) % 4  # the scores vary again: BCa is defined
+    assert bootstrap_intervals(y, one_wrong, n_classes=4, n_resamples=300, seed=0)["macro_f1"]["method"] == "BCa"
 
 
 def test_held_out_metrics_report_every_key_with_intervals():
@@ -84,5 +130,7 @@ def test_held_out_metrics_report_every_key_with_intervals():
     m = held_out_metrics(y, proba, proba.argmax(1), n_bootstrap=200, ece_bins=10, seed=0)
     assert m["accuracy"] == 1.0 and m["n"] == 20
     assert set(m["accuracy_ci95"]) == {"low", "high"}
+    assert m["balanced_accuracy_ci95"]["method"] == m["macro_f1_ci95"]["method"] == "percentile"  # all right
+    assert m["macro_f1_ci95"]["fallback"].startswith("BCa undefined")
     assert m["ece"] == pytest.approx(0.225)
     assert m["log_loss"] == pytest.approx(-np.log(0.775), rel=1e-6)
