@@ -1,8 +1,9 @@
 """Stage ``report``: one self-contained HTML page to look at the results.
 
 Leaderboard, test confusion matrices, per-class precision and recall, a 2-D map
-of the embeddings, the misclassified test images of the best classifier, and the
-linear head's training curves. Images are embedded, so the file opens anywhere.
+of the embeddings, the misclassified test images of the best classifier, the
+learning curves by original pictures with their readings, and the linear head's
+training curves. Images are embedded, so the file opens anywhere.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
-from pipeline.common.io import read_csv, write_text
+from pipeline.common.io import read_csv, read_json, write_text
 from pipeline.data.dataset import read_source
 from pipeline.embed import features as features_io
 from pipeline.reporting.page import build_report
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=Path, required=True)
     parser.add_argument("--history", type=Path, required=True, help="the linear head's training curve")
     parser.add_argument("--source", type=Path, required=True, help="where prepare found the images (gallery)")
+    parser.add_argument("--learning-curves", type=Path, default=None,
+                        help="folder of the learning_curve stages' curves, <classifier>.csv (omitted: no section)")
+    parser.add_argument("--learning-summaries", type=Path, default=None,
+                        help="folder of the learning_curve stages' readings, <classifier>.json")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -48,10 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     text_columns = dict.fromkeys(["image", "split", "true", "predicted"], str)  # a class may be called "NA"
     predictions = {name: read_csv(args.predictions_dir / f"{name}.csv", what="Predictions", fix=rerun,
                                   dtype=text_columns, keep_default_na=False) for name in leaderboard["classifier"]}
+    curves, readings = {}, {}
+    if args.learning_curves is not None:
+        fix = "re-run the learning_curve stages (dvc repro)."
+        for name in leaderboard["classifier"]:
+            curves[name] = read_csv(args.learning_curves / f"{name}.csv", what="Learning curve", fix=fix)
+            if args.learning_summaries is not None:
+                readings[name] = read_json(args.learning_summaries / f"{name}.json", what="Learning curve summary",
+                                           fix=fix).get("sentence", "")
     source = read_source(args.source)
     text = build_report(leaderboard=leaderboard, predictions=predictions, feats=features_io.load(args.features),
                         history=read_csv(args.history, what="Training curve", fix=rerun),
-                        image_root=Path(source["root"]), source=source, code_version=code_version())
+                        image_root=Path(source["root"]), source=source, code_version=code_version(),
+                        learning_curves=curves, learning_readings=readings)
     write_text(args.out, text)
     print(f"report: {args.out} ({len(text) / 1e6:.1f} MB)")
     return 0

@@ -132,6 +132,35 @@ class EvaluationParams:
         check_seed(name, "seed", self.seed)
 
 
+@dataclasses.dataclass(frozen=True)
+class LearningCurveParams:
+    """The learning curve by original pictures (``learning_curve`` stage): which fractions of train's
+    pictures, how many seeded draws of pictures at each; the 100% point is always the train stage's own."""
+
+    enabled: bool
+    fractions: list
+    draws: int
+    seed: int
+
+    def check(self, name: str) -> None:
+        values = [number_from_text(v) for v in self.fractions]
+        if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+            raise ParamsError(f"{name}.fractions={self.fractions!r} must be a list of numbers in (0, 1].")
+        for v in values:
+            if not 0 < v <= 1:
+                raise ParamsError(f"{name}.fractions={self.fractions!r} is out of range: each must be in (0, 1] "
+                                  "(a share of train's original pictures).")
+        if len(set(values)) != len(values):
+            raise ParamsError(f"{name}.fractions={self.fractions!r} repeats a value; list each fraction once.")
+        in_range(name, "draws", self.draws, 1, None)
+        check_seed(name, "seed", self.seed)
+
+    @property
+    def below_full(self) -> list[float]:
+        """The fractions the stage computes itself, ascending (1.0 is the train stage's figure)."""
+        return sorted(float(number_from_text(v)) for v in self.fractions if float(number_from_text(v)) < 1)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "audit": AuditParams,
@@ -140,6 +169,7 @@ SECTIONS: dict[str, type] = {
     "views": ViewsParams,
     "cv": CVParams,
     "evaluation": EvaluationParams,
+    "learning_curve": LearningCurveParams,
 }
 # Sections whose keys are checked elsewhere: each classifier's by the registry.
 CLASSIFIERS_SECTION = "classifiers"

@@ -53,17 +53,25 @@ def check_classes(features: Features) -> None:
                                 f"add train images of them or remove them from {split}.")
 
 
+def training_data(features: Features, groups: np.ndarray, *, views: np.ndarray | None,
+                  rows: np.ndarray | None = None) -> TrainingData:
+    """What a classifier's selection learns from: train's ``rows`` (all by default) and their views, and valid."""
+    train, valid = features["train"], features["valid"]
+    rows = np.arange(len(train.y)) if rows is None else rows
+    X, y, g = with_views(train.X, train.y, groups, views, rows)
+    return TrainingData(X=X, y=y, groups=g, X_valid=valid.X, y_valid=valid.y, n_classes=len(features.classes),
+                        n_images=len(rows), copies=1 if views is None else len(views) + 1)
+
+
 def train_classifier(name: str, params: Any, *, features: Features, groups: np.ndarray, cv: CVParams,
                      evaluation: EvaluationParams, use_views: bool) -> Trained:
     """Select, fit and evaluate classifier ``name`` (its params already validated by the registry)."""
     spec = get_classifier(name)
-    train, valid = features["train"], features["valid"]
+    train = features["train"]
     check_classes(features)
     check_cv_fits(train.y, groups, folds=cv.folds, repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed)
     views = train.views if use_views else None
-    X, y, g = with_views(train.X, train.y, groups, views)
-    data = TrainingData(X=X, y=y, groups=g, X_valid=valid.X, y_valid=valid.y, n_classes=len(features.classes),
-                        n_images=len(train.y), copies=1 if views is None else len(views) + 1)
+    data = training_data(features, groups, views=views)
     start = time.perf_counter()
     selection = spec.select(params, data, cv)
     fit_seconds = time.perf_counter() - start

@@ -107,6 +107,19 @@ def history_figure(history: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def learning_curve_figure(curves: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Grouped-CV accuracy by original pictures, one line per classifier, its 95% interval as a band."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, points in curves.items():
+        points = points.sort_values("pictures")
+        line, = ax.plot(points["pictures"], points["accuracy"], marker="o", label=name)
+        ax.fill_between(points["pictures"], points["accuracy_low"], points["accuracy_high"], color=line.get_color(),
+                        alpha=0.15)
+    ax.set(xlabel="original pictures in train", ylabel="grouped-CV accuracy")
+    ax.legend(loc="best")
+    return fig
+
+
 def thumbnail_jpeg(image, *, size: int = 160) -> bytes:
     image = image.copy()
     image.thumbnail((size, size))

@@ -1,6 +1,6 @@
 """The report page: leaderboard, test confusion matrices, per-class precision and recall, a 2-D map
-of the embeddings, the misclassified test images of the best classifier, and the linear head's
-training curves. Images are embedded, so the file opens anywhere.
+of the embeddings, the misclassified test images of the best classifier, the learning curves by
+original pictures and the linear head's training curves. Images are embedded, so the file opens anywhere.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pipeline.reporting.figures import (
     embedding_map_figure,
     history_figure,
     img_tag,
+    learning_curve_figure,
     per_class_table,
     png,
     thumbnail_jpeg,
@@ -77,8 +78,20 @@ def about_table(*, meta: dict, source: dict, code_version: str) -> str:
     return f"<table class='about' id='about'>{cells}</table>"
 
 
+def learning_curve_section(curves: dict[str, pd.DataFrame], readings: dict[str, str]) -> str:
+    """The learning curve by pictures of every classifier, and each one's reading."""
+    items = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(text)}</li>" for name, text in readings.items())
+    return ("<h2 id='learning-curve'>Would more pictures help?</h2>"
+            "<p>Grouped-CV accuracy on growing shares of train's original pictures (whole pictures with all their "
+            "copies, stratified by class; the classifier's own selection nested at each size), with 95% intervals. "
+            "The last point is the leaderboard's grouped-CV figure.</p>"
+            + img_tag(png(learning_curve_figure(curves)), alt="learning curve by pictures") + f"<ul>{items}</ul>")
+
+
 def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFrame], feats: features_io.Features,
-                 history: pd.DataFrame, image_root: Path, source: dict, code_version: str) -> str:
+                 history: pd.DataFrame, image_root: Path, source: dict, code_version: str,
+                 learning_curves: dict[str, pd.DataFrame] | None = None,
+                 learning_readings: dict[str, str] | None = None) -> str:
     """The report page as HTML text."""
     classes = feats.classes
     best = str(leaderboard.sort_values("rank")["classifier"].iloc[0])
@@ -107,6 +120,8 @@ def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFra
               img_tag(png(embedding_map_figure(X, labels, split_names)), alt="embedding map")]
     parts += [f"<h2 id='misclassified'>Misclassified test images ({html.escape(best)}, best by grouped CV)</h2>",
               misclassified_gallery(predictions[best], image_root)]
+    if learning_curves:
+        parts.append(learning_curve_section(learning_curves, learning_readings or {}))
     parts += ["<h2 id='training'>Linear head training</h2>", img_tag(png(history_figure(history)), alt="training")]
     parts.append("</body></html>")
     return "\n".join(parts)
