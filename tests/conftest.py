@@ -112,6 +112,8 @@ SMALL_RUN = {
     "classifiers.logreg.C": [0.01, 0.1],
     "classifiers.svm.C": [1.0],
     "classifiers.knn.n_neighbors": [3, 5],
+    "learning_curve.fractions": [0.75],
+    "learning_curve.draws": 1,
 }
 
 

@@ -49,7 +49,8 @@ def finished(tmp_path_factory):
     os.chdir(root)
     try:
         for stage, key in [("prepare", None), ("audit", None), ("extract", None), *[("train", k) for k in
-                           ("head", "logreg", "svm", "knn")], ("export", None), ("compare", None), ("report", None)]:
+                           ("head", "logreg", "svm", "knn")], *[("learning_curve", k) for k in ("head", "logreg", "svm",
+                           "knn")], ("export", None), ("compare", None), ("report", None)]:
             assert stage_main(stage, key) == 0, stage
     finally:
         os.chdir(cwd)
@@ -207,6 +208,13 @@ CASES = [
      "Manifest artifacts/data/manifest.csv not found"),
     ("groups.csv empty", "train", "logreg", lambda r: (r / "artifacts/data/groups.csv").write_text(""),
      "groups.csv is not a readable CSV file"),
+    # learning_curve
+    ("learning curve fraction too few pictures", "learning_curve", "logreg",
+     lambda r: edit_params(r, learning_curve__fractions=[0.05]), "learning_curve.fractions: 0.05 of the pictures"),
+    ("learning curve without the train metrics", "learning_curve", "logreg",
+     lambda r: (r / "artifacts/metrics/logreg.json").unlink(), "artifacts/metrics/logreg.json not found"),
+    ("learning curve fraction above 1", "prepare", None, lambda r: edit_params(r, learning_curve__fractions=[1.5]),
+     "learning_curve.fractions=[1.5] is out of range"),
     ("source.json without a root", "extract", None, lambda r: (r / "artifacts/data/source.json").write_text("{}"),
      'has no "root"'),
     # export, compare, report

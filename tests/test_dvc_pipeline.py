@@ -19,8 +19,8 @@ CLASSIFIERS = ["head", "logreg", "svm", "knn"]
 
 def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
     root, env, dvc, first, _ = repo
-    assert ran(first) == {"prepare", "audit", "extract", *(f"train@{name}" for name in CLASSIFIERS), "export",
-                          "compare", "report"}
+    assert ran(first) == {"prepare", "audit", "extract", *(f"train@{name}" for name in CLASSIFIERS),
+                          *(f"learning_curve@{name}" for name in CLASSIFIERS), "export", "compare", "report"}
     shown = json.loads(run([*dvc, "metrics", "show", "--json"], root, env))
     files = next(iter(shown.values()))["data"]
     assert sorted(files) == sorted([*(f"artifacts/metrics/{name}.json" for name in CLASSIFIERS),
@@ -38,7 +38,15 @@ def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
     assert "RANDOM" in (root / "artifacts" / "comparison.md").read_text()
     assert (root / "artifacts" / "audit.json").is_file()
     plots = json.loads(run([*dvc, "plots", "show", "--json"], root, env))["data"]
-    assert {*(f"artifacts/plots/confusion/{name}.csv" for name in CLASSIFIERS), "Linear head training"} <= set(plots)
+    assert {*(f"artifacts/plots/confusion/{name}.csv" for name in CLASSIFIERS), "Linear head training",
+            *(f"artifacts/plots/learning_curve/{name}.csv" for name in CLASSIFIERS)} <= set(plots)
+    for name in CLASSIFIERS:  # the curve ends at the train stage's own grouped-CV figure
+        curve = pd.read_csv(root / "artifacts" / "plots" / "learning_curve" / f"{name}.csv")
+        cv = files[f"artifacts/metrics/{name}.json"]["data"]["cv"]
+        assert curve["fraction"].tolist() == [0.75, 1.0] and curve["pictures"].tolist() == [16, 20]
+        assert curve["accuracy"].iloc[-1] == cv["accuracy_mean"] and curve["pictures"].iloc[-1] == cv["n_groups"]
+        summary = json.loads((root / "artifacts" / "learning_curve" / f"{name}.json").read_text())
+        assert summary["trend"] in {"rising", "flat", "falling"} and summary["fold_fits"] == 3
 
 
 def test_second_repro_skips_everything_after_the_source_check(repo):
@@ -56,6 +64,22 @@ def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(rep
     finally:
         write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
         run([*dvc, "repro"], root, env)
+
+
+def test_changing_a_learning_curve_param_reruns_only_the_learning_curves_and_the_report(repo):
+    root, env, dvc, _, _ = repo
+    data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"].removesuffix("/Master Folder")
+    before = (root / "artifacts" / "plots" / "learning_curve" / "knn.csv").read_text()
+    write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data, "learning_curve.draws": 2})
+    try:
+        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", *(f"learning_curve@{name}" for name in CLASSIFIERS),
+                                                        "report"}
+        after = pd.read_csv(root / "artifacts" / "plots" / "learning_curve" / "knn.csv")
+        assert after["draws"].tolist() == [2, 1] and after["folds"].tolist() == [6, 3]
+    finally:
+        write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
+        run([*dvc, "repro"], root, env)
+    assert (root / "artifacts" / "plots" / "learning_curve" / "knn.csv").read_text() == before
 
 
 @pytest.mark.parametrize("model", ["head", "knn", "svm"])
@@ -97,7 +121,8 @@ def test_report_holds_every_section_with_real_images(repo):
     from PIL import Image
 
     page = (root / "artifacts" / "report.html").read_text()
-    for section in ["about", "leaderboard", "confusion", "per-class", "embeddings", "misclassified", "training"]:
+    for section in ["about", "leaderboard", "confusion", "per-class", "embeddings", "misclassified", "learning-curve",
+                    "training"]:
         assert f"id='{section}'" in page
     about = page[page.index("id='about'"):page.index("</table>", page.index("id='about'"))]
     for fact in ["anshtanwar/pets-facial-expression-dataset/versions/11", "train 60", "valid 12", "test 12",

@@ -42,6 +42,14 @@ def test_unknown_key_is_named_with_the_known_ones(tmp_path):
         ({"audit__on_leak": "ignore"}, r"audit.on_leak='ignore' is not allowed"),
         ({"extract__decode": "gpu"}, r"extract.decode='gpu' is not allowed: choose one of \['auto', 'cpu', 'device'\]"),
         ({"views__count": True}, r"views.count=True has the wrong type"),
+        ({"learning_curve__fractions": [0.5, 0]}, r"learning_curve.fractions=\[0.5, 0\] is out of range: .* \(0, 1\]"),
+        ({"learning_curve__fractions": [0.5, 1.5]}, r"learning_curve.fractions=\[0.5, 1.5\] is out of range"),
+        ({"learning_curve__fractions": ["half"]}, r"learning_curve.fractions=\['half'\] must be a list of numbers"),
+        ({"learning_curve__fractions": []}, r"learning_curve.fractions=\[\] must be a list of numbers"),
+        ({"learning_curve__fractions": 0.5}, r"learning_curve.fractions=0.5 has the wrong type: expected list"),
+        ({"learning_curve__fractions": [0.5, 0.5]}, r"learning_curve.fractions=\[0.5, 0.5\] repeats a value"),
+        ({"learning_curve__draws": 0}, r"learning_curve.draws=0 is out of range: it must be >= 1"),
+        ({"learning_curve__enabled": "yes"}, r"learning_curve.enabled='yes' has the wrong type: expected bool"),
     ],
 )
 def test_bad_values_name_the_parameter_and_the_allowed_values(tmp_path, override, message):
@@ -49,6 +57,12 @@ def test_bad_values_name_the_parameter_and_the_allowed_values(tmp_path, override
     section = next(iter(override)).split("__")[0]
     with pytest.raises(ParamsError, match=message):
         load_section(section, path)
+
+
+def test_learning_curve_fractions_below_one_are_the_ones_computed_in_order():
+    params = parse_section(SECTIONS["learning_curve"], {"enabled": True, "fractions": [0.75, "5e-1", 1, 0.25],
+                                                        "draws": 2, "seed": 0}, "learning_curve")
+    assert params.below_full == [0.25, 0.5, 0.75]  # 1 is the train stage's point, never recomputed
 
 
 def test_ints_are_accepted_where_floats_are_expected():
