@@ -57,7 +57,7 @@ def test_row_sliced_learning_curve_sits_above_the_picture_sliced_one_when_copies
 def test_curve_folds_keep_whole_pictures_and_never_put_a_picture_on_both_sides():
     feats, groups = copies_dataset(n_pictures=60, copies=3)
     y = feats["train"].y
-    plan = list(curve_folds(y, groups, fractions=[0.25, 0.5], draws=3, seed=0, cv=CV))
+    plan = curve_folds(y, groups, fractions=[0.25, 0.5], draws=3, seed=0, cv=CV)
     assert len(plan) == 6
     for point in plan:
         kept = groups[point.rows]
@@ -86,7 +86,7 @@ def test_draws_are_stratified_seeded_and_nested_within_a_draw():
 def test_a_fraction_too_small_for_the_folds_names_the_learning_curve_key():
     feats, groups = copies_dataset(n_pictures=24, copies=2)
     with pytest.raises(ParamsError, match=r"learning_curve.fractions: 0.1 of the pictures \(4\) is too few"):
-        list(curve_folds(feats["train"].y, groups, fractions=[0.1], draws=1, seed=0, cv=CV))
+        curve_folds(feats["train"].y, groups, fractions=[0.1], draws=1, seed=0, cv=CV)
 
 
 def test_the_full_point_is_the_train_stage_grouped_cv_figure_and_closes_the_curve():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -72,8 +71,8 @@ def draw_pictures(y: np.ndarray, groups: np.ndarray, *, fractions: list[float], 
 
 
 def curve_folds(y: np.ndarray, groups: np.ndarray, *, fractions: list[float], draws: int, seed: int,
-                cv: CVParams) -> Iterator[CurveFold]:
-    """Every (draw, fraction) of the curve with its grouped folds, checked to fit before any fitting.
+                cv: CVParams) -> list[CurveFold]:
+    """Every (draw, fraction) of the curve with its grouped folds, all checked to fit before any fitting.
 
     A draw runs one repetition of ``cv.folds`` grouped folds (its own seed), so a point
     pools draws x folds scores; ``cv.inner_folds`` nests the selection as in the train stage.
@@ -96,7 +95,7 @@ def curve_folds(y: np.ndarray, groups: np.ndarray, *, fractions: list[float], dr
                                   "fraction or lower cv.folds.") from err
             planned.append(CurveFold(draw=draw, fraction=fraction, pictures=len(drawn[fraction]), rows=rows,
                                      splits=splits, cv=draw_cv))
-    yield from planned
+    return planned
 
 
 def learning_curve_scores(name: str, params: Any, *, features: Features, groups: np.ndarray, cv: CVParams,
@@ -111,7 +110,7 @@ def learning_curve_scores(name: str, params: Any, *, features: Features, groups:
     train = features["train"]
     views = train.views if use_views else None
     frames = []
-    plan = list(curve_folds(train.y, groups, fractions=curve.below_full, draws=curve.draws, seed=curve.seed, cv=cv))
+    plan = curve_folds(train.y, groups, fractions=curve.below_full, draws=curve.draws, seed=curve.seed, cv=cv)
     for point in tqdm(plan, desc=f"learning curve {name}", unit="point"):
         rows = point.rows
         try:
