@@ -60,7 +60,8 @@ def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(rep
     write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data,
                                         "classifiers.knn.n_neighbors": [1]})  # SMALL_RUN has [3, 5]
     try:
-        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "train@knn", "compare", "report"}
+        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "train@knn", "learning_curve@knn", "compare",
+                                                        "report"}
     finally:
         write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
         run([*dvc, "repro"], root, env)
