@@ -13,9 +13,9 @@ from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.io import write_csv, write_json
-from pipeline.common.params import DEFAULT_PARAMS, classifiers_section, load_section, validate_all
+from pipeline.common.params import DEFAULT_PARAMS, backbones_section, classifiers_section, load_section, validate_all
 from pipeline.data.dataset import build_manifest, resolve_root
-from pipeline.embed.backbone import check_model_params
+from pipeline.embed.backbone import check_backbones
 from pipeline.evaluate.classifiers import check_classifiers
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     validate_all(args.params)  # every stage's params, before any work
     check_classifiers(classifiers_section(args.params))
-    check_model_params(load_section("model", args.params))
+    check_backbones(backbones_section(args.params))
     data = load_section("data", args.params)
     root = resolve_root(data)
     manifest, skipped = build_manifest(root, on_bad_image=data.on_bad_image)

@@ -1,8 +1,9 @@
 """Stage ``report``: one self-contained HTML page to look at the results.
 
-Leaderboard, test confusion matrices, per-class precision and recall, a 2-D map
-of the embeddings, the misclassified test images of the best classifier, and the
-linear head's training curves. Images are embedded, so the file opens anywhere.
+Leaderboard of every backbone/classifier pair, the backbone x classifier grid,
+test confusion matrices, per-class precision and recall, the misclassified test
+images of the best pair, and per backbone a 2-D map of its embeddings and its
+linear head's training curve. Images are embedded, so the file opens anywhere.
 """
 
 from __future__ import annotations
@@ -37,20 +38,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--comparison", type=Path, required=True, help="the leaderboard CSV of compare")
     parser.add_argument("--predictions-dir", type=Path, required=True)
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--history", type=Path, required=True, help="the linear head's training curve")
+    parser.add_argument("--features-dir", type=Path, required=True, help="features/<backbone>/")
+    parser.add_argument("--history-dir", type=Path, required=True,
+                        help="the linear head's training curve of each backbone (<backbone>.csv)")
     parser.add_argument("--source", type=Path, required=True, help="where prepare found the images (gallery)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     rerun = "re-run the stages before report (dvc repro)."
-    leaderboard = read_csv(args.comparison, what="Leaderboard", fix=rerun)
+    leaderboard = read_csv(args.comparison, what="Leaderboard", fix=rerun, dtype={"backbone": str, "classifier": str},
+                           keep_default_na=False, na_values=[""])
     text_columns = dict.fromkeys(["image", "split", "true", "predicted"], str)  # a class may be called "NA"
-    predictions = {name: read_csv(args.predictions_dir / f"{name}.csv", what="Predictions", fix=rerun,
-                                  dtype=text_columns, keep_default_na=False) for name in leaderboard["classifier"]}
+    pairs = [f"{b}/{c}" for b, c in zip(leaderboard["backbone"], leaderboard["classifier"])]
+    predictions = {pair: read_csv(args.predictions_dir / f"{pair}.csv", what="Predictions", fix=rerun,
+                                  dtype=text_columns, keep_default_na=False) for pair in pairs}
+    backbones = list(dict.fromkeys(leaderboard["backbone"]))
+    feats = {name: features_io.load(args.features_dir / name) for name in backbones}
+    histories = {name: read_csv(args.history_dir / f"{name}.csv", what="Training curve", fix=rerun)
+                 for name in backbones if "head" in set(leaderboard["classifier"])}
     source = read_source(args.source)
-    text = build_report(leaderboard=leaderboard, predictions=predictions, feats=features_io.load(args.features),
-                        history=read_csv(args.history, what="Training curve", fix=rerun),
+    text = build_report(leaderboard=leaderboard, predictions=predictions, feats=feats, histories=histories,
                         image_root=Path(source["root"]), source=source, code_version=code_version())
     write_text(args.out, text)
     print(f"report: {args.out} ({len(text) / 1e6:.1f} MB)")

@@ -96,7 +96,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 # Overrides that make a whole run take seconds on 2 cores (random weights, tiny crops).
 SMALL_RUN = {
-    "model.weights": None,
+    "backbones.efficientnet_b1.weights": None,
     "extract.crop_size": 64,
     "extract.resize_size": 72,
     "extract.num_workers": 0,

@@ -6,14 +6,17 @@ A features folder holds:
 - ``<split>_views.npy`` (optional, train only): float32 (n_views, n_split, dim),
   embeddings of random augmented views of the same images, in the same order;
 - ``index.csv``: one row per image, columns ``split, path, label`` in the same order;
-- ``meta.json``: backbone, weights, transform, dim, classes, manifest hash, device, versions.
+- ``meta.json``: backbone, weights, transform, dim, classes, manifest hash, device, speed, versions.
+
+``extract`` writes one such folder per backbone, ``features/<backbone>/``.
 
 Anything that writes this format (another backbone, another repo) can feed the
 train and compare stages. A producer other than ``extract`` needs only
 ``{"classes": [...]}`` in ``meta.json`` (every label of ``index.csv`` among them);
 ``pretrained`` (true/false) is copied into every metrics file when present. The
-backbone keys that ``extract`` also writes (``arch``, ``weights``, ``checkpoint``,
-``transform``, ``fingerprint``) are what ``predict`` needs to embed new images.
+backbone keys that ``extract`` also writes (``backbone``, ``source``, ``entry``,
+``transform``, ``fingerprint``) are what ``predict`` needs to embed new images;
+``speed`` records how fast extraction ran (images/s), for the leaderboard.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from pipeline.common.io import read_csv, read_json
 INDEX = "index.csv"
 META = "meta.json"
 INDEX_COLUMNS = ["split", "path", "label"]
-BACKBONE_KEYS = ("arch", "weights", "checkpoint", "transform", "fingerprint")  # what predict rebuilds from
+BACKBONE_KEYS = ("backbone", "source", "entry", "transform", "fingerprint")  # what predict rebuilds from
 # Everything extract writes to meta.json (the loader needs only "classes"; see the module docstring).
 EXTRACT_META_KEYS = (
-    *BACKBONE_KEYS, "checkpoint_sha256", "init_seed", "pretrained", "feature_dim", "classes", "splits",
+    *BACKBONE_KEYS, "arch", "weights", "checkpoint", "head", "checkpoint_sha256", "init_seed", "pretrained",
+    "feature_dim", "classes", "splits", "speed",
     "manifest_sha256", "device", "dtype", "channels_last", "pad_batches", "precision", "decode", "views", "batch_size",
     "threads", "num_workers", "engine", "shard_rows", "versions",
 )

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from pipeline.common.errors import PipelineError
-from pipeline.common.params import ExtractParams, ModelParams
-from pipeline.embed.backbone import Backbone, build_backbone
+from pipeline.common.params import ExtractParams
+from pipeline.embed.backbone import Backbone, rebuild_backbone
 from pipeline.embed.embedding import Settings, Stats, embed_items
 from pipeline.embed.loading import Preprocess
 from pipeline.embed.work import ShardStore, Work, batches_within
@@ -82,19 +82,14 @@ def cluster_device(params: ExtractParams) -> torch.device:
 class ShardEmbedder:
     """A Ray actor: one backbone, whole shards embedded per call."""
 
-    def __init__(self, *, model_params: ModelParams, transform: dict[str, Any], fingerprint: str, work: Work,
+    def __init__(self, *, info: dict[str, Any], work: Work,
                  batches: list[tuple[int, int]], settings: Settings, preprocess: Preprocess) -> None:
         if settings.threads:
             torch.set_num_threads(settings.threads)  # as the driver: the CPU's rounding depends on it
         self.work, self.batches, self.settings, self.preprocess = work, batches, settings, preprocess
         self.failure = ""  # a failed set-up is reported with the first shard: a dying actor would hide the reason
         try:
-            self.backbone = build_backbone(model_params, crop_size=transform["crop_size"][0],
-                                           resize_size=transform["resize_size"][0])
-            if self.backbone.info["fingerprint"] != fingerprint:
-                raise PipelineError("A Ray worker built another backbone than the driver (fingerprints differ): "
-                                    "the weights file differs between nodes; make model.checkpoint or TORCH_HOME "
-                                    "the same on every node.")
+            self.backbone = rebuild_backbone(info, where="on a Ray worker")
         except PipelineError as err:
             self.failure = f"on a Ray worker: {err}"
 
@@ -122,7 +117,7 @@ class ShardEmbedder:
 
 def run_ray(*, work: Work, batches: list[tuple[int, int]], missing: list[tuple[int, int]], store: ShardStore,
             settings: Settings,
-            preprocess: Preprocess, model_params: ModelParams, backbone: Backbone, address: str | None,
+            preprocess: Preprocess, backbone: Backbone, address: str | None,
             actors: int | str, stats: Stats) -> None:
     """Compute the ``missing`` shards on the cluster; the driver writes each one as it arrives."""
     if not missing:
@@ -143,8 +138,7 @@ def run_ray(*, work: Work, batches: list[tuple[int, int]], missing: list[tuple[i
     embedded = shards.map_batches(
         ShardEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=count), num_gpus=1 if gpus else 0,
         num_cpus=share if gpus else 0.5,
-        fn_constructor_kwargs={"model_params": model_params, "transform": backbone.info["transform"],
-                               "fingerprint": backbone.info["fingerprint"], "work": work, "batches": batches,
+        fn_constructor_kwargs={"info": backbone.info, "work": work, "batches": batches,
                                "settings": actor_settings,
                                "preprocess": preprocess})
     log.info("ray: %d shard(s) on %d actor(s) (%s)", len(missing), count, "GPU" if gpus else "CPU")

@@ -1,7 +1,7 @@
 """Write one trained classifier's results in the layout every classifier shares, and read the model back.
 
 Same metric keys for all, so ``dvc metrics show`` prints one comparable row per
-classifier and ``dvc metrics diff`` / ``dvc exp show`` line them up. Every model is
+backbone and classifier pair and ``dvc metrics diff`` / ``dvc exp show`` line them up. Every model is
 saved the same way (joblib: the fitted estimator, its class names and the metadata
 of the features it was trained on), so ``predict`` and ``export`` treat them alike.
 """
@@ -36,13 +36,19 @@ class SavedModel:
     classes: list[str]
     features_meta: dict[str, Any]
     selected: dict[str, Any]
+    backbone: str | None = None  # the backbones entry whose features trained it
+
+    @property
+    def pair(self) -> str:
+        return f"{self.backbone}/{self.name}" if self.backbone else self.name
 
 
-def write_results(trained: Trained, *, classes: list[str], features_meta: dict[str, Any], paths: ResultPaths) -> None:
+def write_results(trained: Trained, *, backbone: str, classes: list[str], features_meta: dict[str, Any],
+                  paths: ResultPaths) -> None:
     """Model, metrics JSON, predictions CSV, test rows for the confusion plot, CV folds, selection record."""
     evaluation = trained.evaluation
     saved = SavedModel(name=trained.name, model=trained.selection.model, classes=classes,
-                       features_meta=features_meta, selected=trained.selection.selected)
+                       features_meta=features_meta, selected=trained.selection.selected, backbone=backbone)
     with atomic_path(paths.model) as tmp:
         joblib.dump(vars(saved), tmp)  # not dataclasses.asdict: it deep-copies the fitted model first
     write_csv(paths.predictions, evaluation.predictions)
@@ -50,7 +56,7 @@ def write_results(trained: Trained, *, classes: list[str], features_meta: dict[s
     write_csv(paths.confusion, test[["image", "true", "predicted"]])
     write_csv(paths.folds, evaluation.folds)
     write_csv(paths.selection, trained.selection.record)
-    write_json(paths.metrics, {"classifier": trained.name, **evaluation.metrics, "selected": trained.selection.selected,
+    write_json(paths.metrics, {"backbone": backbone, "classifier": trained.name, **evaluation.metrics, "selected": trained.selection.selected,
                                "pretrained": features_meta.get("pretrained"),
                                "fit_seconds": round(trained.fit_seconds, 3)})
 
