@@ -48,7 +48,7 @@ def finished(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        for stage, key in [("prepare", None), ("audit", None), ("extract", None), *[("train", k) for k in
+        for stage, key in [("prepare", None), ("audit", None), ("folds", None), ("extract", None), *[("train", k) for k in
                            ("head", "logreg", "svm", "knn")], ("export", None), ("compare", None), ("report", None)]:
             assert stage_main(stage, key) == 0, stage
     finally:
@@ -101,9 +101,9 @@ def held_out_image(root: Path) -> Path:
 
 
 def corrupt_npy_row(root: Path, name: str, value: float) -> None:
-    array = np.load(root / "features" / name)
+    array = np.load(root / "features" / "efficientnet_b1" / name)
     array[0, 0] = value
-    np.save(root / "features" / name, array)
+    np.save(root / "features" / "efficientnet_b1" / name, array)
 
 
 def rewrite_yaml(path: Path, change) -> None:
@@ -141,10 +141,10 @@ CASES = [
     # prepare: the params, all checked before any work
     ("negative seed", "prepare", None, lambda r: edit_params(r, cv__seed=-1), "cv.seed=-1"),
     ("huge seed", "prepare", None, lambda r: edit_params(r, views__seed=2**40), "views.seed=1099511627776"),
-    ("huge init seed", "prepare", None, lambda r: edit_params(r, model__init_seed=2**33), "model.init_seed"),
+    ("huge init seed", "prepare", None, lambda r: edit_params(r, backbones__efficientnet_b1__init_seed=2**33), "backbones.efficientnet_b1.init_seed"),
     ("head seed", "prepare", None, lambda r: edit_params(r, classifiers__head__seed=-5), "classifiers.head.seed=-5"),
     ("unknown device name", "prepare", None, lambda r: edit_params(r, extract__device="tpu"), "extract.device='tpu'"),
-    ("unknown weights", "prepare", None, lambda r: edit_params(r, model__weights="IMAGENET9"), "model.weights"),
+    ("unknown weights", "prepare", None, lambda r: edit_params(r, backbones__efficientnet_b1__weights="IMAGENET9"), "backbones.efficientnet_b1.weights"),
     ("unknown engine", "prepare", None, lambda r: edit_params(r, extract__engine="spark"), "extract.engine"),
     ("knn grid", "prepare", None, lambda r: edit_params(r, classifiers__knn__n_neighbors=[0]),
      "classifiers.knn.n_neighbors"),
@@ -170,14 +170,14 @@ CASES = [
     # extract
     ("device that is not there", "extract", None, lambda r: edit_params(r, extract__device="cuda"),
      "device 'cuda' is not available"),
-    ("checkpoint missing", "extract", None, lambda r: edit_params(r, model__checkpoint="none.pth"),
-     "model.checkpoint='none.pth' does not exist"),
+    ("checkpoint missing", "extract", None, lambda r: edit_params(r, backbones__efficientnet_b1__checkpoint="none.pth"),
+     "backbones.efficientnet_b1.checkpoint='none.pth' does not exist"),
     ("checkpoint is a text file", "extract", None,
-     lambda r: ((r / "text.pth").write_text("hello"), edit_params(r, model__checkpoint="text.pth")),
-     "model.checkpoint='text.pth' is not a PyTorch state dict file"),
+     lambda r: ((r / "text.pth").write_text("hello"), edit_params(r, backbones__efficientnet_b1__checkpoint="text.pth")),
+     "backbones.efficientnet_b1.checkpoint='text.pth' is not a PyTorch state dict file"),
     ("checkpoint is empty", "extract", None,
-     lambda r: ((r / "empty.pth").write_bytes(b""), edit_params(r, model__checkpoint="empty.pth")),
-     "model.checkpoint='empty.pth' is an empty file"),
+     lambda r: ((r / "empty.pth").write_bytes(b""), edit_params(r, backbones__efficientnet_b1__checkpoint="empty.pth")),
+     "backbones.efficientnet_b1.checkpoint='empty.pth' is an empty file"),
     ("checkpoint full of NaN", "extract", None, lambda r: nan_checkpoint(r), "NaN or infinite values"),
     ("image deleted after prepare", "extract", None, lambda r: held_out_image(r).unlink(), held_out_image),
     # train
@@ -187,12 +187,12 @@ CASES = [
     ("groups.csv missing rows", "train", "logreg",
      lambda r: pd.read_csv(r / "artifacts/data/groups.csv").iloc[3:].to_csv(r / "artifacts/data/groups.csv",
                                                                              index=False), "have no group"),
-    ("meta.json damaged", "train", "logreg", lambda r: (r / "features/meta.json").write_text("{"),
+    ("meta.json damaged", "train", "logreg", lambda r: (r / "features/efficientnet_b1/meta.json").write_text("{"),
      "meta.json is not valid JSON"),
-    ("features index empty", "train", "logreg", lambda r: (r / "features/index.csv").write_text(""),
+    ("features index empty", "train", "logreg", lambda r: (r / "features/efficientnet_b1/index.csv").write_text(""),
      "index.csv is not a readable CSV file"),
     ("meta.json without classes", "train", "logreg",
-     lambda r: rewrite_json(r / "features/meta.json", lambda m: m.pop("classes")), "meta.json needs \"classes\""),
+     lambda r: rewrite_json(r / "features/efficientnet_b1/meta.json", lambda m: m.pop("classes")), "meta.json needs \"classes\""),
     ("NaN embedding", "train", "logreg", lambda r: corrupt_npy_row(r, "train.npy", np.nan),
      "train.npy holds 1 row(s) with NaN"),
     ("cv.folds above the pictures", "train", "logreg", lambda r: edit_params(r, cv__folds=50),
@@ -210,18 +210,58 @@ CASES = [
     ("source.json without a root", "extract", None, lambda r: (r / "artifacts/data/source.json").write_text("{}"),
      'has no "root"'),
     # export, compare, report
-    ("export model damaged", "export", None, lambda r: (r / "artifacts/models/head.joblib").write_bytes(b"junk"),
+    ("export model damaged", "export", None, lambda r: (r / "artifacts/models/efficientnet_b1/head.joblib").write_bytes(b"junk"),
      "head.joblib is not a model saved by the train stage"),
-    ("metrics missing", "compare", None, lambda r: (r / "artifacts/metrics/svm.json").unlink(), "svm.json not found"),
-    ("metrics damaged", "compare", None, lambda r: (r / "artifacts/metrics/svm.json").write_text("[1]"),
+    ("metrics missing", "compare", None, lambda r: (r / "artifacts/metrics/efficientnet_b1/svm.json").unlink(), "svm.json not found"),
+    ("metrics damaged", "compare", None, lambda r: (r / "artifacts/metrics/efficientnet_b1/svm.json").write_text("[1]"),
      "svm.json lacks"),
     ("models missing", "compare", None,
-     lambda r: [p.unlink() for p in (r / "artifacts/models").glob("*.joblib")], ".joblib not found"),
+     lambda r: [p.unlink() for p in (r / "artifacts/models").glob("*/*.joblib")], ".joblib not found"),
     ("leaderboard missing", "report", None, lambda r: (r / "artifacts/comparison.csv").unlink(),
      "comparison.csv not found"),
-    ("training curve damaged", "report", None, lambda r: (r / "artifacts/selection/head.csv").write_text(""),
-     "head.csv is not a readable CSV"),
+    ("training curve damaged", "report", None, lambda r: (r / "artifacts/selection/head/efficientnet_b1.csv").write_text(""),
+     "efficientnet_b1.csv is not a readable CSV"),
+    # backbones
+    ("unknown backbone source", "prepare", None, lambda r: edit_params(r, backbones__efficientnet_b1__source="keras"),
+     "backbones.efficientnet_b1.source='keras' is not known"),
+    ("unknown torchvision model", "prepare", None, lambda r: edit_params(r, backbones__efficientnet_b1__model="resnet9"),
+     "backbones.efficientnet_b1.model='resnet9'"),
+    ("backbone name with a dash", "prepare", None,
+     lambda r: rewrite_yaml(r / "params.yaml", lambda p: p["backbones"].update({"my-net": {"source": "torchvision"}})),
+     "backbones.'my-net'"),
+    ("exported file missing", "prepare", None, lambda r: exported_entry(r, "none.pt2"),
+     "backbones.efficientnet_b1.file='none.pt2' does not exist"),
+    ("checkpoint of another architecture", "extract", None, lambda r: resnet_checkpoint(r),
+     "backbones.efficientnet_b1.checkpoint='resnet.pth' does not fit"),
+    ("exported model of the wrong shape", "extract", None, lambda r: wrong_shape_model(r),
+     "backbones.efficientnet_b1.file='maps.pt'"),
+    ("backbone not in params", "extract", "nope", lambda r: None, "has no backbones.nope entry"),
+    ("folds file of other images", "train", "logreg",
+     lambda r: pd.read_csv(r / "artifacts/data/folds.csv").iloc[2:].to_csv(r / "artifacts/data/folds.csv", index=False),
+     "folds.csv lists other train images"),
+    ("folds file missing", "train", "logreg", lambda r: (r / "artifacts/data/folds.csv").unlink(), "folds.csv not found"),
 ]
+
+
+def exported_entry(root: Path, file: str) -> None:
+    rewrite_yaml(root / "params.yaml", lambda p: p["backbones"].update(efficientnet_b1={
+        "source": "exported", "file": file, "pretrained": False, "crop_size": 64, "resize_size": 72}))
+
+
+def resnet_checkpoint(root: Path) -> None:
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), root / "resnet.pth")
+    edit_params(root, backbones__efficientnet_b1__checkpoint="resnet.pth")
+
+
+def wrong_shape_model(root: Path) -> None:
+    """A TorchScript model that forgot to pool: (n, c, h, w) feature maps instead of (n, d)."""
+    import torch
+
+    torch.jit.script(torch.nn.Conv2d(3, 4, 3)).save(str(root / "maps.pt"))
+    exported_entry(root, "maps.pt")
 
 
 def nan_checkpoint(root: Path) -> None:
@@ -231,7 +271,7 @@ def nan_checkpoint(root: Path) -> None:
     state = torchvision.models.efficientnet_b1().state_dict()
     state["features.3.0.block.0.0.weight"][0] = float("nan")
     torch.save(state, root / "nan.pth")
-    edit_params(root, model__checkpoint="nan.pth")
+    edit_params(root, backbones__efficientnet_b1__checkpoint="nan.pth")
 
 
 @pytest.mark.parametrize(("case", "stage", "key", "breaking", "culprit"), CASES, ids=[c[0] for c in CASES])
@@ -342,7 +382,7 @@ def test_predict_refuses_a_model_trained_on_features_made_elsewhere(tmp_path, mo
     from tests.test_train import foreign_features
 
     monkeypatch.chdir(tmp_path)
-    foreign_features(tmp_path / "features", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
+    foreign_features(tmp_path / "features" / "efficientnet_b1", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
     write_params(tmp_path / "params.yaml", SMALL_RUN)
     module, argv = stage_command("train", "knn", without=("--manifest",))
     assert run_cli(__import__(module, fromlist=["main"]).main, [*argv, "--params", "params.yaml"]) == 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.common.io import atomic_path, write_json
-from tests.conftest import SMALL_RUN, make_dataset, stage_process, write_params
+from tests.conftest import SMALL_RUN, make_dataset, outputs, stage_process, write_params
 
 
 def test_failure_inside_leaves_the_previous_output_untouched(tmp_path):
@@ -39,28 +39,27 @@ def test_killed_extract_leaves_no_features_and_the_rerun_recovers(tmp_path):
     subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
     proc = subprocess.Popen(stage, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not any(tmp_path.glob(".extract-shards/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
+    while not any(tmp_path.glob(".extract-shards/*/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # mid-way through filling the (only) shard
     assert proc.poll() is None, "extract finished before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "features").exists()
-    assert not list(tmp_path.glob(".extract-shards/*/rows-*.npy"))  # no shard looks finished
+    assert not (tmp_path / "features" / "efficientnet_b1").exists()
+    assert not list(tmp_path.glob(".extract-shards/*/*/rows-*.npy"))  # no shard looks finished
 
     subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
     assert not list(tmp_path.glob(".features.tmp-*"))
-    first = {p.name: p.read_bytes() for p in (tmp_path / "features").iterdir()}
+    first = outputs(tmp_path)
     subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
-    second = {p.name: p.read_bytes() for p in (tmp_path / "features").iterdir()}
-    assert first == second  # byte-identical embeddings, index and metadata on CPU
-    assert np.load(tmp_path / "features" / "train.npy").shape == (120, 1280)
+    assert first == outputs(tmp_path)  # byte-identical embeddings, index and metadata (but its timing) on CPU
+    assert np.load(tmp_path / "features" / "efficientnet_b1" / "train.npy").shape == (120, 1280)
 
 
 def test_killed_classifier_stage_leaves_no_outputs_and_the_rerun_recovers(tmp_path):
     from tests.test_train import foreign_features
 
-    foreign_features(tmp_path / "features", dim=256, groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
+    foreign_features(tmp_path / "features" / "efficientnet_b1", dim=256, groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "evaluation.n_bootstrap": 5000,
                                                      "classifiers.logreg.C": [0.01, 0.1, 1.0, 10.0]})
     stage = stage_process("train", params, "logreg", without=("--manifest",))  # features made elsewhere
@@ -73,6 +72,7 @@ def test_killed_classifier_stage_leaves_no_outputs_and_the_rerun_recovers(tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     artifacts = tmp_path / "artifacts"
-    assert [p.name for p in artifacts.rglob("*") if p.is_file()] == ["groups.csv"]  # the input alone
+    assert sorted(p.name for p in artifacts.rglob("*") if p.is_file()) == ["folds.csv", "groups.csv"]  # inputs alone
     subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
-    assert (artifacts / "metrics" / "logreg.json").is_file() and (artifacts / "models" / "logreg.joblib").is_file()
+    assert (artifacts / "metrics" / "efficientnet_b1" / "logreg.json").is_file()
+    assert (artifacts / "models" / "efficientnet_b1" / "logreg.joblib").is_file()

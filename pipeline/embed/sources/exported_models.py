@@ -69,10 +69,10 @@ def check(entry: ExportedEntry, key: str) -> None:
 
 def build(entry: ExportedEntry, key: str, *, crop_size: int | None, resize_size: int | None) -> Backbone:
     model = _load(entry, key)
-    if hasattr(model, "requires_grad_"):
-        model.requires_grad_(False)
+    for parameter in model.parameters():  # ScriptModules refuse requires_grad_ on the module itself
+        parameter.requires_grad_(False)
     if isinstance(model, torch.jit.ScriptModule):
-        model.eval()
+        model.eval()  # an exported program's module is in eval form already and refuses eval()
     transform = with_sizes(preset(crop_size=entry.crop_size, resize_size=entry.resize_size, mean=entry.mean,
                                   std=entry.std, interpolation=INTERPOLATIONS[entry.interpolation]),
                            crop_size, resize_size)

@@ -73,7 +73,8 @@ def _weights(entry: TorchvisionEntry, key: str, name: str) -> WeightsEnum:
 def check(entry: TorchvisionEntry, key: str) -> None:
     """An unknown model or weights name fails before any work (prepare calls this)."""
     if entry.model not in _models():
-        close = [m for m in _models() if m.split("_")[0] == entry.model.split("_")[0]] or _models()[:12]
+        family = re.match(r"[a-z]*", entry.model.lower()).group()
+        close = [m for m in _models() if family and m.startswith(family)] or _models()[:12]
         raise BackboneError(f"{key}.model={entry.model!r} is not a torchvision classification model; e.g. "
                             f"{close} (torchvision.models.list_models() lists them all).")
     if entry.weights is not None:
