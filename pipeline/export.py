@@ -22,17 +22,20 @@ from pipeline.common.io import atomic_path
 from pipeline.common.params import BACKBONES_SECTION, DEFAULT_PARAMS, backbones_section, entry_of
 from pipeline.embed.backbone import SOURCES, BackboneError, build_backbone, full_model_with_head, parse_backbone
 from pipeline.evaluate.linear_head import LinearHeadClassifier
-from pipeline.evaluate.results import load_model
+from pipeline.evaluate.results import load_model, model_path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--model", type=Path, required=True, help="the linear head saved by train@<backbone>-head")
+    parser.add_argument("--model", default="best",
+                        help="a linear head: its file, <backbone>/head, or 'best' (compare's pick, if it is a head)")
+    parser.add_argument("--models-dir", type=Path, default=Path("artifacts/models"))
+    parser.add_argument("--best-model", type=Path, default=Path("artifacts/best_model.joblib"))
     parser.add_argument("--out", type=Path, required=True, help="state dict of the full model (or of the head alone)")
     args = parser.parse_args(argv)
 
-    saved = load_model(args.model)
+    saved = load_model(model_path(args.model, models_dir=args.models_dir, best=args.best_model))
     if not isinstance(saved.model, LinearHeadClassifier):
         raise PipelineError(f"{args.model} holds a {type(saved.model).__name__}, not the linear head; only the "
                             "head fits into the backbone's network (pass artifacts/models/<backbone>/head.joblib).")

@@ -28,7 +28,7 @@ from pipeline.embed.backbone import Backbone, rebuild_backbone
 from pipeline.embed.embedding import Settings, embed_paths, resolve_device
 from pipeline.embed.features import BACKBONE_KEYS
 from pipeline.evaluate.protocol import probability_columns
-from pipeline.evaluate.results import SavedModel, load_model
+from pipeline.evaluate.results import SavedModel, load_model, model_path
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +64,6 @@ def backbone_for(meta: dict[str, Any]) -> Backbone:
                            f"lacks {missing}), so predict cannot embed new images the same way; classify their "
                            "embeddings with the model directly (pipeline.evaluate.results.load_model).")
     return rebuild_backbone(meta, where="for prediction")
-
-
-def model_path(model: str, *, models_dir: Path, best: Path) -> Path:
-    """The joblib file of ``best``, ``<backbone>/<classifier>``, or a classifier that one backbone alone has."""
-    if model == "best":
-        return best
-    known = sorted(str(p.relative_to(models_dir).with_suffix("")) for p in models_dir.glob("*/*.joblib"))
-    matches = [model] if "/" in model else [k for k in known if k.split("/")[-1] == model]
-    if len(matches) > 1:
-        raise PredictError(f"--model {model!r} is trained on several backbones {matches}; name one as "
-                           "<backbone>/<classifier>.")
-    if not matches or not (models_dir / f"{matches[0]}.joblib").is_file():
-        raise PredictError(f"No model {model!r} in {models_dir} (found {known}); train it first (dvc repro), and "
-                           "name it as <backbone>/<classifier>.")
-    return models_dir / f"{matches[0]}.joblib"
 
 
 def predict(files: list[Path], saved: SavedModel, *, device: str = "auto",
@@ -119,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     saved = load_model(model_path(args.model, models_dir=args.models_dir, best=args.best_model))
+    log.info("model %s", saved.pair)
     frame = predict(image_files(args.paths), saved, device=args.device, batch_size=args.batch_size)
     bad = frame[frame["error"] != ""]
     if args.format == "csv":
@@ -127,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(frame.to_json(orient="records", indent=2))
     else:
         good = frame[frame["error"] == ""].drop(columns="error")
-        print(f"model: {saved.name}\n{good.to_string(index=False)}")
+        print(f"model: {saved.pair}\n{good.to_string(index=False)}")
         for row in bad.itertuples():
             print(f"{row.image}: not classified, {row.error}")
     if len(bad):

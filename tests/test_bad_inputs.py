@@ -410,7 +410,7 @@ def test_ctrl_c_prints_one_line_and_leaves_no_output(tmp_path):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
-        while not any(tmp_path.glob(".extract-shards/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
+        while not any(tmp_path.glob(".extract-shards/*/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(0.5)
         assert proc.poll() is None, proc.communicate()[1]
@@ -421,7 +421,8 @@ def test_ctrl_c_prints_one_line_and_leaves_no_output(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
-    assert not (tmp_path / "features").exists() and not list(tmp_path.glob(".extract-shards/*/*rows-*"))
+    assert not (tmp_path / "features" / "efficientnet_b1").exists()
+    assert not list(tmp_path.glob(".extract-shards/*/*/*rows-*"))
 
 
 def test_two_flat_images_in_train_and_test_are_no_leak_but_an_exact_copy_is(finished, tmp_path, monkeypatch):

@@ -61,6 +61,25 @@ def write_results(trained: Trained, *, backbone: str, classes: list[str], featur
                                "fit_seconds": round(trained.fit_seconds, 3)})
 
 
+def model_path(model: str, *, models_dir: Path, best: Path) -> Path:
+    """The joblib file of ``best``, ``<backbone>/<classifier>``, a classifier that one backbone alone has, or a
+    path to a file."""
+    if model == "best":
+        return Path(best)
+    if model.endswith(".joblib"):
+        return Path(model)
+    models_dir = Path(models_dir)
+    known = sorted(str(p.relative_to(models_dir).with_suffix("")) for p in models_dir.glob("*/*.joblib"))
+    matches = [model] if "/" in model else [k for k in known if k.split("/")[-1] == model]
+    if len(matches) > 1:
+        raise PipelineError(f"--model {model!r} is trained on several backbones {matches}; name one as "
+                            "<backbone>/<classifier>.")
+    if not matches or not (models_dir / f"{matches[0]}.joblib").is_file():
+        raise PipelineError(f"No model {model!r} in {models_dir} (found {known}); train it first (dvc repro), and "
+                            "name it as <backbone>/<classifier>.")
+    return models_dir / f"{matches[0]}.joblib"
+
+
 def load_model(path: Path) -> SavedModel:
     """A model saved by the train stage (or its copy, the best model of compare)."""
     path = Path(path)
