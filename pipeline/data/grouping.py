@@ -61,12 +61,19 @@ def perceptual_hashes(paths: Iterable[Path]) -> Hashes:
         except ImageError as err:
             raise PipelineError(f"{path} {err}; it changed after prepare checked it: re-run dvc repro "
                                 "(prepare checks every image again).") from err
-        plain.append(_as_int(imagehash.dhash(image)))
-        mirrored.append(_as_int(imagehash.dhash(ImageOps.mirror(image))))
-        thumbnail = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
-        informative.append(int(thumbnail.max()) - int(thumbnail.min()) >= FLAT_RANGE)
+        hashed = image_hashes(image)
+        plain.append(hashed[0])
+        mirrored.append(hashed[1])
+        informative.append(hashed[2])
     return Hashes(plain=np.array(plain, dtype=np.uint64), mirrored=np.array(mirrored, dtype=np.uint64),
                   informative=np.array(informative, dtype=bool))
+
+
+def image_hashes(image: Image.Image) -> tuple[int, int, bool]:
+    """The dHash of a decoded RGB image, that of its mirror image, and whether it is informative."""
+    thumbnail = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+    return (_as_int(imagehash.dhash(image)), _as_int(imagehash.dhash(ImageOps.mirror(image))),
+            int(thumbnail.max()) - int(thumbnail.min()) >= FLAT_RANGE)
 
 
 def _as_int(h: imagehash.ImageHash) -> int:
