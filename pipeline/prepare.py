@@ -10,6 +10,7 @@ stage's params fails in seconds, not after extraction.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
@@ -35,12 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     data = load_section("data", args.params)
     root = resolve_root(data)
     workers = resolve_workers(data.num_workers)
+    start = time.perf_counter()
     manifest, skipped = build_manifest(root, on_bad_image=data.on_bad_image, workers=workers)
+    seconds = time.perf_counter() - start
     write_csv(args.manifest, manifest)
     write_csv(args.skipped, skipped)
     write_json(args.source, {"root": str(root.resolve()), "handle": data.handle})
     counts = manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
-    print(f"{len(manifest)} images from {root}; {len(skipped)} skipped; {workers} worker(s)\n{counts}")
+    print(f"{len(manifest)} images from {root}; {len(skipped)} skipped; {workers} worker(s), "
+          f"{seconds:.1f} s ({(len(manifest) + len(skipped)) / seconds:.0f} img/s)\n{counts}")
     return 0
 
 
