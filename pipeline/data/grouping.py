@@ -71,8 +71,11 @@ def perceptual_hashes(paths: Iterable[Path]) -> Hashes:
 
 def image_hashes(image: Image.Image) -> tuple[int, int, bool]:
     """The dHash of a decoded RGB image, that of its mirror image, and whether it is informative."""
-    thumbnail = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
-    return (_as_int(imagehash.dhash(image)), _as_int(imagehash.dhash(ImageOps.mirror(image))),
+    # dHash works on the grey image; converting once, then mirroring it, gives the same bits as
+    # hashing the RGB image and its mirror image (the conversion is per pixel), at a third of the cost.
+    grey = image.convert("L")
+    thumbnail = np.asarray(grey.resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+    return (_as_int(imagehash.dhash(grey)), _as_int(imagehash.dhash(ImageOps.mirror(grey))),
             int(thumbnail.max()) - int(thumbnail.min()) >= FLAT_RANGE)
 
 
