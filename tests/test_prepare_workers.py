@@ -38,8 +38,10 @@ def test_one_and_two_workers_write_the_same_bytes_and_the_same_error(dataset, tm
     for workers in (1, 2):
         status, out = prepare(tmp_path, dataset, f"w{workers}", **{"data.num_workers": workers,
                                                                    "data.on_bad_image": mode})
-        err = capfd.readouterr().err
-        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        printed = capfd.readouterr()
+        errors = [line for line in printed.err.splitlines() if line.startswith("error:")]
+        if mode == "skip":  # the resolved worker count is in the stage's output line
+            assert f"; 2 skipped; {workers} worker(s), " in printed.out.splitlines()[0]
         files = {f: (out / f).read_bytes() for f in ("manifest.csv", "skipped.csv")} if status == 0 else None
         outcomes.append((status, errors, files))
     assert outcomes[0] == outcomes[1]

@@ -6,6 +6,7 @@ when any image changes, and its rows fix the order every later array follows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import warnings
@@ -189,17 +190,17 @@ def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
     skipped: list[tuple[str, str]] | None = [] if on_bad_image == "skip" else None
     frame = scan_layout(root, splits, skipped=skipped)
     described, keep = [], []
-    results = ordered_map(_inspect_or_why, (root / path for path in frame["path"]), workers)
-    for path, result in zip(frame["path"], tqdm(results, total=len(frame), desc="reading images", unit="img")):
-        if isinstance(result, str):
-            if skipped is None:
-                results.close()  # stops the workers before the error is reported
-                raise DatasetError(f"{root / path} {result}. Fix or remove it, or set data.on_bad_image: skip.")
-            skipped.append((path, result))
-            keep.append(False)
-        else:
-            described.append(result)
-            keep.append(True)
+    # closing: an error, Ctrl-C or the first bad file stops the workers before it is reported
+    with contextlib.closing(ordered_map(_inspect_or_why, (root / p for p in frame["path"]), workers)) as results:
+        for path, result in zip(frame["path"], tqdm(results, total=len(frame), desc="reading images", unit="img")):
+            if isinstance(result, str):
+                if skipped is None:
+                    raise DatasetError(f"{root / path} {result}. Fix or remove it, or set data.on_bad_image: skip.")
+                skipped.append((path, result))
+                keep.append(False)
+            else:
+                described.append(result)
+                keep.append(True)
     frame = frame[keep].reset_index(drop=True)
     columns = ["sha256", "width", "height", *HASH_COLUMNS]
     frame[columns] = pd.DataFrame(described, index=frame.index, columns=columns, dtype=object)
