@@ -91,6 +91,16 @@ def edit_params(root: Path, **changes) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(with_overrides(params, overrides), sort_keys=False))
 
 
+def damage_first_hash(root: Path) -> None:
+    """The first row's perceptual hash in the manifest, replaced by something that is not hex."""
+    path = root / "artifacts/data/manifest.csv"
+    lines = path.read_text().splitlines()
+    column = lines[0].split(",").index("dhash")
+    cells = lines[1].split(",")
+    cells[column] = "not-a-hash"
+    path.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+
+
 def first_image(root: Path, split: str = "train") -> Path:
     folder = root / DATA / "Master Folder" / split / "Angry"
     return sorted(folder.iterdir())[0]
@@ -165,8 +175,13 @@ CASES = [
     ("manifest missing", "audit", None, lambda r: (r / "artifacts/data/manifest.csv").unlink(), "manifest.csv"),
     ("source.json damaged", "audit", None,
      lambda r: (r / "artifacts/data/source.json").write_text("{not json"), "source.json is not valid JSON"),
-    ("image changed after prepare (audit)", "audit", None,
-     lambda r: first_image(r).write_bytes(b"broken"), first_image),
+    # the audit reads the hashes prepare recorded (it decodes no image): a manifest without them, or damaged
+    ("manifest written before prepare recorded hashes", "audit", None,
+     lambda r: (r / "artifacts/data/manifest.csv").write_text("\n".join(
+         ",".join(line.split(",")[:6]) for line in (r / "artifacts/data/manifest.csv").read_text().splitlines())
+         + "\n"), "lacks column(s) ['dhash', 'dhash_mirrored', 'informative']"),
+    ("manifest with a damaged hash", "audit", None, damage_first_hash,
+     "manifest's dhash column holds a value that is not a 64-bit hex hash"),
     # extract
     ("device that is not there", "extract", None, lambda r: edit_params(r, extract__device="cuda"),
      "device 'cuda' is not available"),

@@ -12,7 +12,8 @@ HANDLE = "anshtanwar/pets-facial-expression-dataset/versions/11"
 def test_manifest_describes_every_image_in_order(dataset):
     root = dataset / "Master Folder"
     manifest = build_manifest(root)[0]
-    assert list(manifest.columns) == ["path", "split", "label", "sha256", "width", "height"]
+    assert list(manifest.columns) == ["path", "split", "label", "sha256", "width", "height",
+                                      "dhash", "dhash_mirrored", "informative"]
     assert manifest["split"].unique().tolist() == ["train", "valid", "test"]
     assert len(manifest) == 4 * 4 * 3 + 4 * 2 * 2
     row = manifest.iloc[0]
@@ -22,10 +23,10 @@ def test_manifest_describes_every_image_in_order(dataset):
 
 
 def test_local_root_is_used_and_missing_root_is_named(dataset, tmp_path):
-    params = DataParams(handle=HANDLE, root=str(dataset), layout_dir="Master Folder", on_bad_image="error")
+    params = DataParams(handle=HANDLE, root=str(dataset), layout_dir="Master Folder", on_bad_image="error", num_workers=1)
     assert resolve_root(params) == dataset / "Master Folder"
     with pytest.raises(DatasetError, match="data.root='.*nowhere' is not a folder"):
-        resolve_root(DataParams(handle=HANDLE, root=str(tmp_path / "nowhere"), layout_dir="Master Folder", on_bad_image="error"))
+        resolve_root(DataParams(handle=HANDLE, root=str(tmp_path / "nowhere"), layout_dir="Master Folder", on_bad_image="error", num_workers=1))
 
 
 def test_kagglehub_uses_a_pre_seeded_cache_offline(dataset, tmp_path, monkeypatch):
@@ -34,7 +35,7 @@ def test_kagglehub_uses_a_pre_seeded_cache_offline(dataset, tmp_path, monkeypatc
     shutil.copytree(dataset, base / "versions" / "11")
     (base / "11.complete").touch()  # kagglehub's completion marker for that version
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(cache))
-    root = resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder", on_bad_image="error"))
+    root = resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder", on_bad_image="error", num_workers=1))
     assert root == base / "versions" / "11" / "Master Folder"
 
 
@@ -42,7 +43,7 @@ def test_unreachable_kagglehub_says_what_to_do_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # fail fast even where a network exists
     with pytest.raises(DatasetError, match="kagglehub could not fetch .*set data.root"):
-        resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder", on_bad_image="error"))
+        resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder", on_bad_image="error", num_workers=1))
 
 
 def test_missing_split_is_named(dataset):

@@ -34,6 +34,11 @@ class DataParams:
     root: str | None
     layout_dir: str
     on_bad_image: Literal["error", "skip"]
+    num_workers: int | Literal["auto"]
+
+    def check(self, name: str) -> None:
+        if self.num_workers != "auto":
+            in_range(name, "num_workers", self.num_workers, 1, None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,18 +6,22 @@ when any image changes, and its rows fix the order every later array follows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import read_csv, read_json
 from pipeline.common.params import DataParams
+from pipeline.data.grouping import Hashes, image_hashes
 from pipeline.data.images import ImageError, load_rgb
+from pipeline.data.pool import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,12 @@ OS_CLUTTER = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 def is_clutter(path: Path) -> bool:
     """Operating-system metadata: .DS_Store, Thumbs.db, desktop.ini, and macOS's ``._<name>`` resource forks."""
     return path.name.lower() in OS_CLUTTER or path.name.startswith("._")
+
+
 MANIFEST_COLUMNS = ["path", "split", "label", "sha256", "width", "height"]
+# What the audit needs from the pixels, computed by prepare in the same decode: the 64-bit
+# difference hash (16 hex digits), that of the mirror image, and whether it carries information.
+HASH_COLUMNS = ["dhash", "dhash_mirrored", "informative"]
 
 
 class DatasetError(PipelineError):
@@ -140,38 +149,61 @@ def _check_classes(classes_by_split: dict[str, list[str]]) -> None:
 
 def describe_image(path: Path) -> tuple[str, int, int]:
     """Return (sha256, width, height) of an image, decoding it fully to catch damage."""
+    return inspect_image(path)[:3]
+
+
+def inspect_image(path: Path) -> tuple[str, int, int, str, str, bool]:
+    """Everything later stages need from an image's bytes and pixels, from one read and one decode.
+
+    (sha256, width, height, dhash, mirrored dhash, informative); a file that cannot be read or
+    decoded raises ``BadImage``.
+    """
     try:
         data = path.read_bytes()
     except OSError as err:  # a dangling link, a file without read permission, a folder named like an image
         raise BadImage(path, f"cannot be read ({type(err).__name__}: {err.strerror or err})") from err
     try:
-        width, height = load_rgb(data).size
+        image = load_rgb(data)
     except ImageError as err:
         raise BadImage(path, str(err)) from err
-    return hashlib.sha256(data).hexdigest(), width, height
+    plain, mirrored, informative = image_hashes(image)
+    return hashlib.sha256(data).hexdigest(), *image.size, f"{plain:016x}", f"{mirrored:016x}", informative
+
+
+def _inspect_or_why(path: Path) -> tuple | str:
+    """``inspect_image`` in a worker: a bad file comes back as its reason, to be handled in manifest order."""
+    try:
+        return inspect_image(path)
+    except BadImage as err:
+        return err.why
 
 
 def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
-                   on_bad_image: str = "error") -> tuple[pd.DataFrame, pd.DataFrame]:
+                   on_bad_image: str = "error", workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scan ``root`` and describe every image; rows ordered by split, class, file name.
 
-    Returns the manifest and the files skipped (path, reason): with
-    ``on_bad_image="error"`` the first bad file raises instead, so none are.
+    Each image is read and decoded once, on ``workers`` processes; the results are taken
+    in manifest order, so the output (and the first bad file reported) does not depend
+    on the worker count. Returns the manifest and the files skipped (path, reason):
+    with ``on_bad_image="error"`` the first bad file raises instead, so none are.
     """
     skipped: list[tuple[str, str]] | None = [] if on_bad_image == "skip" else None
     frame = scan_layout(root, splits, skipped=skipped)
     described, keep = [], []
-    for path in tqdm(frame["path"], desc="hashing images", unit="img"):
-        try:
-            described.append(describe_image(root / path))
-            keep.append(True)
-        except BadImage as err:
-            if skipped is None:
-                raise DatasetError(f"{err} Fix or remove it, or set data.on_bad_image: skip.") from err
-            skipped.append((path, err.why))
-            keep.append(False)
+    # closing: an error, Ctrl-C or the first bad file stops the workers before it is reported
+    with contextlib.closing(ordered_map(_inspect_or_why, (root / p for p in frame["path"]), workers)) as results:
+        for path, result in zip(frame["path"], tqdm(results, total=len(frame), desc="reading images", unit="img")):
+            if isinstance(result, str):
+                if skipped is None:
+                    raise DatasetError(f"{root / path} {result}. Fix or remove it, or set data.on_bad_image: skip.")
+                skipped.append((path, result))
+                keep.append(False)
+            else:
+                described.append(result)
+                keep.append(True)
     frame = frame[keep].reset_index(drop=True)
-    frame[["sha256", "width", "height"]] = pd.DataFrame(described, index=frame.index, dtype=object)
+    columns = ["sha256", "width", "height", *HASH_COLUMNS]
+    frame[columns] = pd.DataFrame(described, index=frame.index, columns=columns, dtype=object)
     present = set(zip(frame["split"], frame["label"]))
     for split in splits:
         for label in classes_of(root / split):
@@ -182,14 +214,36 @@ def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
         warnings.warn(f"Skipped {len(skipped_frame)} bad file(s) (data.on_bad_image: skip): "
                       f"{skipped_frame['path'].tolist()[:5]}", stacklevel=2)
     log.info("manifest: %s", frame.groupby("split").size().to_dict())
-    return frame[MANIFEST_COLUMNS].astype({"width": int, "height": int}), skipped_frame
+    types = {"width": int, "height": int, "informative": bool}
+    return frame[MANIFEST_COLUMNS + HASH_COLUMNS].astype(types), skipped_frame
 
+
+def manifest_hashes(manifest: pd.DataFrame) -> Hashes:
+    """The perceptual hashes prepare recorded in the manifest (no image is decoded again)."""
+    missing = [c for c in HASH_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise DatasetError(f"The manifest lacks column(s) {missing}: it was written before prepare recorded "
+                           "perceptual hashes; run the prepare stage (dvc repro prepare).")
+
+    def as_uint64(column: str) -> np.ndarray:
+        try:
+            return np.array([int(h, 16) for h in manifest[column]], dtype=np.uint64)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise DatasetError(f"The manifest's {column} column holds a value that is not a 64-bit hex hash "
+                               f"({err}); run the prepare stage (dvc repro prepare).") from err
+
+    if manifest["informative"].dtype != bool:
+        raise DatasetError("The manifest's informative column must hold True or False only; "
+                           "run the prepare stage (dvc repro prepare).")
+    return Hashes(plain=as_uint64("dhash"), mirrored=as_uint64("dhash_mirrored"),
+                  informative=manifest["informative"].to_numpy(dtype=bool))
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
     """Load a manifest written by ``prepare``, checking its columns."""
     frame = read_csv(path, what="Manifest", fix="run the prepare stage (dvc repro prepare).", error=DatasetError,
-                     dtype={"path": str, "split": str, "label": str, "sha256": str}, keep_default_na=False)
+                     dtype={"path": str, "split": str, "label": str, "sha256": str, "dhash": str,
+                            "dhash_mirrored": str}, keep_default_na=False)
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise DatasetError(f"Manifest {path} lacks column(s) {missing}.")
