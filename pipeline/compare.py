@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
-from pipeline.common.io import atomic_path, read_csv, read_json, write_csv, write_json, write_text
+from pipeline.common.io import output_set, read_csv, read_json, writing
 from pipeline.common.params import DEFAULT_PARAMS, classifiers_section
 from pipeline.evaluate.leaderboard import leaderboard, render_markdown
 
@@ -59,12 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.models_dir / f"{best}.joblib").is_file():
         raise PipelineError(f"Model file {args.models_dir / f'{best}.joblib'} not found; re-run its train stage "
                             f"(dvc repro train@{best}).")
-    with atomic_path(args.best_model) as tmp:
-        shutil.copyfile(args.models_dir / f"{best}.joblib", tmp)
-    write_csv(args.csv, table)
-    write_json(args.json, paired)
     text = render_markdown(table)
-    write_text(args.markdown, text)
+    with output_set() as out:  # the four change together or not at all
+        with writing(args.best_model):
+            shutil.copyfile(args.models_dir / f"{best}.joblib", out.path(args.best_model))
+        out.write_csv(args.csv, table)
+        out.write_json(args.json, paired)
+        out.write_text(args.markdown, text)
     print(f"{text}\nbest: {best} -> {args.best_model}")
     return 0
 

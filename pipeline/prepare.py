@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
-from pipeline.common.io import write_csv, write_json
+from pipeline.common.io import output_set
 from pipeline.common.params import DEFAULT_PARAMS, classifiers_section, load_section, validate_all
 from pipeline.data.dataset import build_manifest, resolve_root
-from pipeline.embed.backbone import check_model_params
+from pipeline.embed.backbone import check_model_params, resize_of
 from pipeline.evaluate.classifiers import check_classifiers
 
 
@@ -29,13 +29,16 @@ def main(argv: list[str] | None = None) -> int:
 
     validate_all(args.params)  # every stage's params, before any work
     check_classifiers(classifiers_section(args.params))
-    check_model_params(load_section("model", args.params))
+    model = load_section("model", args.params)
+    check_model_params(model)
+    resize = resize_of(model, load_section("extract", args.params).resize_size)  # refuse what extract would
     data = load_section("data", args.params)
     root = resolve_root(data)
-    manifest, skipped = build_manifest(root, on_bad_image=data.on_bad_image)
-    write_csv(args.manifest, manifest)
-    write_csv(args.skipped, skipped)
-    write_json(args.source, {"root": str(root.resolve()), "handle": data.handle})
+    manifest, skipped = build_manifest(root, on_bad_image=data.on_bad_image, resize=resize)
+    with output_set() as out:  # the three change together or not at all
+        out.write_csv(args.manifest, manifest)
+        out.write_csv(args.skipped, skipped)
+        out.write_json(args.source, {"root": str(root.resolve()), "handle": data.handle})
     counts = manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
     print(f"{len(manifest)} images from {root}; {len(skipped)} skipped\n{counts}")
     return 0

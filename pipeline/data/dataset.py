@@ -17,7 +17,7 @@ from tqdm import tqdm
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import read_csv, read_json
 from pipeline.common.params import DataParams
-from pipeline.data.images import ImageError, load_rgb
+from pipeline.data.images import ImageError, load_rgb, read_image_bytes, resized_too_large
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,17 @@ def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
             raise DatasetError(message)
         skipped.append((entry.relative_to(root).as_posix(), reason))
 
+    for stray in sorted(p for p in root.iterdir() if p.name not in splits and not is_clutter(p)):
+        kind = "folder" if stray.is_dir() else "file"
+        bad_entry(stray, f"Stray {kind} {stray} sits next to the split folders {list(splits)}; move it away, or set "
+                  "data.on_bad_image: skip.", f"a {kind} next to the split folders")
     for split in splits:
         split_dir = root / split
         if not split_dir.is_dir():
             raise DatasetError(f"Split folder {split_dir} is missing; expected {list(splits)} under {root}.")
-        for stray in sorted(p for p in split_dir.iterdir() if p.is_file() and not is_clutter(p)):
-            bad_entry(stray, f"Stray file {stray} sits outside any class folder; move it into one, or away.",
-                      "outside any class folder")
+        for stray in sorted(p for p in split_dir.iterdir() if not p.is_dir() and not is_clutter(p)):
+            bad_entry(stray, f"Stray file {stray} sits outside any class folder; move it into one, or away, or set "
+                      "data.on_bad_image: skip.", "outside any class folder")
         classes_by_split[split] = classes_of(split_dir)
         if not classes_by_split[split]:
             raise DatasetError(f"Split folder {split_dir} has no class folders.")
@@ -138,22 +142,29 @@ def _check_classes(classes_by_split: dict[str, list[str]]) -> None:
             warnings.warn(f"Class(es) {absent} of train have no images in {split}.", stacklevel=3)
 
 
-def describe_image(path: Path) -> tuple[str, int, int]:
-    """Return (sha256, width, height) of an image, decoding it fully to catch damage."""
+def describe_image(path: Path, *, resize: int | None = None) -> tuple[str, int, int]:
+    """Return (sha256, width, height) of an image, decoding it fully to catch damage; with ``resize`` (the
+    extraction's), refuse one whose resized size is beyond the bound extract and predict apply."""
     try:
-        data = path.read_bytes()
+        data = read_image_bytes(path)
     except OSError as err:  # a dangling link, a file without read permission, a folder named like an image
         raise BadImage(path, f"cannot be read ({type(err).__name__}: {err.strerror or err})") from err
+    except ImageError as err:  # a FIFO, a socket, a device
+        raise BadImage(path, str(err)) from err
     try:
         width, height = load_rgb(data).size
     except ImageError as err:
         raise BadImage(path, str(err)) from err
+    refused = resized_too_large((width, height), resize) if resize else None
+    if refused:
+        raise BadImage(path, refused)
     return hashlib.sha256(data).hexdigest(), width, height
 
 
-def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
-                   on_bad_image: str = "error") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scan ``root`` and describe every image; rows ordered by split, class, file name.
+def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *, on_bad_image: str = "error",
+                   resize: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scan ``root`` and describe every image; rows ordered by split, class, file name. ``resize``: the
+    extraction's resize size, so an image extract would refuse is caught here, before extraction.
 
     Returns the manifest and the files skipped (path, reason): with
     ``on_bad_image="error"`` the first bad file raises instead, so none are.
@@ -163,7 +174,7 @@ def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
     described, keep = [], []
     for path in tqdm(frame["path"], desc="hashing images", unit="img"):
         try:
-            described.append(describe_image(root / path))
+            described.append(describe_image(root / path, resize=resize))
             keep.append(True)
         except BadImage as err:
             if skipped is None:

@@ -82,6 +82,15 @@ def check_model_params(params: ModelParams) -> None:
         _weights_enum(arch, params.weights)
 
 
+def resize_of(params: ModelParams, resize_size: int | None) -> int:
+    """The size extraction resizes the shorter side to: ``extract.resize_size``, else the weights' own
+    (prepare uses it to refuse, before extraction, an image whose resized size would be unbounded)."""
+    if resize_size is not None:
+        return resize_size
+    arch = get_architecture(params.arch)
+    return int(_weights_enum(arch, params.weights or arch.default_weights).transforms().resize_size[0])
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -122,8 +131,12 @@ def _download_state_dict(weights: WeightsEnum) -> dict[str, torch.Tensor]:
 
 def _load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     name = f"model.checkpoint={str(path)!r}"
-    if not path.is_file():
+    if not path.exists():
         raise BackboneError(f"{name} does not exist; point it at a state dict file "
+                            "(e.g. efficientnet_b1-c27df63c.pth).")
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise BackboneError(f"{name} exists but is {kind}; point it at a state dict file "
                             "(e.g. efficientnet_b1-c27df63c.pth).")
     if path.stat().st_size == 0:
         raise BackboneError(f"{name} is an empty file; copy the weights file again.")
