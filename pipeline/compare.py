@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pipeline.common.checks import ReuseError, finite_number, known_labels, require_columns
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import output_set, read_csv, read_json, writing
@@ -21,6 +22,7 @@ from pipeline.evaluate.leaderboard import leaderboard, render_markdown
 REQUIRED_METRICS = ("cv.accuracy_mean", "cv.accuracy_std", "cv.accuracy_ci95.low", "cv.accuracy_ci95.high",
                     "cv_leaky.accuracy_mean", "test.n", "test.accuracy", "test.accuracy_ci95.low",
                     "test.accuracy_ci95.high", "test.balanced_accuracy", "test.macro_f1", "test.log_loss", "test.ece")
+PREDICTION_COLUMNS = ("image", "split", "true", "predicted")
 
 
 def _has(mapping: dict, dotted: str) -> bool:
@@ -29,6 +31,15 @@ def _has(mapping: dict, dotted: str) -> bool:
             return False
         mapping = mapping[key]
     return True
+
+
+def check_predictions(frame, path: Path, *, fix: str) -> None:
+    """The columns the leaderboard reads, and labels among the classes of its p_<class> columns."""
+    require_columns(frame, path, PREDICTION_COLUMNS, fix=fix)
+    classes = [c.removeprefix("p_") for c in frame.columns if c.startswith("p_")]
+    if not classes:
+        raise ReuseError(f"{path} has no p_<class> probability columns; {fix}")
+    known_labels(frame, path, ["true", "predicted"], classes, fix=fix)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,10 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         predictions[name] = read_csv(args.predictions_dir / f"{name}.csv", what="Predictions file", fix=fix,
                                      dtype=str, keep_default_na=False)
     for name, m in metrics.items():
+        fix = f"it was not written by the train stage: re-run it (dvc repro train@{name})."
+        path = args.metrics_dir / f"{name}.json"
+        if not isinstance(m, dict):
+            raise PipelineError(f"Metrics file {path} lacks {list(REQUIRED_METRICS)}; {fix}")
         missing = [key for key in REQUIRED_METRICS if not _has(m, key)]
         if missing:
-            raise PipelineError(f"Metrics file {args.metrics_dir / f'{name}.json'} lacks {missing}; it was not "
-                                f"written by the train stage: re-run it (dvc repro train@{name}).")
+            raise PipelineError(f"Metrics file {path} lacks {missing}; {fix}")
+        for key in REQUIRED_METRICS:
+            finite_number(m, key, path, fix=fix)
+        check_predictions(predictions[name], args.predictions_dir / f"{name}.csv", fix=fix)
     table, paired = leaderboard(metrics, predictions)
     best = str(table["classifier"].iloc[0])
     if not (args.models_dir / f"{best}.joblib").is_file():

@@ -15,7 +15,7 @@ from pipeline.common.cli import run, stage_parser
 from pipeline.common.io import read_csv, write_text
 from pipeline.data.dataset import read_source
 from pipeline.embed import features as features_io
-from pipeline.reporting.page import build_report
+from pipeline.reporting.page import build_report, check_history, check_leaderboard, check_predictions
 
 
 def code_version() -> str:
@@ -44,13 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     rerun = "re-run the stages before report (dvc repro)."
+    feats = features_io.load(args.features)
     leaderboard = read_csv(args.comparison, what="Leaderboard", fix=rerun)
     text_columns = dict.fromkeys(["image", "split", "true", "predicted"], str)  # a class may be called "NA"
+    check_leaderboard(leaderboard, args.comparison, fix=rerun)
     predictions = {name: read_csv(args.predictions_dir / f"{name}.csv", what="Predictions", fix=rerun,
                                   dtype=text_columns, keep_default_na=False) for name in leaderboard["classifier"]}
+    for name, frame in predictions.items():
+        check_predictions(frame, args.predictions_dir / f"{name}.csv", feats.classes, fix=rerun)
+    history = read_csv(args.history, what="Training curve", fix=rerun)
+    check_history(history, args.history, fix=rerun)
     source = read_source(args.source)
-    text = build_report(leaderboard=leaderboard, predictions=predictions, feats=features_io.load(args.features),
-                        history=read_csv(args.history, what="Training curve", fix=rerun),
+    text = build_report(leaderboard=leaderboard, predictions=predictions, feats=feats, history=history,
                         image_root=Path(source["root"]), source=source, code_version=code_version())
     write_text(args.out, text)
     print(f"report: {args.out} ({len(text) / 1e6:.1f} MB)")

@@ -144,6 +144,15 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
     unknown = sorted(set(index["label"]) - set(classes))
     if unknown:
         raise FeaturesError(f"{directory / INDEX} has label(s) {unknown} not among meta.json classes {classes}.")
+    duplicated = sorted({c for c in classes if classes.count(c) > 1})
+    if duplicated:
+        raise FeaturesError(f"{directory / META} lists class(es) {duplicated} more than once in \"classes\".")
+    fitted = index[index["split"] == "train"] if (index["split"] == "train").any() else index
+    unused = [c for c in classes if c not in set(fitted["label"])]
+    if unused:
+        raise FeaturesError(f"{directory / META} lists class(es) {unused} that no {'train ' if fitted is not index else ''}"
+                            f"image of {INDEX} has; no classifier can learn them: drop them from \"classes\" "
+                            "or re-run extract.")
     lookup = {c: i for i, c in enumerate(classes)}
     listed = [array_path(directory, split).name for split in index["split"].unique()]
     check_hashes(directory, meta, [*listed, *(views_path(directory, s).name for s in index["split"].unique()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.common.checks import ReuseError, finite_columns, known_labels, require_columns
 from pipeline.data.images import ImageError, load_rgb
 from pipeline.embed import features as features_io
 from pipeline.reporting.figures import (
@@ -36,6 +37,27 @@ LEADERBOARD_COLUMNS = {
     "test_accuracy_ci95_high": "test 95% high", "test_macro_f1": "test macro-F1",
     "mcnemar_p_vs_head": "p vs head", "mcnemar_p_vs_runner_up": "p vs runner-up",
 }
+P_VALUES = ("mcnemar_p_vs_head", "mcnemar_p_vs_runner_up")
+
+
+def check_leaderboard(table: pd.DataFrame, path: Path, *, fix: str) -> None:
+    """The columns the page shows, scores finite (the p-values may be empty: no pair to test)."""
+    require_columns(table, path, [*LEADERBOARD_COLUMNS, "pretrained"], fix=fix)
+    if table.empty:
+        raise ReuseError(f"{path} has no classifier rows; {fix}")
+    finite_columns(table, path, [c for c in LEADERBOARD_COLUMNS if c not in ("classifier", *P_VALUES)], fix=fix)
+
+
+def check_predictions(frame: pd.DataFrame, path: Path, classes: list[str], *, fix: str) -> None:
+    """Image, split, true and predicted class among the features' classes, a probability per class."""
+    require_columns(frame, path, ["image", "split", "true", "predicted", *(f"p_{c}" for c in classes)], fix=fix)
+    known_labels(frame, path, ["true", "predicted"], classes, fix=fix)
+
+
+def check_history(history: pd.DataFrame, path: Path, *, fix: str) -> None:
+    """A training curve: epochs and the training loss, finite (the valid loss may be absent)."""
+    require_columns(history, path, ["epoch", "train_loss"], fix=fix)
+    finite_columns(history, path, ["epoch", "train_loss"], fix=fix)
 
 
 def misclassified_gallery(predictions: pd.DataFrame, image_root: Path) -> str:
@@ -55,24 +77,33 @@ def misclassified_gallery(predictions: pd.DataFrame, image_root: Path) -> str:
     return f'<div class="gallery">{"".join(cards)}</div>'
 
 
-def about_table(*, meta: dict, source: dict, code_version: str) -> str:
-    """What the report is a report of: data, backbone and weights, extraction, code."""
-    transform = meta.get("transform", {})
-    weights = html.escape(f"{meta.get('weights')}" + (f", checkpoint {meta['checkpoint']}" if meta.get("checkpoint")
-                                                        else ""))
-    pretrained = "<b>pretrained: false</b>" if not meta.get("pretrained") else "pretrained: true"
-    views = meta.get("views", {}).get("count", 0)
+def about_table(*, meta: dict, source: dict, code_version: str, counts: dict[str, int] | None = None) -> str:
+    """What the report is a report of: data, backbone and weights, extraction, code. Features written by
+    another producer (no backbone keys in meta.json) are said to be so, with only what they record."""
+    pretrained = {True: "pretrained: true", False: "<b>pretrained: false</b>"}.get(meta.get("pretrained"),
+                                                                                    "pretrained: not recorded")
+    counts = meta.get("splits") or counts or {}
+    views = (meta.get("views") or {}).get("count", 0) if isinstance(meta.get("views"), dict) else 0
     rows = {
         "Dataset": f"{html.escape(str(source.get('handle')))} "
                    f"(images read from {html.escape(str(source.get('root')))})",
-        "Images": ", ".join(f"{html.escape(split)} {n}" for split, n in meta.get("splits", {}).items())
+        "Images": ", ".join(f"{html.escape(str(split))} {n}" for split, n in counts.items())
                   + (f"; {views} augmented view(s) of each train image" if views else ""),
-        "Backbone": f"{html.escape(str(meta.get('arch', 'unknown')))}, weights {weights}; {pretrained}",
-        "Extraction": html.escape(f"crop {transform.get('crop_size')}, resize {transform.get('resize_size')}, "
-                                  f"{meta.get('precision')} on {meta.get('device')}, decode {meta.get('decode')}, "
-                                  f"batch {meta.get('batch_size')}, engine {meta.get('engine', 'local')}"),
-        "Code": html.escape(code_version),
     }
+    if all(key in meta for key in features_io.BACKBONE_KEYS):
+        transform = meta.get("transform") or {}
+        weights = html.escape(f"{meta.get('weights')}" + (f", checkpoint {meta['checkpoint']}"
+                                                            if meta.get("checkpoint") else ""))
+        rows["Backbone"] = f"{html.escape(str(meta.get('arch', 'unknown')))}, weights {weights}; {pretrained}"
+        rows["Extraction"] = html.escape(
+            f"crop {transform.get('crop_size')}, resize {transform.get('resize_size')}, {meta.get('precision')} on "
+            f"{meta.get('device')}, decode {meta.get('decode')}, batch {meta.get('batch_size')}, "
+            f"engine {meta.get('engine', 'local')}")
+    else:
+        recorded = sorted(k for k in meta if k != "classes")
+        rows["Features"] = (f"written outside the extract stage (by another producer); {pretrained}; meta.json "
+                            f"records {html.escape(', '.join(recorded)) if recorded else 'only the classes'}")
+    rows["Code"] = html.escape(code_version)
     cells = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows.items())
     return f"<table class='about' id='about'>{cells}</table>"
 
@@ -84,7 +115,8 @@ def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFra
     best = str(leaderboard.sort_values("rank")["classifier"].iloc[0])
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Classifier report</title>"
              f"<style>{STYLE}</style></head><body><h1>Frozen-embedding classifiers: report</h1>",
-             about_table(meta=feats.meta, source=source, code_version=code_version)]
+             about_table(meta=feats.meta, source=source, code_version=code_version,
+                         counts={split: len(f.paths) for split, f in feats.splits.items()})]
     if not leaderboard["pretrained"].fillna(False).astype(bool).all():
         parts.append("<p class='warn'><b>Random or unverified backbone weights (pretrained: false).</b> "
                      "These results test the machinery only.</p>")
