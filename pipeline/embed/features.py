@@ -154,9 +154,6 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
                             f"image of {INDEX} has; no classifier can learn them: drop them from \"classes\" "
                             "or re-run extract.")
     lookup = {c: i for i, c in enumerate(classes)}
-    listed = [array_path(directory, split).name for split in index["split"].unique()]
-    check_hashes(directory, meta, [*listed, *(views_path(directory, s).name for s in index["split"].unique()
-                                             if views_path(directory, s).is_file())])
     splits = {}
     for split, rows in index.groupby("split", sort=False):
         path = array_path(directory, split)
@@ -174,6 +171,9 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
                                     f"(n_views, {X.shape[0]}, {X.shape[1]}) float32.")
         splits[split] = SplitFeatures(X=X, y=rows["label"].map(lookup).to_numpy(np.int64),
                                       paths=rows["path"].tolist(), views=views)
+    check_hashes(directory, meta, [name for split in splits for name in (array_path(directory, split).name,
+                                                                          views_path(directory, split).name)
+                                   if (directory / name).is_file()])  # after the shapes and NaN: a subtler fault
     return Features(splits=splits, classes=classes, meta=meta)
 
 
