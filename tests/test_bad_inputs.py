@@ -502,6 +502,7 @@ def test_predict_classifies_every_readable_image_and_reports_each_bad_one(finish
     shutil.copytree(finished / DATA / "Master Folder" / "test", photos)
     (photos / "Angry" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     (photos / "Sad" / "._mac.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata: ignored
+    os.mkfifo(photos / "Sad" / "pipe.jpg")  # never opened: reading it would wait for a writer for ever
     capfd.readouterr()
     code = run_cli(__import__("pipeline.predict", fromlist=["main"]).main,
                    [str(photos), "--model", "knn", "--format", "csv"])
@@ -511,10 +512,11 @@ def test_predict_classifies_every_readable_image_and_reports_each_bad_one(finish
     good = frame[frame["error"] == ""]
     assert len(good) == 8 and (good["predicted"] != "").all()
     bad = frame[frame["error"] != ""]
-    assert bad["image"].str.endswith("broken.jpg").tolist() == [True]
+    assert [name.rsplit("/", 1)[1] for name in bad["image"]] == ["broken.jpg", "pipe.jpg"]
     assert "is not a readable image" in bad["error"].iloc[0]
+    assert bad["error"].iloc[1] == "is not a regular file (a FIFO); only image files are read"
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "broken.jpg" in errors[0] and "1 of 9" in errors[0]
+    assert len(errors) == 1 and "broken.jpg" in errors[0] and "2 of 10" in errors[0]
     assert "Traceback" not in err
 
 

@@ -84,6 +84,7 @@ def allocate(directory: Path, split: str, n: int, dim: int, *, views: int = 0) -
 
 
 def file_sha256(path: Path) -> str:
+    """Read in blocks: a split file may be gigabytes (checked on every load, at disk speed)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -109,9 +110,9 @@ def check_hashes(directory: Path, meta: dict[str, Any], names: list[str]) -> Non
         if name not in recorded:
             raise FeaturesError(f"{directory / name} has no sha256 in {directory / META} (it records "
                                 f"{sorted(recorded)}): the file was added after extraction. Re-run extract.")
-        if file_sha256(directory / name) != recorded[name]:
-            swapped = [other for other, digest in recorded.items() if other != name
-                       and (directory / other).is_file() and file_sha256(directory / name) == digest]
+        actual = file_sha256(directory / name)
+        if actual != recorded[name]:
+            swapped = [other for other, digest in recorded.items() if other != name and digest == actual]
             how = f"it holds what {swapped[0]} held" if swapped else "its content changed"
             raise FeaturesError(f"{directory / name} is not the file extract wrote ({how}; sha256 differs from "
                                 f"{directory / META}): the split files were replaced or swapped. Re-run extract.")
