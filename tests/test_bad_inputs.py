@@ -531,6 +531,7 @@ def test_predict_classifies_every_readable_image_and_reports_each_bad_one(finish
     (["--batch-size", "0"], "argument --batch-size: 0 must be 1 or more"),
     (["--format", "xml"], "argument --format: invalid choice"),
     (["--best-model", "missing.joblib"], "missing.joblib not found"),
+    (["--best-model", "artifacts"], "Model file artifacts exists but is not a file"),
 ])
 def test_predict_refuses_bad_arguments_in_one_line(finished, monkeypatch, capfd, argv, culprit):
     monkeypatch.chdir(finished)

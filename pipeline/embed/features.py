@@ -151,9 +151,9 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
     fitted = index[index["split"] == "train"] if (index["split"] == "train").any() else index
     unused = [c for c in classes if c not in set(fitted["label"])]
     if unused:
-        raise FeaturesError(f"{directory / META} lists class(es) {unused} that no {'train ' if fitted is not index else ''}"
-                            f"image of {INDEX} has; no classifier can learn them: drop them from \"classes\" "
-                            "or re-run extract.")
+        which = "train image" if fitted is not index else "image"
+        raise FeaturesError(f"{directory / META} lists class(es) {unused} that no {which} of {INDEX} has; no "
+                            "classifier can learn them: drop them from \"classes\" or re-run extract.")
     lookup = {c: i for i, c in enumerate(classes)}
     splits = {}
     for split, rows in index.groupby("split", sort=False):

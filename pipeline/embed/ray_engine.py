@@ -99,7 +99,8 @@ def _init_within(ray, address: str, timeout: float) -> None:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise _unreachable(address, f"it accepted a connection but did not answer as a Ray cluster within {timeout:g} s")
+        raise _unreachable(address, f"it accepted a connection but did not answer as a Ray cluster within "
+                                    f"{timeout:g} s")
     if failure:
         err = failure[0]
         if isinstance(err, (ConnectionError, RuntimeError, ValueError)):

@@ -61,6 +61,9 @@ def write_results(trained: Trained, *, classes: list[str], features_meta: dict[s
 def load_model(path: Path) -> SavedModel:
     """A model saved by the train stage (or its copy, the best model of compare)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise PipelineError(f"Model file {path} exists but is not a file (a folder or a special file); point at the "
+                            "joblib file the train stage wrote.")
     if not path.is_file():
         raise PipelineError(f"Model file {path} not found; run the train stage for it (dvc repro).")
     try:
