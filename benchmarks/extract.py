@@ -213,7 +213,7 @@ def settings_from(args, device: torch.device | None = None) -> Settings:
                            channels_last=CHANNELS_LAST[args.channels_last], pad_batches="auto",
                            precision=args.precision, decode=args.decode,
                            crop_size=None, resize_size=None, shard_rows=50000, engine="local", ray_address=None,
-                           ray_actors="auto")
+                           ray_actors="auto", ray_timeout_s=30.0)
     settings = resolve_settings(params, device)
     if settings.device.type == "cpu" and args.workers is None:
         settings = Settings(**{**settings.__dict__, "num_workers": 0})  # decode inline: the 2 cores run the model

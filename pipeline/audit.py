@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
-from pipeline.common.io import write_csv, write_json, write_text
+from pipeline.common.io import output_set
 from pipeline.common.params import DEFAULT_PARAMS, load_section
 from pipeline.data.dataset import manifest_hashes, read_manifest, read_source
 from pipeline.data.leakage import audit_dataset, render_markdown
@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     hashes = manifest_hashes(manifest)  # recorded by prepare: no image is decoded again
     audit = audit_dataset(manifest, hashes, near_duplicate_bits=params.near_duplicate_bits)
 
-    write_json(args.report, audit.report)
-    write_text(args.summary, render_markdown(audit.report))
-    write_csv(args.groups, audit.groups)
+    with output_set() as out:  # the three change together or not at all
+        out.write_json(args.report, audit.report)
+        out.write_text(args.summary, render_markdown(audit.report))
+        out.write_csv(args.groups, audit.groups)
     r = audit.report
     print(f"pictures per split: {r['groups_per_split']} (images: {r['images_per_split']}); "
           f"{len(r['exact_duplicate_groups'])} exact and {len(r['near_duplicate_groups'])} near-duplicate "

@@ -13,9 +13,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pipeline.common.checks import ReuseError, finite_number, known_labels, require_columns
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
-from pipeline.common.io import atomic_path, read_csv, read_json, write_csv, write_json, write_text
+from pipeline.common.io import output_set, read_csv, read_json, writing
 from pipeline.common.params import DEFAULT_PARAMS, backbones_section, classifiers_section
 from pipeline.embed.features import META, read_meta
 from pipeline.evaluate.leaderboard import leaderboard, pair_name, render_markdown
@@ -24,6 +25,7 @@ from pipeline.evaluate.splits import read_folds
 REQUIRED_METRICS = ("cv.accuracy_mean", "cv.accuracy_std", "cv.accuracy_ci95.low", "cv.accuracy_ci95.high",
                     "cv_leaky.accuracy_mean", "test.n", "test.accuracy", "test.accuracy_ci95.low",
                     "test.accuracy_ci95.high", "test.balanced_accuracy", "test.macro_f1", "test.log_loss", "test.ece")
+PREDICTION_COLUMNS = ("image", "split", "true", "predicted")
 
 
 def _has(mapping: dict, dotted: str) -> bool:
@@ -32,6 +34,15 @@ def _has(mapping: dict, dotted: str) -> bool:
             return False
         mapping = mapping[key]
     return True
+
+
+def check_predictions(frame, path: Path, *, fix: str) -> None:
+    """The columns the leaderboard reads, and labels among the classes of its p_<class> columns."""
+    require_columns(frame, path, PREDICTION_COLUMNS, fix=fix)
+    classes = [c.removeprefix("p_") for c in frame.columns if c.startswith("p_")]
+    if not classes:
+        raise ReuseError(f"{path} has no p_<class> probability columns; {fix}")
+    known_labels(frame, path, ["true", "predicted"], classes, fix=fix)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,21 +72,28 @@ def main(argv: list[str] | None = None) -> int:
                                          dtype=str, keep_default_na=False)
             folds[pair] = read_csv(args.cv_dir / f"{pair}.csv", what="CV folds file", fix=fix)
     for pair, m in metrics.items():
+        fix = f"it was not written by the train stage: re-run it (dvc repro train@{pair.replace('/', '-')})."
+        path = args.metrics_dir / f"{pair}.json"
+        if not isinstance(m, dict):
+            raise PipelineError(f"Metrics file {path} lacks {list(REQUIRED_METRICS)}; {fix}")
         missing = [key for key in REQUIRED_METRICS if not _has(m, key)]
         if missing:
-            raise PipelineError(f"Metrics file {args.metrics_dir / f'{pair}.json'} lacks {missing}; it was not "
-                                f"written by the train stage: re-run it (dvc repro train@{pair.replace('/', '-')}).")
+            raise PipelineError(f"Metrics file {path} lacks {missing}; {fix}")
+        for key in REQUIRED_METRICS:
+            finite_number(m, key, path, fix=fix)
+        check_predictions(predictions[pair], args.predictions_dir / f"{pair}.csv", fix=fix)
     table, tests = leaderboard(metrics, predictions, folds, read_folds(args.cv_folds, None), backbones)
     best = pair_name(table["backbone"].iloc[0], table["classifier"].iloc[0])
     if not (args.models_dir / f"{best}.joblib").is_file():
         raise PipelineError(f"Model file {args.models_dir / f'{best}.joblib'} not found; re-run its train stage "
                             f"(dvc repro train@{best.replace('/', '-')}).")
-    with atomic_path(args.best_model) as tmp:
-        shutil.copyfile(args.models_dir / f"{best}.joblib", tmp)
-    write_csv(args.csv, table)
-    write_json(args.json, tests)
     text = render_markdown(table, tests)
-    write_text(args.markdown, text)
+    with output_set() as out:  # the four change together or not at all
+        with writing(args.best_model):
+            shutil.copyfile(args.models_dir / f"{best}.joblib", out.path(args.best_model))
+        out.write_csv(args.csv, table)
+        out.write_json(args.json, tests)
+        out.write_text(args.markdown, text)
     print(f"{text}\nbest: {best} -> {args.best_model}")
     return 0
 

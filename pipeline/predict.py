@@ -47,7 +47,7 @@ def image_files(paths: list[Path]) -> list[Path]:
             for p in clutter:
                 log.info("skipping operating-system metadata file %s", p)
             out += [p for p in found if not is_clutter(p)]
-        elif path.is_file():
+        elif path.exists():  # a FIFO or a device too: its row says why it is not read
             out.append(path)
         else:
             raise PredictError(f"{path} does not exist.")

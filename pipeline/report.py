@@ -16,7 +16,7 @@ from pipeline.common.cli import run, stage_parser
 from pipeline.common.io import read_csv, write_text
 from pipeline.data.dataset import read_source
 from pipeline.embed import features as features_io
-from pipeline.reporting.page import build_report
+from pipeline.reporting.page import build_report, check_history, check_leaderboard, check_predictions
 
 
 def code_version() -> str:
@@ -48,14 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     rerun = "re-run the stages before report (dvc repro)."
     leaderboard = read_csv(args.comparison, what="Leaderboard", fix=rerun, dtype={"backbone": str, "classifier": str},
                            keep_default_na=False, na_values=[""])
+    check_leaderboard(leaderboard, args.comparison, fix=rerun)
     text_columns = dict.fromkeys(["image", "split", "true", "predicted"], str)  # a class may be called "NA"
-    pairs = [f"{b}/{c}" for b, c in zip(leaderboard["backbone"], leaderboard["classifier"])]
-    predictions = {pair: read_csv(args.predictions_dir / f"{pair}.csv", what="Predictions", fix=rerun,
-                                  dtype=text_columns, keep_default_na=False) for pair in pairs}
     backbones = list(dict.fromkeys(leaderboard["backbone"]))
     feats = {name: features_io.load(args.features_dir / name) for name in backbones}
-    histories = {name: read_csv(args.history_dir / f"{name}.csv", what="Training curve", fix=rerun)
-                 for name in backbones if "head" in set(leaderboard["classifier"])}
+    predictions = {}
+    for backbone, classifier in zip(leaderboard["backbone"], leaderboard["classifier"]):
+        pair = f"{backbone}/{classifier}"
+        path = args.predictions_dir / f"{pair}.csv"
+        predictions[pair] = read_csv(path, what="Predictions", fix=rerun, dtype=text_columns, keep_default_na=False)
+        check_predictions(predictions[pair], path, feats[backbone].classes, fix=rerun)
+    histories = {}
+    for name in backbones if "head" in set(leaderboard["classifier"]) else []:
+        histories[name] = read_csv(args.history_dir / f"{name}.csv", what="Training curve", fix=rerun)
+        check_history(histories[name], args.history_dir / f"{name}.csv", fix=rerun)
     source = read_source(args.source)
     text = build_report(leaderboard=leaderboard, predictions=predictions, feats=feats, histories=histories,
                         image_root=Path(source["root"]), source=source, code_version=code_version())

@@ -102,7 +102,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(BackboneError, match="is not a PyTorch state dict file"):
         build_backbone("b", tv(checkpoint=str(tmp_path / "junk.pth")))
-    with pytest.raises(BackboneError, match="exists but is not a file"):
+    with pytest.raises(BackboneError, match="exists but is a folder"):
         build_backbone("b", tv(checkpoint=str(tmp_path)))
 
 

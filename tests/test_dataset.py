@@ -1,4 +1,5 @@
 import hashlib
+import os
 import shutil
 
 import pytest
@@ -94,10 +95,10 @@ def test_skip_mode_leaves_bad_files_out_and_lists_them(dataset):
     (layout / "test" / "happy" / "readme.txt").write_text("notes")
     with pytest.raises(DatasetError, match=r"readme.txt is not an image file.*set data.on_bad_image: skip"):
         build_manifest(layout)
-    (layout / "test" / "happy" / "readme.txt").rename(layout / "readme.txt")
+    (layout / "test" / "happy" / "readme.txt").rename(dataset / "readme.txt")
     with pytest.raises(DatasetError, match=r"broken.jpg is not a readable image .*set data.on_bad_image: skip"):
         build_manifest(layout)
-    (layout / "readme.txt").rename(layout / "test" / "happy" / "readme.txt")
+    (dataset / "readme.txt").rename(layout / "test" / "happy" / "readme.txt")
     with pytest.warns(UserWarning, match=r"Skipped 2 bad file\(s\)"):
         manifest, skipped = build_manifest(layout, on_bad_image="skip")
     assert len(manifest) == 64 and "train/Sad/broken.jpg" not in set(manifest["path"])
@@ -128,3 +129,41 @@ def test_nested_folder_inside_a_class_is_named(dataset):
     (dataset / "Master Folder" / "train" / "Sad" / "more").mkdir()
     with pytest.raises(DatasetError, match=r"Unexpected folder .*train/Sad/more"):
         build_manifest(dataset / "Master Folder")
+
+
+def test_stray_files_and_folders_next_to_the_splits_follow_one_rule(dataset):
+    """Both are bad entries: an error naming them, or, in skip mode, rows of skipped.csv (never silence)."""
+    layout = dataset / "Master Folder"
+    (layout / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError, match=r"Stray file .*notes.txt sits next to the split folders"):
+        build_manifest(layout)
+    (layout / "notes.txt").unlink()
+    (layout / "extra").mkdir()
+    with pytest.raises(DatasetError, match=r"Stray folder .*extra sits next to the split folders"):
+        build_manifest(layout)
+    (layout / "notes.txt").write_text("x")
+    with pytest.warns(UserWarning, match=r"Skipped 2 bad file\(s\)"):
+        _, skipped = build_manifest(layout, on_bad_image="skip")
+    assert skipped.set_index("path")["reason"].to_dict() == {"extra": "a folder next to the split folders",
+                                                             "notes.txt": "a file next to the split folders"}
+
+
+def test_a_fifo_named_like_an_image_is_a_bad_entry_never_opened(dataset):
+    fifo = dataset / "Master Folder" / "train" / "Sad" / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(DatasetError, match=r"pipe.jpg is not a regular file \(a FIFO\)"):
+        build_manifest(dataset / "Master Folder")  # returns at once: a FIFO would block a reader for ever
+    with pytest.warns(UserWarning, match=r"Skipped 1 bad file"):
+        _, skipped = build_manifest(dataset / "Master Folder", on_bad_image="skip")
+    assert skipped["path"].tolist() == ["train/Sad/pipe.jpg"]
+
+
+def test_an_image_of_extreme_aspect_ratio_is_refused_for_the_resize_extract_will_do(dataset):
+    from PIL import Image
+
+    Image.new("L", (1, 50000)).save(dataset / "Master Folder" / "train" / "Sad" / "thin.png")
+    with pytest.raises(DatasetError, match=r"thin.png has an extreme aspect ratio \(1x50000\): resized to 255 "
+                                           r"pixels on its shorter side it would be 255x12,750,000"):
+        build_manifest(dataset / "Master Folder", resize=255)
+    manifest, _ = build_manifest(dataset / "Master Folder")  # no resize given: only the pixel limit applies
+    assert "train/Sad/thin.png" in set(manifest["path"])

@@ -193,7 +193,7 @@ def test_auto_settings_fit_the_device():
     params = ExtractParams(device="auto", batch_size="auto", num_workers="auto", channels_last="auto",
                            pad_batches="auto", precision="auto",
                            decode="auto", crop_size=None, resize_size=None, shard_rows=10, engine="local",
-                           ray_address=None, ray_actors="auto")
+                           ray_address=None, ray_actors="auto", ray_timeout_s=30.0)
     cuda = resolve_settings(params, torch.device("cuda"))
     assert (cuda.decode, cuda.precision, cuda.batch_size, cuda.channels_last, cuda.pad) == \
         ("device", "bf16", 256, False, True)

@@ -76,3 +76,58 @@ def test_killed_classifier_stage_leaves_no_outputs_and_the_rerun_recovers(tmp_pa
     subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
     assert (artifacts / "metrics" / "efficientnet_b1" / "logreg.json").is_file()
     assert (artifacts / "models" / "efficientnet_b1" / "logreg.joblib").is_file()
+
+
+def test_outputs_of_a_set_change_together_or_not_at_all(tmp_path):
+    from pipeline.common.io import OutputError, output_set
+
+    first, second = tmp_path / "a.json", tmp_path / "b.csv"
+    write_json(first, {"run": 1})
+    second.write_text("run 1\n")
+    (tmp_path / "c.txt").mkdir()  # the last output cannot be written: a folder stands in its place
+    with pytest.raises(OutputError, match=r"Cannot write .*c.txt: a folder stands where a file should be"):
+        with output_set() as out:
+            out.write_json(first, {"run": 2})
+            out.write_text(second, "run 2\n")
+            out.write_text(tmp_path / "c.txt", "run 2")
+    assert first.read_text().strip() == '{\n  "run": 1\n}' and second.read_text() == "run 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.csv", "c.txt"]  # no temporary left
+
+
+def test_a_failed_rename_puts_back_the_outputs_already_replaced(tmp_path):
+    from pipeline.common.io import OutputError, output_set
+
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("old a")
+    second.write_text("old b")
+    with pytest.raises(OutputError, match=r"Cannot write .*b.txt"):
+        with output_set() as out:
+            out.write_text(first, "new a")
+            out.path(second).unlink()  # its staged file is gone when the set is renamed into place
+    assert first.read_text() == "old a" and second.read_text() == "old b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_a_write_error_names_the_file_and_the_cause(tmp_path):
+    from pipeline.common.io import OutputError, write_text
+
+    (tmp_path / "out").write_text("a file where a folder should be")
+    with pytest.raises(OutputError, match=r"Cannot write .*out/sub/r.txt: a file stands where a folder should be "
+                                          r"\(.*out is a file\)"):
+        write_text(tmp_path / "out" / "sub" / "r.txt", "x")
+
+
+def test_a_file_size_limit_is_reported_as_one_line_in_a_stage_process(tmp_path):
+    """ulimit -f, as a full disk: the write fails with EFBIG (Python ignores SIGXFSZ)."""
+    import resource
+    import sys
+
+    code = ("from pipeline.common.cli import run\nfrom pipeline.common.io import write_text\n"
+            "raise SystemExit(run(lambda argv: write_text('big.txt', 'x' * 100000) or 0))")
+    (tmp_path / "big.txt").write_text("previous")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000)),
+                            env={**os.environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: Cannot write big.txt: the file is too large"), result.stderr
+    assert (tmp_path / "big.txt").read_text() == "previous" and len(list(tmp_path.iterdir())) == 1

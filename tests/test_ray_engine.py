@@ -123,3 +123,32 @@ def test_a_ray_worker_that_cannot_build_the_backbone_reports_why_with_its_shard(
     out = actor({"start": np.array([0]), "stop": np.array([4])})
     assert "differs from the one that made the features" in out["error"][0]
     assert out["error"][0].startswith("on a Ray worker")
+
+
+@pytest.mark.parametrize("listening", [False, True], ids=["nothing listens", "a port that never answers"])
+def test_a_ray_address_that_does_not_answer_ends_in_one_line_within_the_timeout(tmp_path, listening):
+    """Ray alone retries such an address for minutes (826 s measured); extract.ray_timeout_s bounds the wait."""
+    import socket
+    import time
+
+    data = make_dataset(tmp_path / "data", train_per_class=1, held_out_per_class=1, augs=0)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        if listening:
+            server.listen(8)  # the kernel completes the handshake; nobody ever speaks Ray's protocol
+        port = server.getsockname()[1]
+        if not listening:
+            server.close()
+        write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.engine": "ray",
+                                                "extract.ray_address": f"127.0.0.1:{port}",
+                                                "extract.ray_timeout_s": 3})
+        stage("prepare", tmp_path)
+        started = time.monotonic()
+        result = stage("extract", tmp_path, check=False)
+        seconds = time.monotonic() - started
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 1 and f"No Ray cluster answers at '127.0.0.1:{port}'" in errors[0], errors
+    assert "ray start --head" in errors[0]
+    assert seconds < 60, seconds  # start-up of torch and Ray included; the wait itself is 3 s
+    assert not (tmp_path / FEATURES).exists()

@@ -50,6 +50,11 @@ class AuditParams:
         in_range(name, "near_duplicate_bits", self.near_duplicate_bits, 0, 64)
 
 
+# Upper bound of extract.crop_size and resize_size: 4x B1's 240, where a batch of 32 in fp32 already takes
+# gigabytes of activations; beyond it memory, not accuracy, is what grows.
+MAX_TRANSFORM_SIZE = 1024
+
+
 @dataclasses.dataclass(frozen=True)
 class ExtractParams:
     device: Literal["auto", "cpu", "cuda", "mps"]
@@ -65,6 +70,7 @@ class ExtractParams:
     engine: Literal["local", "ray"]
     ray_address: str | None
     ray_actors: int | Literal["auto"]
+    ray_timeout_s: float
 
     def check(self, name: str) -> None:
         if self.batch_size != "auto":
@@ -72,12 +78,13 @@ class ExtractParams:
         if self.num_workers != "auto":
             in_range(name, "num_workers", self.num_workers, 0, None)
         if self.crop_size is not None:
-            in_range(name, "crop_size", self.crop_size, 8, None)
+            in_range(name, "crop_size", self.crop_size, 8, MAX_TRANSFORM_SIZE)
         if self.resize_size is not None:
-            in_range(name, "resize_size", self.resize_size, self.crop_size or 8, None)
+            in_range(name, "resize_size", self.resize_size, self.crop_size or 8, MAX_TRANSFORM_SIZE)
         in_range(name, "shard_rows", self.shard_rows, 1, None)
         if self.ray_actors != "auto":
             in_range(name, "ray_actors", self.ray_actors, 1, None)
+        in_range(name, "ray_timeout_s", self.ray_timeout_s, 0.1, 3600)
 
 
 @dataclasses.dataclass(frozen=True)

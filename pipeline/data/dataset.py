@@ -7,6 +7,7 @@ when any image changes, and its rows fix the order every later array follows.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import warnings
@@ -20,7 +21,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.io import read_csv, read_json
 from pipeline.common.params import DataParams
 from pipeline.data.grouping import Hashes, image_hashes
-from pipeline.data.images import ImageError, load_rgb
+from pipeline.data.images import ImageError, load_rgb, read_image_bytes, resized_too_large
 from pipeline.data.pool import ordered_map
 
 log = logging.getLogger(__name__)
@@ -104,13 +105,17 @@ def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
             raise DatasetError(message)
         skipped.append((entry.relative_to(root).as_posix(), reason))
 
+    for stray in sorted(p for p in root.iterdir() if p.name not in splits and not is_clutter(p)):
+        kind = "folder" if stray.is_dir() else "file"
+        bad_entry(stray, f"Stray {kind} {stray} sits next to the split folders {list(splits)}; move it away, or set "
+                  "data.on_bad_image: skip.", f"a {kind} next to the split folders")
     for split in splits:
         split_dir = root / split
         if not split_dir.is_dir():
             raise DatasetError(f"Split folder {split_dir} is missing; expected {list(splits)} under {root}.")
-        for stray in sorted(p for p in split_dir.iterdir() if p.is_file() and not is_clutter(p)):
-            bad_entry(stray, f"Stray file {stray} sits outside any class folder; move it into one, or away.",
-                      "outside any class folder")
+        for stray in sorted(p for p in split_dir.iterdir() if not p.is_dir() and not is_clutter(p)):
+            bad_entry(stray, f"Stray file {stray} sits outside any class folder; move it into one, or away, or set "
+                      "data.on_bad_image: skip.", "outside any class folder")
         classes_by_split[split] = classes_of(split_dir)
         if not classes_by_split[split]:
             raise DatasetError(f"Split folder {split_dir} has no class folders.")
@@ -147,40 +152,47 @@ def _check_classes(classes_by_split: dict[str, list[str]]) -> None:
             warnings.warn(f"Class(es) {absent} of train have no images in {split}.", stacklevel=3)
 
 
-def describe_image(path: Path) -> tuple[str, int, int]:
+def describe_image(path: Path, *, resize: int | None = None) -> tuple[str, int, int]:
     """Return (sha256, width, height) of an image, decoding it fully to catch damage."""
-    return inspect_image(path)[:3]
+    return inspect_image(path, resize=resize)[:3]
 
 
-def inspect_image(path: Path) -> tuple[str, int, int, str, str, bool]:
+def inspect_image(path: Path, *, resize: int | None = None) -> tuple[str, int, int, str, str, bool]:
     """Everything later stages need from an image's bytes and pixels, from one read and one decode.
 
     (sha256, width, height, dhash, mirrored dhash, informative); a file that cannot be read or
-    decoded raises ``BadImage``.
+    decoded raises ``BadImage``, and so does, with ``resize`` (the extraction's), one whose resized
+    size is beyond the bound extract and predict apply.
     """
     try:
-        data = path.read_bytes()
+        data = read_image_bytes(path)
     except OSError as err:  # a dangling link, a file without read permission, a folder named like an image
         raise BadImage(path, f"cannot be read ({type(err).__name__}: {err.strerror or err})") from err
+    except ImageError as err:  # a FIFO, a socket, a device
+        raise BadImage(path, str(err)) from err
     try:
         image = load_rgb(data)
     except ImageError as err:
         raise BadImage(path, str(err)) from err
+    refused = resized_too_large(image.size, resize) if resize else None
+    if refused:
+        raise BadImage(path, refused)
     plain, mirrored, informative = image_hashes(image)
     return hashlib.sha256(data).hexdigest(), *image.size, f"{plain:016x}", f"{mirrored:016x}", informative
 
 
-def _inspect_or_why(path: Path) -> tuple | str:
+def _inspect_or_why(path: Path, resize: int | None = None) -> tuple | str:
     """``inspect_image`` in a worker: a bad file comes back as its reason, to be handled in manifest order."""
     try:
-        return inspect_image(path)
+        return inspect_image(path, resize=resize)
     except BadImage as err:
         return err.why
 
 
-def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
-                   on_bad_image: str = "error", workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scan ``root`` and describe every image; rows ordered by split, class, file name.
+def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *, on_bad_image: str = "error", workers: int = 1,
+                   resize: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scan ``root`` and describe every image; rows ordered by split, class, file name. ``resize``: the
+    extraction's resize size, so an image extract would refuse is caught here, before extraction.
 
     Each image is read and decoded once, on ``workers`` processes; the results are taken
     in manifest order, so the output (and the first bad file reported) does not depend
@@ -191,7 +203,8 @@ def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
     frame = scan_layout(root, splits, skipped=skipped)
     described, keep = [], []
     # closing: an error, Ctrl-C or the first bad file stops the workers before it is reported
-    with contextlib.closing(ordered_map(_inspect_or_why, (root / p for p in frame["path"]), workers)) as results:
+    inspect = functools.partial(_inspect_or_why, resize=resize)
+    with contextlib.closing(ordered_map(inspect, (root / p for p in frame["path"]), workers)) as results:
         for path, result in zip(frame["path"], tqdm(results, total=len(frame), desc="reading images", unit="img")):
             if isinstance(result, str):
                 if skipped is None:

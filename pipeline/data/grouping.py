@@ -159,6 +159,15 @@ def read_groups(path: Path, paths: Sequence[str]) -> np.ndarray:
     if missing_columns:
         raise GroupsError(f"Groups file {path} lacks column(s) {missing_columns}; it needs 'path' and 'group' "
                             "(one row per image, the id of its original picture).")
+    empty = table["path"].eq("") | table["group"].eq("")
+    if empty.any():
+        row = int(empty.to_numpy().nonzero()[0][0])
+        raise GroupsError(f"Groups file {path} has an empty path or group in row {row + 1}; every image needs the "
+                          "id of its original picture. Re-run the audit stage (dvc repro audit).")
+    repeated = table["path"][table["path"].duplicated()]
+    if len(repeated):
+        raise GroupsError(f"Groups file {path} lists {repeated.iloc[0]!r} more than once; one row per image. "
+                          "Re-run the audit stage (dvc repro audit).")
     table = table.set_index("path")["group"]
     missing = [p for p in paths if p not in table.index]
     if missing:

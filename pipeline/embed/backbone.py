@@ -22,7 +22,7 @@ from pipeline.embed.sources import exported_models, timm_models, torchvision_mod
 from pipeline.embed.sources.base import Backbone, BackboneError, state_dict_fingerprint
 
 __all__ = ["Backbone", "BackboneError", "SOURCES", "build_backbone", "check_backbones", "parse_backbone",
-           "state_dict_fingerprint", "full_model_with_head", "rebuild_backbone"]
+           "state_dict_fingerprint", "full_model_with_head", "rebuild_backbone", "resize_of"]
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +32,17 @@ class Source:
     entry: type  # the dataclass of an entry's keys
     check: Callable[[Any, str], None]  # cheap: names exist, files exist, extra installed
     build: Callable[..., Backbone]
+    resize: Callable[[Any], int]  # the shorter side its own preprocessing resizes to, without building the model
     exports_full_model: bool  # export can put the linear head back into the library's network
 
 
 SOURCES: dict[str, Source] = {
     "torchvision": Source(torchvision_models.TorchvisionEntry, torchvision_models.check, torchvision_models.build,
-                          exports_full_model=True),
-    "timm": Source(timm_models.TimmEntry, timm_models.check, timm_models.build, exports_full_model=True),
+                          torchvision_models.resize, exports_full_model=True),
+    "timm": Source(timm_models.TimmEntry, timm_models.check, timm_models.build, timm_models.resize,
+                   exports_full_model=True),
     "exported": Source(exported_models.ExportedEntry, exported_models.check, exported_models.build,
-                       exports_full_model=False),
+                       exported_models.resize, exports_full_model=False),
 }
 
 
@@ -60,6 +62,14 @@ def check_backbones(section: dict[str, Any]) -> None:
     for name, raw in section.items():
         entry = parse_backbone(name, raw)
         SOURCES[entry.source].check(entry, f"{BACKBONES_SECTION}.{name}")
+
+
+def resize_of(entry: Any, resize_size: int | None) -> int:
+    """The size extraction resizes an image's shorter side to for this entry: ``extract.resize_size``, else the
+    source's own (prepare uses it to refuse, before extraction, an image whose resized size would be unbounded)."""
+    if resize_size is not None:
+        return resize_size
+    return SOURCES[entry.source].resize(entry)
 
 
 def build_backbone(name: str, entry: Any, *, crop_size: int | None = None,

@@ -122,7 +122,7 @@ def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path
 
         run_ray(work=work, batches=batches, missing=missing, store=store, settings=settings, preprocess=preprocess,
                 backbone=backbone, address=params.ray_address, actors=params.ray_actors,
-                stats=stats)
+                stats=stats, timeout=params.ray_timeout_s)
     else:
         run_local(backbone, work, batches, missing, store, settings, preprocess, stats)
     seconds = time.perf_counter() - computing
@@ -142,10 +142,11 @@ def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path
         "versions": {**values["versions"], "python": platform.python_version(), "numpy": np.__version__,
                      "scikit-learn": importlib.metadata.version("scikit-learn")},
     }
-    assert set(meta) == set(features.EXTRACT_META_KEYS), sorted(set(meta) ^ set(features.EXTRACT_META_KEYS))
     with atomic_path(out, is_dir=True) as tmp:
         merge(store, work, ranges, tmp)
         write_csv(tmp / features.INDEX, manifest[features.INDEX_COLUMNS])
+        meta[features.HASHES] = features.array_hashes(tmp)  # the loader refuses replaced or swapped splits
+        assert set(meta) == set(features.EXTRACT_META_KEYS), sorted(set(meta) ^ set(features.EXTRACT_META_KEYS))
         write_json(tmp / features.META, meta)
     store.clear()
     return Extraction(rows=len(work), shards=len(ranges), reused=len(done), seconds=time.perf_counter() - start,

@@ -15,7 +15,7 @@ from typing import Any
 import joblib
 
 from pipeline.common.errors import PipelineError
-from pipeline.common.io import atomic_path, write_csv, write_json
+from pipeline.common.io import output_set, writing
 from pipeline.evaluate.training import Trained
 
 
@@ -45,20 +45,23 @@ class SavedModel:
 
 def write_results(trained: Trained, *, backbone: str, classes: list[str], features_meta: dict[str, Any],
                   paths: ResultPaths) -> None:
-    """Model, metrics JSON, predictions CSV, test rows for the confusion plot, CV folds, selection record."""
+    """Model, metrics JSON, predictions CSV, test rows for the confusion plot, CV folds, selection record:
+    staged together, so a failed write leaves the previous six whole."""
     evaluation = trained.evaluation
     saved = SavedModel(name=trained.name, model=trained.selection.model, classes=classes,
                        features_meta=features_meta, selected=trained.selection.selected, backbone=backbone)
-    with atomic_path(paths.model) as tmp:
-        joblib.dump(vars(saved), tmp)  # not dataclasses.asdict: it deep-copies the fitted model first
-    write_csv(paths.predictions, evaluation.predictions)
     test = evaluation.predictions[evaluation.predictions["split"] == "test"]
-    write_csv(paths.confusion, test[["image", "true", "predicted"]])
-    write_csv(paths.folds, evaluation.folds)
-    write_csv(paths.selection, trained.selection.record)
-    write_json(paths.metrics, {"backbone": backbone, "classifier": trained.name, **evaluation.metrics, "selected": trained.selection.selected,
-                               "pretrained": features_meta.get("pretrained"),
-                               "fit_seconds": round(trained.fit_seconds, 3)})
+    with output_set() as out:  # all six replace the previous run's together, or none does
+        with writing(paths.model):
+            joblib.dump(vars(saved), out.path(paths.model))  # not dataclasses.asdict: it deep-copies the model
+        out.write_csv(paths.predictions, evaluation.predictions)
+        out.write_csv(paths.confusion, test[["image", "true", "predicted"]])
+        out.write_csv(paths.folds, evaluation.folds)
+        out.write_csv(paths.selection, trained.selection.record)
+        out.write_json(paths.metrics, {"backbone": backbone, "classifier": trained.name, **evaluation.metrics,
+                                       "selected": trained.selection.selected,
+                                       "pretrained": features_meta.get("pretrained"),
+                                       "fit_seconds": round(trained.fit_seconds, 3)})
 
 
 def model_path(model: str, *, models_dir: Path, best: Path) -> Path:
@@ -83,6 +86,9 @@ def model_path(model: str, *, models_dir: Path, best: Path) -> Path:
 def load_model(path: Path) -> SavedModel:
     """A model saved by the train stage (or its copy, the best model of compare)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise PipelineError(f"Model file {path} exists but is not a file (a folder or a special file); point at the "
+                            "joblib file the train stage wrote.")
     if not path.is_file():
         raise PipelineError(f"Model file {path} not found; run the train stage for it (dvc repro).")
     try:

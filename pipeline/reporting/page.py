@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.common.checks import ReuseError, finite_columns, known_labels, require_columns
 from pipeline.data.images import ImageError, load_rgb
 from pipeline.embed import features as features_io
 from pipeline.reporting.figures import (
@@ -40,6 +41,29 @@ LEADERBOARD_COLUMNS = {
     "mcnemar_p_vs_head": "p vs head", "mcnemar_p_vs_runner_up": "p vs runner-up",
     "feature_dim": "dim", "extract_images_per_second": "extract img/s",
 }
+P_VALUES = ("mcnemar_p_vs_head", "mcnemar_p_vs_runner_up", "cv_p_vs_best_holm")
+OPTIONAL = ("feature_dim", "extract_images_per_second")  # absent for features written by another producer
+
+
+def check_leaderboard(table: pd.DataFrame, path: Path, *, fix: str) -> None:
+    """The columns the page shows, scores finite (the p-values may be empty: no pair to test)."""
+    require_columns(table, path, [*LEADERBOARD_COLUMNS, "pretrained"], fix=fix)
+    if table.empty:
+        raise ReuseError(f"{path} has no classifier rows; {fix}")
+    finite_columns(table, path, [c for c in LEADERBOARD_COLUMNS if c not in ("backbone", "classifier", *P_VALUES,
+                                                                             *OPTIONAL)], fix=fix)
+
+
+def check_predictions(frame: pd.DataFrame, path: Path, classes: list[str], *, fix: str) -> None:
+    """Image, split, true and predicted class among the features' classes, a probability per class."""
+    require_columns(frame, path, ["image", "split", "true", "predicted", *(f"p_{c}" for c in classes)], fix=fix)
+    known_labels(frame, path, ["true", "predicted"], classes, fix=fix)
+
+
+def check_history(history: pd.DataFrame, path: Path, *, fix: str) -> None:
+    """A training curve: epochs and the training loss, finite (the valid loss may be absent)."""
+    require_columns(history, path, ["epoch", "train_loss"], fix=fix)
+    finite_columns(history, path, ["epoch", "train_loss"], fix=fix)
 
 
 def misclassified_gallery(predictions: pd.DataFrame, image_root: Path) -> str:
@@ -59,21 +83,31 @@ def misclassified_gallery(predictions: pd.DataFrame, image_root: Path) -> str:
     return f'<div class="gallery">{"".join(cards)}</div>'
 
 
-def about_table(*, metas: dict[str, dict], source: dict, code_version: str) -> str:
-    """What the report is a report of: data, each backbone with its weights and extraction, code."""
+def about_table(*, metas: dict[str, dict], source: dict, code_version: str,
+                counts: dict[str, int] | None = None) -> str:
+    """What the report is a report of: data, each backbone with its weights and extraction, code. Features
+    written by another producer (no backbone keys in meta.json) are said to be so, with only what they record."""
     first = next(iter(metas.values()))
-    views = first.get("views", {}).get("count", 0)
+    counts = first.get("splits") or counts or {}
+    views = (first.get("views") or {}).get("count", 0) if isinstance(first.get("views"), dict) else 0
     rows = {
         "Dataset": f"{html.escape(str(source.get('handle')))} "
                    f"(images read from {html.escape(str(source.get('root')))})",
-        "Images": ", ".join(f"{html.escape(split)} {n}" for split, n in first.get("splits", {}).items())
+        "Images": ", ".join(f"{html.escape(str(split))} {n}" for split, n in counts.items())
                   + (f"; {views} augmented view(s) of each train image" if views else ""),
     }
     for name, meta in metas.items():
-        transform = meta.get("transform", {})
+        pretrained = {True: "pretrained: true", False: "<b>pretrained: false</b>"}.get(meta.get("pretrained"),
+                                                                                        "pretrained: not recorded")
+        if not all(key in meta for key in features_io.BACKBONE_KEYS):
+            recorded = sorted(k for k in meta if k != "classes")
+            rows[f"Features {html.escape(name)}"] = (
+                f"written outside the extract stage (by another producer); {pretrained}; meta.json records "
+                f"{html.escape(', '.join(recorded)) if recorded else 'only the classes'}")
+            continue
+        transform = meta.get("transform") or {}
         weights = html.escape(f"{meta.get('weights')}" + (f", checkpoint {meta['checkpoint']}"
                                                           if meta.get("checkpoint") else ""))
-        pretrained = "<b>pretrained: false</b>" if not meta.get("pretrained") else "pretrained: true"
         speed = (meta.get("speed") or {}).get("images_per_second")
         rows[f"Backbone {html.escape(name)}"] = (
             f"{html.escape(str(meta.get('source', '')))} {html.escape(str(meta.get('arch', 'unknown')))}, weights "
@@ -111,7 +145,8 @@ def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFra
     best = f"{top['backbone']}/{top['classifier']}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Backbone and classifier report</title>"
              f"<style>{STYLE}</style></head><body><h1>Frozen-embedding backbones and classifiers: report</h1>",
-             about_table(metas={name: f.meta for name, f in feats.items()}, source=source, code_version=code_version)]
+             about_table(metas={name: f.meta for name, f in feats.items()}, source=source, code_version=code_version,
+                         counts={split: len(f.paths) for split, f in next(iter(feats.values())).splits.items()})]
     if not leaderboard["pretrained"].fillna(False).astype(bool).all():
         parts.append("<p class='warn'><b>Random or unverified backbone weights (pretrained: false).</b> "
                      "These results test the machinery only.</p>")

@@ -58,7 +58,8 @@ def existing_file(path: str, key: str, example: str) -> Path:
     if not file.exists():
         raise BackboneError(f"{key}={path!r} does not exist; point it at {example}.")
     if not file.is_file():
-        raise BackboneError(f"{key}={path!r} exists but is not a file (a folder?); point it at {example}.")
+        kind = "a folder" if file.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise BackboneError(f"{key}={path!r} exists but is {kind}; point it at {example}.")
     if file.stat().st_size == 0:
         raise BackboneError(f"{key}={path!r} is an empty file; copy it again.")
     return file

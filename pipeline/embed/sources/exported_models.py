@@ -63,6 +63,10 @@ def _load(entry: ExportedEntry, key: str) -> nn.Module:
                             f"{detail[:300]}); save it with torch.export.save or torch.jit.save.") from err
 
 
+def resize(entry: ExportedEntry) -> int:
+    return entry.resize_size
+
+
 def check(entry: ExportedEntry, key: str) -> None:
     existing_file(entry.file, f"{key}.file", "a torch.export program (.pt2) or a TorchScript file")
 

@@ -13,6 +13,7 @@ timm itself: those files are recorded as unverified, ``pretrained: false``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import warnings
 from typing import Any, Literal
@@ -67,6 +68,14 @@ def check(entry: TimmEntry, key: str) -> None:
         close = timm.list_models(f"{base.split('_')[0]}*")[:10]
         raise BackboneError(f"{key}.model={entry.model!r} is not a timm model; e.g. {close} "
                             "(timm.list_models() lists them all).")
+
+
+def resize(entry: TimmEntry) -> int:
+    """From the model's pretrained config (timm's rule: the crop over its crop_pct), without building it."""
+    timm = _timm("timm")
+    cfg = timm.models.get_pretrained_cfg(entry.model)
+    size = (cfg.input_size if cfg is not None else (3, 224, 224))[-1]
+    return int(math.floor(size / (cfg.crop_pct if cfg is not None and cfg.crop_pct else 0.875)))
 
 
 def _to_preset(transform: Any, key: str) -> T.Compose:

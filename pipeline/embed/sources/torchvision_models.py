@@ -81,6 +81,10 @@ def check(entry: TorchvisionEntry, key: str) -> None:
         _weights(entry, key, entry.weights)
 
 
+def resize(entry: TorchvisionEntry) -> int:
+    return int(_weights(entry, "", entry.weights or "DEFAULT").transforms().resize_size[0])
+
+
 def split_head(model: nn.Module, key: str = "the model") -> tuple[str, nn.Linear]:
     """Replace the model's last ``Linear`` by ``Identity``; return its name and the layer."""
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
