@@ -54,15 +54,15 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.common.params import ExtractParams, ModelParams
-from pipeline.embed.backbone import build_backbone
+from pipeline.common.params import ExtractParams
+from pipeline.embed.backbone import build_backbone, parse_backbone
 from pipeline.embed.embedding import DECODES, PRECISIONS, Settings, Stats, embed_items, embed_paths, resolve_settings
 from pipeline.embed.loading import Preprocess
 from pipeline.embed.work import plan_batches, work_of_paths
 
 PROJECT = Path(__file__).resolve().parents[1]
 CHANNELS_LAST = {"auto": "auto", "true": True, "false": False}
-RANDOM_B1 = ModelParams(arch="efficientnet_b1", weights=None, checkpoint=None, init_seed=0)
+RANDOM_B1 = parse_backbone("efficientnet_b1", {"source": "torchvision", "model": "efficientnet_b1", "weights": None})
 
 
 def make_jpegs(folder: Path, n: int, size: tuple[int, int], *, seed: int = 0) -> list[Path]:
@@ -139,18 +139,19 @@ def run_stage(counts: dict[str, int], work: Path, *, size: tuple[int, int], extr
     folder.mkdir()
     settings = yaml.safe_load((PROJECT / "params.yaml").read_text())
     settings["data"].update(root=str(root))
-    settings["model"].update(weights=None, checkpoint=None)
+    settings["backbones"]["efficientnet_b1"].update(weights=None, checkpoint=None)
     settings["extract"].update(extract)
     settings["views"].update(count=views)
     (folder / "params.yaml").write_text(yaml.safe_dump(settings))
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(PROJECT)}
     common = ["--manifest", "manifest.csv", "--source", "source.json", "--params", "params.yaml"]
+    stage_only = ["--backbone", "efficientnet_b1"]
     subprocess.run([sys.executable, "-m", "pipeline.prepare", *common, "--skipped", "skipped.csv"], cwd=folder,
                    check=True, capture_output=True, env=env)
     code = ("import resource, sys; from pipeline import extract; code = extract.main(sys.argv[1:]); "
             "print(f'peak_rss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}'); sys.exit(code)")
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, *common, "--out", "features", "--scratch", "shards"],
+    out = subprocess.run([sys.executable, "-c", code, *common, *stage_only, "--out", "features", "--scratch", "shards"],
                          cwd=folder, check=True, capture_output=True, text=True, env=env)
     return time.perf_counter() - start, out.stdout
 
@@ -212,7 +213,7 @@ def settings_from(args, device: torch.device | None = None) -> Settings:
                            channels_last=CHANNELS_LAST[args.channels_last], pad_batches="auto",
                            precision=args.precision, decode=args.decode,
                            crop_size=None, resize_size=None, shard_rows=50000, engine="local", ray_address=None,
-                           ray_actors="auto")
+                           ray_actors="auto", ray_timeout_s=30.0)
     settings = resolve_settings(params, device)
     if settings.device.type == "cpu" and args.workers is None:
         settings = Settings(**{**settings.__dict__, "num_workers": 0})  # decode inline: the 2 cores run the model
@@ -303,16 +304,17 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 paths = make_jpegs(args.jpegs or work / "jpegs", args.precision_check, size)
             if args.checkpoint:
-                backbone = build_backbone(ModelParams(arch="efficientnet_b1", weights=None,
-                                                      checkpoint=args.checkpoint, init_seed=0))
+                backbone = build_backbone("efficientnet_b1", parse_backbone("efficientnet_b1", {
+                    "source": "torchvision", "model": "efficientnet_b1", "weights": None,
+                    "checkpoint": str(args.checkpoint)}))
             else:
-                backbone = build_backbone(RANDOM_B1)
+                backbone = build_backbone("efficientnet_b1", RANDOM_B1)
                 calibrate_batchnorm(backbone, paths[:: max(1, len(paths) // args.precision_check)])
             precision_check(backbone, paths, settings, labels=labels, n_train=n_train)
             return 0
 
         cuda = settings.device.type == "cuda"
-        backbone = build_backbone(RANDOM_B1)
+        backbone = build_backbone("efficientnet_b1", RANDOM_B1)
         name = torch.cuda.get_device_name(settings.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
         print(f"device: {name}; precision {settings.precision}, channels_last {settings.channels_last}, batch "
               f"{settings.batch_size}, workers {settings.num_workers}, decode {settings.decode}, "

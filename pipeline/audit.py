@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
-from pipeline.common.io import write_csv, write_json, write_text
+from pipeline.common.io import output_set
 from pipeline.common.params import DEFAULT_PARAMS, load_section
-from pipeline.data.dataset import read_manifest, read_source
-from pipeline.data.grouping import perceptual_hashes
+from pipeline.data.dataset import manifest_hashes, read_manifest, read_source
 from pipeline.data.leakage import audit_dataset, render_markdown
 
 EXIT_LEAK = 1
@@ -33,13 +32,14 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_section("audit", args.params)
     manifest = read_manifest(args.manifest)
-    root = Path(read_source(args.source)["root"])
-    hashes = perceptual_hashes(root / p for p in manifest["path"])
+    read_source(args.source)  # checked: the audit reads no image, but the manifest belongs with it
+    hashes = manifest_hashes(manifest)  # recorded by prepare: no image is decoded again
     audit = audit_dataset(manifest, hashes, near_duplicate_bits=params.near_duplicate_bits)
 
-    write_json(args.report, audit.report)
-    write_text(args.summary, render_markdown(audit.report))
-    write_csv(args.groups, audit.groups)
+    with output_set() as out:  # the three change together or not at all
+        out.write_json(args.report, audit.report)
+        out.write_text(args.summary, render_markdown(audit.report))
+        out.write_csv(args.groups, audit.groups)
     r = audit.report
     print(f"pictures per split: {r['groups_per_split']} (images: {r['images_per_split']}); "
           f"{len(r['exact_duplicate_groups'])} exact and {len(r['near_duplicate_groups'])} near-duplicate "

@@ -1,10 +1,11 @@
-"""Stage ``compare``: the leaderboard of every trained classifier, with paired tests on test.
+"""Stage ``compare``: the leaderboard of every backbone x classifier pair, with paired tests.
 
-Ranks by grouped-CV accuracy; pairs each classifier with the linear head (and the
-best with the runner-up) by an exact McNemar test on the same test images. Writes
-the leaderboard as markdown (people), CSV (tables) and JSON (McNemar p-values, a
-DVC metrics file), and copies the best model to its own file, the project's
-``best-classifier`` artifact.
+Ranks by grouped-CV accuracy; tests differences as pairs on shared material: the
+Nadeau–Bengio corrected t-test on the per-fold scores of the shared folds (Holm
+across the comparisons shown) and an exact McNemar test on the same test images.
+Writes the leaderboard as markdown (people), CSV (tables) and JSON (the tests, a
+DVC metrics file), and copies the best pair's model to its own file, the
+project's ``best-classifier`` artifact.
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pipeline.common.checks import ReuseError, finite_number, known_labels, require_columns
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
-from pipeline.common.io import atomic_path, read_csv, read_json, write_csv, write_json, write_text
-from pipeline.common.params import DEFAULT_PARAMS, classifiers_section
-from pipeline.evaluate.leaderboard import leaderboard, render_markdown
+from pipeline.common.io import output_set, read_csv, read_json, writing
+from pipeline.common.params import DEFAULT_PARAMS, backbones_section, classifiers_section
+from pipeline.embed.features import META, read_meta
+from pipeline.evaluate.leaderboard import leaderboard, pair_name, render_markdown
+from pipeline.evaluate.splits import read_folds
 
 REQUIRED_METRICS = ("cv.accuracy_mean", "cv.accuracy_std", "cv.accuracy_ci95.low", "cv.accuracy_ci95.high",
                     "cv_leaky.accuracy_mean", "test.n", "test.accuracy", "test.accuracy_ci95.low",
                     "test.accuracy_ci95.high", "test.balanced_accuracy", "test.macro_f1", "test.log_loss", "test.ece")
+PREDICTION_COLUMNS = ("image", "split", "true", "predicted")
 
 
 def _has(mapping: dict, dotted: str) -> bool:
@@ -31,40 +36,64 @@ def _has(mapping: dict, dotted: str) -> bool:
     return True
 
 
+def check_predictions(frame, path: Path, *, fix: str) -> None:
+    """The columns the leaderboard reads, and labels among the classes of its p_<class> columns."""
+    require_columns(frame, path, PREDICTION_COLUMNS, fix=fix)
+    classes = [c.removeprefix("p_") for c in frame.columns if c.startswith("p_")]
+    if not classes:
+        raise ReuseError(f"{path} has no p_<class> probability columns; {fix}")
+    known_labels(frame, path, ["true", "predicted"], classes, fix=fix)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="the classifiers to rank")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="the backbones and classifiers to rank")
+    parser.add_argument("--features-dir", type=Path, required=True, help="features/<backbone>/meta.json: dim, speed")
     parser.add_argument("--metrics-dir", type=Path, required=True)
     parser.add_argument("--predictions-dir", type=Path, required=True)
+    parser.add_argument("--cv-dir", type=Path, required=True, help="per-fold CV scores of each pair")
+    parser.add_argument("--cv-folds", type=Path, default=Path("artifacts/data/folds.csv"),
+                        help="the shared grouped fold assignment")
     parser.add_argument("--models-dir", type=Path, required=True)
     parser.add_argument("--markdown", type=Path, required=True)
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--best-model", type=Path, required=True, help="copy of the best classifier's model")
+    parser.add_argument("--best-model", type=Path, required=True, help="copy of the best pair's model")
     args = parser.parse_args(argv)
 
-    metrics, predictions = {}, {}
-    for name in classifiers_section(args.params):
-        fix = f"run the train stage for it (dvc repro train@{name})."
-        metrics[name] = read_json(args.metrics_dir / f"{name}.json", what="Metrics file", fix=fix)
-        predictions[name] = read_csv(args.predictions_dir / f"{name}.csv", what="Predictions file", fix=fix,
-                                     dtype=str, keep_default_na=False)
-    for name, m in metrics.items():
+    backbones = {name: read_meta(args.features_dir / name / META) for name in backbones_section(args.params)}
+    metrics, predictions, folds = {}, {}, {}
+    for backbone in backbones:
+        for classifier in classifiers_section(args.params):
+            pair = pair_name(backbone, classifier)
+            fix = f"run the train stage for it (dvc repro train@{backbone}-{classifier})."
+            metrics[pair] = read_json(args.metrics_dir / f"{pair}.json", what="Metrics file", fix=fix)
+            predictions[pair] = read_csv(args.predictions_dir / f"{pair}.csv", what="Predictions file", fix=fix,
+                                         dtype=str, keep_default_na=False)
+            folds[pair] = read_csv(args.cv_dir / f"{pair}.csv", what="CV folds file", fix=fix)
+    for pair, m in metrics.items():
+        fix = f"it was not written by the train stage: re-run it (dvc repro train@{pair.replace('/', '-')})."
+        path = args.metrics_dir / f"{pair}.json"
+        if not isinstance(m, dict):
+            raise PipelineError(f"Metrics file {path} lacks {list(REQUIRED_METRICS)}; {fix}")
         missing = [key for key in REQUIRED_METRICS if not _has(m, key)]
         if missing:
-            raise PipelineError(f"Metrics file {args.metrics_dir / f'{name}.json'} lacks {missing}; it was not "
-                                f"written by the train stage: re-run it (dvc repro train@{name}).")
-    table, paired = leaderboard(metrics, predictions)
-    best = str(table["classifier"].iloc[0])
+            raise PipelineError(f"Metrics file {path} lacks {missing}; {fix}")
+        for key in REQUIRED_METRICS:
+            finite_number(m, key, path, fix=fix)
+        check_predictions(predictions[pair], args.predictions_dir / f"{pair}.csv", fix=fix)
+    table, tests = leaderboard(metrics, predictions, folds, read_folds(args.cv_folds, None), backbones)
+    best = pair_name(table["backbone"].iloc[0], table["classifier"].iloc[0])
     if not (args.models_dir / f"{best}.joblib").is_file():
         raise PipelineError(f"Model file {args.models_dir / f'{best}.joblib'} not found; re-run its train stage "
-                            f"(dvc repro train@{best}).")
-    with atomic_path(args.best_model) as tmp:
-        shutil.copyfile(args.models_dir / f"{best}.joblib", tmp)
-    write_csv(args.csv, table)
-    write_json(args.json, paired)
-    text = render_markdown(table)
-    write_text(args.markdown, text)
+                            f"(dvc repro train@{best.replace('/', '-')}).")
+    text = render_markdown(table, tests)
+    with output_set() as out:  # the four change together or not at all
+        with writing(args.best_model):
+            shutil.copyfile(args.models_dir / f"{best}.joblib", out.path(args.best_model))
+        out.write_csv(args.csv, table)
+        out.write_json(args.json, tests)
+        out.write_text(args.markdown, text)
     print(f"{text}\nbest: {best} -> {args.best_model}")
     return 0
 

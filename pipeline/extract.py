@@ -1,4 +1,4 @@
-"""Stage ``extract``: run the frozen backbone once and cache the embeddings in ``features/``.
+"""Stage ``extract@<backbone>``: run one frozen backbone once and cache its embeddings in ``features/<backbone>/``.
 
 Every image of every split, and each augmented view of the train images, goes
 through the backbone in one pass with one input shape. Work is written in shards
@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
-from pipeline.common.params import DEFAULT_PARAMS, load_section
+from pipeline.common.params import BACKBONES_SECTION, DEFAULT_PARAMS, backbones_section, entry_of, load_section
 from pipeline.data.dataset import read_manifest, read_source
-from pipeline.embed.backbone import build_backbone
+from pipeline.embed.backbone import build_backbone, parse_backbone
 from pipeline.embed.embedding import resolve_settings
 from pipeline.embed.extraction import extract_features
 
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     parser = stage_parser(__doc__)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    parser.add_argument("--backbone", required=True, help="a key of params.yaml's backbones section")
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--source", type=Path, required=True, help="where prepare found the images")
     parser.add_argument("--out", type=Path, required=True, help="the features folder")
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for finished shards (kept only until the merge; ignored by DVC and git)")
     args = parser.parse_args(argv)
 
-    model_params = load_section("model", args.params)
+    entry = parse_backbone(args.backbone, entry_of(backbones_section(args.params), args.backbone,
+                                                   section_name=BACKBONES_SECTION, path=args.params))
     params = load_section("extract", args.params)
     views = load_section("views", args.params)
     manifest = read_manifest(args.manifest)
@@ -44,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = None
     settings = resolve_settings(params, device)
-    backbone = build_backbone(model_params, crop_size=params.crop_size, resize_size=params.resize_size)
+    backbone = build_backbone(args.backbone, entry, crop_size=params.crop_size, resize_size=params.resize_size)
     result = extract_features(manifest=manifest, manifest_sha256=hashlib.sha256(args.manifest.read_bytes()).hexdigest(),
                               root=root, backbone=backbone, settings=settings, params=params,
-                              model_params=model_params, views=views, out=args.out, scratch=args.scratch)
+                              views=views, out=args.out, scratch=args.scratch)
     computed = result.stats.rows
-    print(f"{result.rows} embeddings of dim {backbone.info['feature_dim']} on {settings.device.type} "
+    print(f"{args.backbone}: {result.rows} embeddings of dim {backbone.info['feature_dim']} on {settings.device.type} "
           f"(batch {settings.batch_size}, {settings.num_workers} workers, {settings.precision}, decode "
           f"{settings.decode}, engine {params.engine}): {result.reused} of {result.shards} shard(s) reused, "
           f"{computed} rows computed -> {args.out}")

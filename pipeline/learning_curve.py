@@ -1,4 +1,4 @@
-"""Stage ``learning_curve@<classifier>``: would more pictures help? Grouped-CV accuracy by original pictures.
+"""Stage ``learning_curve@<backbone>-<classifier>``: would more pictures help? Grouped-CV accuracy by original pictures.
 
 For each fraction of train's original pictures (``learning_curve`` in params.yaml),
 seeded draws of whole pictures, stratified by class, run the classifier's own selection
@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
-from pipeline.common.io import read_json, write_csv, write_json
+from pipeline.common.io import output_set, read_json
 from pipeline.common.params import DEFAULT_PARAMS, ParamsError, classifiers_section, load_section
 from pipeline.data.grouping import read_groups
 from pipeline.embed import features as features_io
@@ -26,9 +26,10 @@ from pipeline.evaluate.learning_curve import curve_points, full_point, learning_
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
+    parser.add_argument("--backbone", required=True, help="the backbone whose features these are (for the record)")
     parser.add_argument("--classifier", required=True, help="a key of params.yaml's classifiers section")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--features", type=Path, default=Path("features"))
+    parser.add_argument("--features", type=Path, required=True, help="this backbone's features folder")
     parser.add_argument("--groups", type=Path, default=Path("artifacts/data/groups.csv"))
     parser.add_argument("--manifest", type=Path, default=None,
                         help="refuse features not extracted from this manifest (dvc.yaml passes it)")
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     use_views = load_section("views", args.params).use
     feats = features_io.load(args.features, manifest=args.manifest)
     groups = read_groups(args.groups, feats["train"].paths)
-    fix = f"re-run its train stage (dvc repro train@{args.classifier})."
+    fix = f"re-run its train stage (dvc repro train@{args.backbone}-{args.classifier})."
     metrics = read_json(args.metrics, what="Metrics file", fix=fix)
     n_pictures = len(np.unique(groups))
     if metrics.get("cv", {}).get("n_groups") != n_pictures:
@@ -62,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         "trend": "off", "sentence": "The learning curve is switched off (learning_curve.enabled: false); "
                                     "only the train stage's point is shown."}
     fits = 0 if scores is None else len(scores)
-    write_csv(args.out, points)
-    write_json(args.summary, {"classifier": args.classifier, **read, "enabled": curve.enabled,
-                              "fractions": [float(f) for f in points["fraction"]], "draws": curve.draws,
-                              "fold_fits": fits, "seconds": round(seconds, 1)})
+    with output_set() as out:  # the curve and its summary change together
+        out.write_csv(args.out, points)
+        out.write_json(args.summary, {"backbone": args.backbone, "classifier": args.classifier, **read,
+                                      "enabled": curve.enabled, "fractions": [float(f) for f in points["fraction"]],
+                                      "draws": curve.draws, "fold_fits": fits, "seconds": round(seconds, 1)})
     print(points.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"learning_curve@{args.classifier}: {read['sentence']}")
+    print(f"learning_curve@{args.backbone}-{args.classifier}: {read['sentence']}")
     print(f"cost: {seconds:.1f} s for {fits} cross-validation folds ({len(curve.below_full) if curve.enabled else 0} "
           f"fraction(s) x {curve.draws if curve.enabled else 0} draw(s), selection nested); the cached embeddings "
           "reused, nothing re-extracted")

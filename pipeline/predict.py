@@ -1,9 +1,10 @@
-"""Classify new images with a trained model: ``python -m pipeline.predict PATH... --model svm``.
+"""Classify new images with a trained model: ``python -m pipeline.predict PATH... --model resnet50/svm``.
 
 The backbone is rebuilt from the features metadata saved with the model (same
 architecture, weights, transform, batch size, memory format, precision and decode
 path as extraction) and checked by fingerprint, so a model is never fed embeddings of
-another backbone. ``--model best`` is the leaderboard's winner (compare's copy).
+another backbone. ``--model best`` is the leaderboard's winning backbone/classifier pair
+(compare's copy); ``--model svm`` names a classifier when there is one backbone.
 
 Every readable image is classified; each one that cannot be read gets a row with the
 reason (an ``error`` column in csv and json), and the command then ends with one
@@ -22,13 +23,12 @@ import pandas as pd
 
 from pipeline.common.cli import EXIT_USER_ERROR, positive_int, run, stage_parser
 from pipeline.common.errors import PipelineError
-from pipeline.common.params import ModelParams
 from pipeline.data.dataset import IMAGE_SUFFIXES, is_clutter
-from pipeline.embed.backbone import Backbone, BackboneError, build_backbone
+from pipeline.embed.backbone import Backbone, rebuild_backbone
 from pipeline.embed.embedding import Settings, embed_paths, resolve_device
 from pipeline.embed.features import BACKBONE_KEYS
 from pipeline.evaluate.protocol import probability_columns
-from pipeline.evaluate.results import SavedModel, load_model
+from pipeline.evaluate.results import SavedModel, load_model, model_path
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def image_files(paths: list[Path]) -> list[Path]:
             for p in clutter:
                 log.info("skipping operating-system metadata file %s", p)
             out += [p for p in found if not is_clutter(p)]
-        elif path.is_file():
+        elif path.exists():  # a FIFO or a device too: its row says why it is not read
             out.append(path)
         else:
             raise PredictError(f"{path} does not exist.")
@@ -63,15 +63,7 @@ def backbone_for(meta: dict[str, Any]) -> Backbone:
         raise PredictError(f"This model was trained on features made outside the extract stage (their meta.json "
                            f"lacks {missing}), so predict cannot embed new images the same way; classify their "
                            "embeddings with the model directly (pipeline.evaluate.results.load_model).")
-    params = ModelParams(arch=meta["arch"], weights=None if meta.get("checkpoint") else meta["weights"],
-                         checkpoint=meta.get("checkpoint"), init_seed=meta.get("init_seed") or 0)
-    t = meta["transform"]
-    backbone = build_backbone(params, crop_size=t["crop_size"][0], resize_size=t["resize_size"][0])
-    if backbone.info["fingerprint"] != meta["fingerprint"] or backbone.info["transform"] != t:
-        raise BackboneError("The backbone rebuilt for prediction differs from the one the model was trained on "
-                            f"(weights or transform changed: {meta.get('weights')!r}, {meta.get('checkpoint')!r}); "
-                            "re-run dvc repro, or restore the original weights file.")
-    return backbone
+    return rebuild_backbone(meta, where="for prediction")
 
 
 def predict(files: list[Path], saved: SavedModel, *, device: str = "auto",
@@ -102,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
     parser.add_argument("--model", default="best",
-                        help="a trained classifier (a name under --models-dir, e.g. head, svm) or 'best'")
+                        help="a trained pair <backbone>/<classifier> (e.g. efficientnet_b1/svm; the classifier alone "
+                             "when one backbone has it) or 'best', compare's pick")
     parser.add_argument("--models-dir", type=Path, default=Path("artifacts/models"))
     parser.add_argument("--best-model", type=Path, default=Path("artifacts/best_model.joblib"))
     parser.add_argument("--format", default="table", choices=["table", "csv", "json"])
@@ -110,11 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=None, help="default: the one used for extraction")
     args = parser.parse_args(argv)
 
-    path = args.best_model if args.model == "best" else args.models_dir / f"{args.model}.joblib"
-    if args.model != "best" and not path.is_file():
-        known = sorted(p.stem for p in args.models_dir.glob("*.joblib"))
-        raise PredictError(f"No model {args.model!r} in {args.models_dir} (found {known}); train it first (dvc repro).")
-    saved = load_model(path)
+    saved = load_model(model_path(args.model, models_dir=args.models_dir, best=args.best_model))
+    log.info("model %s", saved.pair)
     frame = predict(image_files(args.paths), saved, device=args.device, batch_size=args.batch_size)
     bad = frame[frame["error"] != ""]
     if args.format == "csv":
@@ -123,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(frame.to_json(orient="records", indent=2))
     else:
         good = frame[frame["error"] == ""].drop(columns="error")
-        print(f"model: {saved.name}\n{good.to_string(index=False)}")
+        print(f"model: {saved.pair}\n{good.to_string(index=False)}")
         for row in bad.itertuples():
             print(f"{row.image}: not classified, {row.error}")
     if len(bad):

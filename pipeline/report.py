@@ -1,9 +1,10 @@
 """Stage ``report``: one self-contained HTML page to look at the results.
 
-Leaderboard, test confusion matrices, per-class precision and recall, a 2-D map
-of the embeddings, the misclassified test images of the best classifier, the
-learning curves by original pictures with their readings, and the linear head's
-training curves. Images are embedded, so the file opens anywhere.
+Leaderboard of every backbone/classifier pair, the backbone x classifier grid,
+test confusion matrices, per-class precision and recall, the misclassified test
+images of the best pair, the learning curves by original pictures with their
+readings, and per backbone a 2-D map of its embeddings and its linear head's
+training curve. Images are embedded, so the file opens anywhere.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pipeline.common.cli import run, stage_parser
 from pipeline.common.io import read_csv, read_json, write_text
 from pipeline.data.dataset import read_source
 from pipeline.embed import features as features_io
-from pipeline.reporting.page import build_report
+from pipeline.reporting.page import build_report, check_history, check_leaderboard, check_predictions
 
 
 def code_version() -> str:
@@ -38,32 +39,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--comparison", type=Path, required=True, help="the leaderboard CSV of compare")
     parser.add_argument("--predictions-dir", type=Path, required=True)
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--history", type=Path, required=True, help="the linear head's training curve")
+    parser.add_argument("--features-dir", type=Path, required=True, help="features/<backbone>/")
+    parser.add_argument("--history-dir", type=Path, required=True,
+                        help="the linear head's training curve of each backbone (<backbone>.csv)")
     parser.add_argument("--source", type=Path, required=True, help="where prepare found the images (gallery)")
     parser.add_argument("--learning-curves", type=Path, default=None,
-                        help="folder of the learning_curve stages' curves, <classifier>.csv (omitted: no section)")
+                        help="folder of the learning_curve stages' curves, <backbone>/<classifier>.csv (omitted: no section)")
     parser.add_argument("--learning-summaries", type=Path, default=None,
-                        help="folder of the learning_curve stages' readings, <classifier>.json")
+                        help="folder of the learning_curve stages' readings, <backbone>/<classifier>.json")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     rerun = "re-run the stages before report (dvc repro)."
-    leaderboard = read_csv(args.comparison, what="Leaderboard", fix=rerun)
+    leaderboard = read_csv(args.comparison, what="Leaderboard", fix=rerun, dtype={"backbone": str, "classifier": str},
+                           keep_default_na=False, na_values=[""])
+    check_leaderboard(leaderboard, args.comparison, fix=rerun)
     text_columns = dict.fromkeys(["image", "split", "true", "predicted"], str)  # a class may be called "NA"
-    predictions = {name: read_csv(args.predictions_dir / f"{name}.csv", what="Predictions", fix=rerun,
-                                  dtype=text_columns, keep_default_na=False) for name in leaderboard["classifier"]}
+    backbones = list(dict.fromkeys(leaderboard["backbone"]))
+    feats = {name: features_io.load(args.features_dir / name) for name in backbones}
+    predictions = {}
+    for backbone, classifier in zip(leaderboard["backbone"], leaderboard["classifier"]):
+        pair = f"{backbone}/{classifier}"
+        path = args.predictions_dir / f"{pair}.csv"
+        predictions[pair] = read_csv(path, what="Predictions", fix=rerun, dtype=text_columns, keep_default_na=False)
+        check_predictions(predictions[pair], path, feats[backbone].classes, fix=rerun)
+    histories = {}
+    for name in backbones if "head" in set(leaderboard["classifier"]) else []:
+        histories[name] = read_csv(args.history_dir / f"{name}.csv", what="Training curve", fix=rerun)
+        check_history(histories[name], args.history_dir / f"{name}.csv", fix=rerun)
     curves, readings = {}, {}
     if args.learning_curves is not None:
         fix = "re-run the learning_curve stages (dvc repro)."
-        for name in leaderboard["classifier"]:
-            curves[name] = read_csv(args.learning_curves / f"{name}.csv", what="Learning curve", fix=fix)
+        for pair in predictions:
+            curves[pair] = read_csv(args.learning_curves / f"{pair}.csv", what="Learning curve", fix=fix)
             if args.learning_summaries is not None:
-                readings[name] = read_json(args.learning_summaries / f"{name}.json", what="Learning curve summary",
+                readings[pair] = read_json(args.learning_summaries / f"{pair}.json", what="Learning curve summary",
                                            fix=fix).get("sentence", "")
     source = read_source(args.source)
-    text = build_report(leaderboard=leaderboard, predictions=predictions, feats=features_io.load(args.features),
-                        history=read_csv(args.history, what="Training curve", fix=rerun),
+    text = build_report(leaderboard=leaderboard, predictions=predictions, feats=feats, histories=histories,
                         image_root=Path(source["root"]), source=source, code_version=code_version(),
                         learning_curves=curves, learning_readings=readings)
     write_text(args.out, text)

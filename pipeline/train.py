@@ -1,8 +1,9 @@
-"""Stage ``train@<classifier>``: fit one classifier on the cached embeddings and evaluate it honestly.
+"""Stage ``train@<backbone>-<classifier>``: fit one classifier on one backbone's embeddings, evaluate it honestly.
 
 Hyperparameters are chosen as the classifier's registry entry says (grouped CV
 for the scikit-learn grids, early stopping on valid for the linear head) and the
-choice is nested inside every evaluation fold. Writes the model, its metrics,
+choice is nested inside every evaluation fold, on the grouped folds that the
+``folds`` stage wrote for every pair. Writes the model, its metrics,
 predictions on valid and test, the test rows for the confusion plot, the per-fold
 CV scores and the record of how the hyperparameters were chosen.
 """
@@ -17,15 +18,20 @@ from pipeline.data.grouping import read_groups
 from pipeline.embed import features as features_io
 from pipeline.evaluate.classifiers import parse_classifier_params
 from pipeline.evaluate.results import ResultPaths, write_results
+from pipeline.evaluate.splits import read_folds
 from pipeline.evaluate.training import train_classifier
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
+    parser.add_argument("--backbone", required=True,
+                        help="the name the results go under (a key of params.yaml's backbones section)")
     parser.add_argument("--classifier", required=True, help="a key of params.yaml's classifiers section")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--features", type=Path, default=Path("features"))
+    parser.add_argument("--features", type=Path, required=True, help="this backbone's features folder")
     parser.add_argument("--groups", type=Path, default=Path("artifacts/data/groups.csv"))
+    parser.add_argument("--cv-folds", type=Path, default=Path("artifacts/data/folds.csv"),
+                        help="the grouped fold assignment shared by every train stage (the folds stage's)")
     parser.add_argument("--manifest", type=Path, default=None,
                         help="refuse features not extracted from this manifest (dvc.yaml passes it)")
     for name, help_ in [("model", "the fitted model (joblib)"), ("metrics", "metrics JSON"),
@@ -43,13 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     use_views = load_section("views", args.params).use
     feats = features_io.load(args.features, manifest=args.manifest)
     groups = read_groups(args.groups, feats["train"].paths)
+    folds = read_folds(args.cv_folds, feats["train"].paths)
 
-    trained = train_classifier(args.classifier, params, features=feats, groups=groups, cv=cv, evaluation=evaluation,
-                               use_views=use_views)
-    write_results(trained, classes=feats.classes, features_meta=feats.meta,
+    trained = train_classifier(args.classifier, params, features=feats, groups=groups, folds=folds, cv=cv,
+                               evaluation=evaluation, use_views=use_views)
+    write_results(trained, backbone=args.backbone, classes=feats.classes, features_meta=feats.meta,
                   paths=ResultPaths(model=args.model, metrics=args.metrics, predictions=args.predictions,
                                     confusion=args.confusion, folds=args.folds, selection=args.selection))
-    print(trained.summary())
+    print(f"{args.backbone}/{trained.summary()}")
     return 0
 
 

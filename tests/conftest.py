@@ -96,7 +96,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 # Overrides that make a whole run take seconds on 2 cores (random weights, tiny crops).
 SMALL_RUN = {
-    "model.weights": None,
+    "backbones.efficientnet_b1.weights": None,
     "extract.crop_size": 64,
     "extract.resize_size": 72,
     "extract.num_workers": 0,
@@ -137,16 +137,24 @@ def with_overrides(params: dict, overrides: dict) -> dict:
     return params
 
 
-def stage_command(stage: str, key: str | None = None, *, without: tuple[str, ...] = ()) -> tuple[str, list[str]]:
-    """The module and arguments of a stage's ``cmd`` in dvc.yaml (``key``: the classifier of ``train``),
-    less the options named in ``without`` (with their values)."""
+DEFAULT_BACKBONE = "efficientnet_b1"  # the one entry of the shipped params.yaml
+
+
+def stage_command(stage: str, key: str | tuple[str, str] | None = None, *,
+                  without: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """The module and arguments of a stage's ``cmd`` in dvc.yaml, less the options named in ``without`` (with
+    their values). ``key``: the backbone of ``extract``/``export``, the classifier of ``train`` (on the default
+    backbone) or its (backbone, classifier) pair; None means the default backbone."""
     import shlex
 
     import yaml
 
     spec = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"][stage]
     cmd = (spec["do"] if "foreach" in spec else spec)["cmd"]
-    words = shlex.split(cmd.replace("${key}", key or ""))
+    if "matrix" in spec:
+        backbone, classifier = key if isinstance(key, tuple) else (DEFAULT_BACKBONE, key or "")
+        cmd = cmd.replace("${item.backbone}", backbone).replace("${item.classifier}", classifier)
+    words = shlex.split(cmd.replace("${key}", key or DEFAULT_BACKBONE if isinstance(key, str | None) else ""))
     assert words[:2] == ["python", "-m"], cmd
     argv = words[3:]
     for option in without:
@@ -209,8 +217,15 @@ def init_project(root, data):
 
 def outputs(root):
     """Bytes of the features and of every metric, timing fields dropped, keyed by path."""
-    found = {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "features").iterdir())}
-    for path in sorted((root / "artifacts" / "metrics").glob("*.json")):
+    found = {}
+    for path in sorted((root / "features").rglob("*")):
+        if path.name == "meta.json":
+            meta = json.loads(path.read_text())
+            meta.pop("speed")
+            found[str(path.relative_to(root))] = json.dumps(meta).encode()
+        elif path.is_file():
+            found[str(path.relative_to(root))] = path.read_bytes()
+    for path in sorted((root / "artifacts" / "metrics").rglob("*.json")):
         metrics = json.loads(path.read_text())
         metrics.pop("fit_seconds")
         found[str(path.relative_to(root))] = json.dumps(metrics).encode()

@@ -3,6 +3,11 @@
 Each case copies a small finished project, breaks one thing, runs one stage's CLI
 (or predict) exactly as dvc.yaml does, and checks: status 2, a single ``error:``
 line naming the file or key, no traceback, and no output file created or changed.
+
+The table holds 98 cases (59 before issue 21, whose kinds the added 39 cover: odd files, FIFOs and sockets,
+stray files and folders, extreme aspect ratios, size bounds, an unanswering Ray address, outputs blocked
+by a file or a folder, swapped or replaced split files, malformed reuse files); with the four full-disk
+runs (a file-size limit on extract, train, compare and report) none ends in a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -48,7 +54,7 @@ def finished(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        for stage, key in [("prepare", None), ("audit", None), ("extract", None), *[("train", k) for k in
+        for stage, key in [("prepare", None), ("audit", None), ("folds", None), ("extract", None), *[("train", k) for k in
                            ("head", "logreg", "svm", "knn")], *[("learning_curve", k) for k in ("head", "logreg", "svm",
                            "knn")], ("export", None), ("compare", None), ("report", None)]:
             assert stage_main(stage, key) == 0, stage
@@ -92,6 +98,16 @@ def edit_params(root: Path, **changes) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(with_overrides(params, overrides), sort_keys=False))
 
 
+def damage_first_hash(root: Path) -> None:
+    """The first row's perceptual hash in the manifest, replaced by something that is not hex."""
+    path = root / "artifacts/data/manifest.csv"
+    lines = path.read_text().splitlines()
+    column = lines[0].split(",").index("dhash")
+    cells = lines[1].split(",")
+    cells[column] = "not-a-hash"
+    path.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+
+
 def first_image(root: Path, split: str = "train") -> Path:
     folder = root / DATA / "Master Folder" / split / "Angry"
     return sorted(folder.iterdir())[0]
@@ -102,9 +118,9 @@ def held_out_image(root: Path) -> Path:
 
 
 def corrupt_npy_row(root: Path, name: str, value: float) -> None:
-    array = np.load(root / "features" / name)
+    array = np.load(root / "features" / "efficientnet_b1" / name)
     array[0, 0] = value
-    np.save(root / "features" / name, array)
+    np.save(root / "features" / "efficientnet_b1" / name, array)
 
 
 def rewrite_yaml(path: Path, change) -> None:
@@ -117,6 +133,64 @@ def rewrite_json(path: Path, change) -> None:
     data = json.loads(path.read_text())
     change(data)
     path.write_text(json.dumps(data))
+
+
+def fifo_in_place_of(path: Path) -> None:
+    """A FIFO where an image was: reading it would wait for a writer for ever."""
+    path.unlink()
+    os.mkfifo(path)
+
+
+def thin_image(path: Path, size: tuple[int, int] = (1, 50000)) -> None:
+    """An image far under the pixel limit whose resize for the backbone would not be (255x12,750,000 at 255)."""
+    Image.new("L", size, 128).save(path, format="PNG")
+
+
+def folder_in_place_of(path: Path) -> None:
+    """A non-empty folder where a stage writes a file."""
+    if path.exists():
+        path.unlink()
+    path.mkdir()
+    (path / "keep.txt").write_text("not the stage's")
+
+
+def file_in_place_of(folder: Path) -> None:
+    """A file where a stage writes into a folder."""
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+
+
+def swap_splits(root: Path, a: str = "valid.npy", b: str = "test.npy") -> None:
+    """Two split files exchanged: same shapes on the small dataset, so only their hashes tell."""
+    first, second = root / "features" / "efficientnet_b1" / a, root / "features" / "efficientnet_b1" / b
+    first.rename(root / "swap.npy")
+    second.rename(first)
+    (root / "swap.npy").rename(second)
+
+
+def free_port() -> int:
+    """A local port where nothing listens."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rerank(root: Path) -> None:
+    """Make the svm the best by grouped CV, so compare's new outputs differ from the ones on disk."""
+    rewrite_json(root / "artifacts/metrics/efficientnet_b1/svm.json", lambda m: m["cv"].update(accuracy_mean=0.99))
+
+
+def set_metric(root: Path, value) -> None:
+    rewrite_json(root / "artifacts/metrics/efficientnet_b1/svm.json", lambda m: m["cv"].update(accuracy_mean=value))
+
+
+def edit_csv(path: Path, change) -> None:
+    change(pd.read_csv(path, dtype=str, keep_default_na=False)).to_csv(path, index=False)
+
+
+PORT = free_port()  # for the Ray address where nothing listens
 
 
 # (case id, stage, classifier key, how to break the project, what the error line must name)
@@ -142,10 +216,10 @@ CASES = [
     # prepare: the params, all checked before any work
     ("negative seed", "prepare", None, lambda r: edit_params(r, cv__seed=-1), "cv.seed=-1"),
     ("huge seed", "prepare", None, lambda r: edit_params(r, views__seed=2**40), "views.seed=1099511627776"),
-    ("huge init seed", "prepare", None, lambda r: edit_params(r, model__init_seed=2**33), "model.init_seed"),
+    ("huge init seed", "prepare", None, lambda r: edit_params(r, backbones__efficientnet_b1__init_seed=2**33), "backbones.efficientnet_b1.init_seed"),
     ("head seed", "prepare", None, lambda r: edit_params(r, classifiers__head__seed=-5), "classifiers.head.seed=-5"),
     ("unknown device name", "prepare", None, lambda r: edit_params(r, extract__device="tpu"), "extract.device='tpu'"),
-    ("unknown weights", "prepare", None, lambda r: edit_params(r, model__weights="IMAGENET9"), "model.weights"),
+    ("unknown weights", "prepare", None, lambda r: edit_params(r, backbones__efficientnet_b1__weights="IMAGENET9"), "backbones.efficientnet_b1.weights"),
     ("unknown engine", "prepare", None, lambda r: edit_params(r, extract__engine="spark"), "extract.engine"),
     ("knn grid", "prepare", None, lambda r: edit_params(r, classifiers__knn__n_neighbors=[0]),
      "classifiers.knn.n_neighbors"),
@@ -166,19 +240,24 @@ CASES = [
     ("manifest missing", "audit", None, lambda r: (r / "artifacts/data/manifest.csv").unlink(), "manifest.csv"),
     ("source.json damaged", "audit", None,
      lambda r: (r / "artifacts/data/source.json").write_text("{not json"), "source.json is not valid JSON"),
-    ("image changed after prepare (audit)", "audit", None,
-     lambda r: first_image(r).write_bytes(b"broken"), first_image),
+    # the audit reads the hashes prepare recorded (it decodes no image): a manifest without them, or damaged
+    ("manifest written before prepare recorded hashes", "audit", None,
+     lambda r: (r / "artifacts/data/manifest.csv").write_text("\n".join(
+         ",".join(line.split(",")[:6]) for line in (r / "artifacts/data/manifest.csv").read_text().splitlines())
+         + "\n"), "lacks column(s) ['dhash', 'dhash_mirrored', 'informative']"),
+    ("manifest with a damaged hash", "audit", None, damage_first_hash,
+     "manifest's dhash column holds a value that is not a 64-bit hex hash"),
     # extract
     ("device that is not there", "extract", None, lambda r: edit_params(r, extract__device="cuda"),
      "device 'cuda' is not available"),
-    ("checkpoint missing", "extract", None, lambda r: edit_params(r, model__checkpoint="none.pth"),
-     "model.checkpoint='none.pth' does not exist"),
+    ("checkpoint missing", "extract", None, lambda r: edit_params(r, backbones__efficientnet_b1__checkpoint="none.pth"),
+     "backbones.efficientnet_b1.checkpoint='none.pth' does not exist"),
     ("checkpoint is a text file", "extract", None,
-     lambda r: ((r / "text.pth").write_text("hello"), edit_params(r, model__checkpoint="text.pth")),
-     "model.checkpoint='text.pth' is not a PyTorch state dict file"),
+     lambda r: ((r / "text.pth").write_text("hello"), edit_params(r, backbones__efficientnet_b1__checkpoint="text.pth")),
+     "backbones.efficientnet_b1.checkpoint='text.pth' is not a PyTorch state dict file"),
     ("checkpoint is empty", "extract", None,
-     lambda r: ((r / "empty.pth").write_bytes(b""), edit_params(r, model__checkpoint="empty.pth")),
-     "model.checkpoint='empty.pth' is an empty file"),
+     lambda r: ((r / "empty.pth").write_bytes(b""), edit_params(r, backbones__efficientnet_b1__checkpoint="empty.pth")),
+     "backbones.efficientnet_b1.checkpoint='empty.pth' is an empty file"),
     ("checkpoint full of NaN", "extract", None, lambda r: nan_checkpoint(r), "NaN or infinite values"),
     ("image deleted after prepare", "extract", None, lambda r: held_out_image(r).unlink(), held_out_image),
     # train
@@ -188,12 +267,12 @@ CASES = [
     ("groups.csv missing rows", "train", "logreg",
      lambda r: pd.read_csv(r / "artifacts/data/groups.csv").iloc[3:].to_csv(r / "artifacts/data/groups.csv",
                                                                              index=False), "have no group"),
-    ("meta.json damaged", "train", "logreg", lambda r: (r / "features/meta.json").write_text("{"),
+    ("meta.json damaged", "train", "logreg", lambda r: (r / "features/efficientnet_b1/meta.json").write_text("{"),
      "meta.json is not valid JSON"),
-    ("features index empty", "train", "logreg", lambda r: (r / "features/index.csv").write_text(""),
+    ("features index empty", "train", "logreg", lambda r: (r / "features/efficientnet_b1/index.csv").write_text(""),
      "index.csv is not a readable CSV file"),
     ("meta.json without classes", "train", "logreg",
-     lambda r: rewrite_json(r / "features/meta.json", lambda m: m.pop("classes")), "meta.json needs \"classes\""),
+     lambda r: rewrite_json(r / "features/efficientnet_b1/meta.json", lambda m: m.pop("classes")), "meta.json needs \"classes\""),
     ("NaN embedding", "train", "logreg", lambda r: corrupt_npy_row(r, "train.npy", np.nan),
      "train.npy holds 1 row(s) with NaN"),
     ("cv.folds above the pictures", "train", "logreg", lambda r: edit_params(r, cv__folds=50),
@@ -212,24 +291,178 @@ CASES = [
     ("learning curve fraction too few pictures", "learning_curve", "logreg",
      lambda r: edit_params(r, learning_curve__fractions=[0.05]), "learning_curve.fractions: 0.05 of the pictures"),
     ("learning curve without the train metrics", "learning_curve", "logreg",
-     lambda r: (r / "artifacts/metrics/logreg.json").unlink(), "artifacts/metrics/logreg.json not found"),
+     lambda r: (r / "artifacts/metrics/efficientnet_b1/logreg.json").unlink(),
+     "artifacts/metrics/efficientnet_b1/logreg.json not found"),
     ("learning curve fraction above 1", "prepare", None, lambda r: edit_params(r, learning_curve__fractions=[1.5]),
      "learning_curve.fractions=[1.5] is out of range"),
     ("source.json without a root", "extract", None, lambda r: (r / "artifacts/data/source.json").write_text("{}"),
      'has no "root"'),
     # export, compare, report
-    ("export model damaged", "export", None, lambda r: (r / "artifacts/models/head.joblib").write_bytes(b"junk"),
+    ("export model damaged", "export", None, lambda r: (r / "artifacts/models/efficientnet_b1/head.joblib").write_bytes(b"junk"),
      "head.joblib is not a model saved by the train stage"),
-    ("metrics missing", "compare", None, lambda r: (r / "artifacts/metrics/svm.json").unlink(), "svm.json not found"),
-    ("metrics damaged", "compare", None, lambda r: (r / "artifacts/metrics/svm.json").write_text("[1]"),
+    ("metrics missing", "compare", None, lambda r: (r / "artifacts/metrics/efficientnet_b1/svm.json").unlink(), "svm.json not found"),
+    ("metrics damaged", "compare", None, lambda r: (r / "artifacts/metrics/efficientnet_b1/svm.json").write_text("[1]"),
      "svm.json lacks"),
     ("models missing", "compare", None,
-     lambda r: [p.unlink() for p in (r / "artifacts/models").glob("*.joblib")], ".joblib not found"),
+     lambda r: [p.unlink() for p in (r / "artifacts/models").glob("*/*.joblib")], ".joblib not found"),
     ("leaderboard missing", "report", None, lambda r: (r / "artifacts/comparison.csv").unlink(),
      "comparison.csv not found"),
-    ("training curve damaged", "report", None, lambda r: (r / "artifacts/selection/head.csv").write_text(""),
-     "head.csv is not a readable CSV"),
+    ("training curve damaged", "report", None, lambda r: (r / "artifacts/selection/head/efficientnet_b1.csv").write_text(""),
+     "efficientnet_b1.csv is not a readable CSV"),
+    # backbones
+    ("unknown backbone source", "prepare", None, lambda r: edit_params(r, backbones__efficientnet_b1__source="keras"),
+     "backbones.efficientnet_b1.source='keras' is not known"),
+    ("unknown torchvision model", "prepare", None, lambda r: edit_params(r, backbones__efficientnet_b1__model="resnet9"),
+     "backbones.efficientnet_b1.model='resnet9'"),
+    ("backbone name with a dash", "prepare", None,
+     lambda r: rewrite_yaml(r / "params.yaml", lambda p: p["backbones"].update({"my-net": {"source": "torchvision"}})),
+     "backbones.'my-net'"),
+    ("exported file missing", "prepare", None, lambda r: exported_entry(r, "none.pt2"),
+     "backbones.efficientnet_b1.file='none.pt2' does not exist"),
+    ("checkpoint of another architecture", "extract", None, lambda r: resnet_checkpoint(r),
+     "backbones.efficientnet_b1.checkpoint='resnet.pth' does not fit"),
+    ("exported model of the wrong shape", "extract", None, lambda r: wrong_shape_model(r),
+     "backbones.efficientnet_b1.file='maps.pt'"),
+    ("backbone not in params", "extract", "nope", lambda r: None, "has no backbones.nope entry"),
+    ("folds file of other images", "train", "logreg",
+     lambda r: pd.read_csv(r / "artifacts/data/folds.csv").iloc[2:].to_csv(r / "artifacts/data/folds.csv", index=False),
+     "folds.csv lists other train images"),
+    ("folds file missing", "train", "logreg", lambda r: (r / "artifacts/data/folds.csv").unlink(), "folds.csv not found"),
+    # issue 21: odd files. Only regular files are read as images; what sits where it should not is named.
+    ("FIFO named like an image", "prepare", None, lambda r: os.mkfifo(first_image(r).parent / "pipe.jpg"),
+     "pipe.jpg is not a regular file (a FIFO)"),
+    ("FIFO in a split folder", "prepare", None, lambda r: os.mkfifo(r / DATA / "Master Folder" / "valid" / "p.png"),
+     "Stray file"),
+    ("socket named like an image", "prepare", None,
+     lambda r: __import__("socket").socket(__import__("socket").AF_UNIX).bind(str(first_image(r).parent / "s.jpg")),
+     "s.jpg is not a regular file (a socket)"),
+    ("stray folder next to the splits", "prepare", None, lambda r: (r / DATA / "Master Folder" / "extra").mkdir(),
+     "Stray folder"),
+    ("stray file next to the splits", "prepare", None,
+     lambda r: (r / DATA / "Master Folder" / "README.txt").write_text("x"), "README.txt sits next to the split"),
+    ("image of extreme aspect ratio", "prepare", None, lambda r: thin_image(first_image(r).parent / "thin.png"),
+     "thin.png has an extreme aspect ratio (1x50000)"),
+    ("wide image of extreme aspect ratio", "prepare", None,
+     lambda r: thin_image(first_image(r).parent / "wide.png", (60000, 2)), "wide.png has an extreme aspect ratio"),
+    ("image replaced by a FIFO after prepare", "extract", None, lambda r: fifo_in_place_of(held_out_image(r)),
+     held_out_image),
+    ("image replaced by a thin one after prepare", "extract", None, lambda r: thin_image(held_out_image(r)),
+     held_out_image),
+    ("checkpoint is a folder", "extract", None,
+     lambda r: ((r / "weights.pth").mkdir(), edit_params(r, backbones__efficientnet_b1__checkpoint="weights.pth")),
+     "backbones.efficientnet_b1.checkpoint='weights.pth' exists but is a folder"),
+    ("checkpoint is a FIFO", "extract", None,
+     lambda r: (os.mkfifo(r / "weights.pth"), edit_params(r, backbones__efficientnet_b1__checkpoint="weights.pth")),
+     "backbones.efficientnet_b1.checkpoint='weights.pth' exists but is not a regular file"),
+    # memory bounds
+    ("crop_size above the limit", "prepare", None, lambda r: edit_params(r, extract__crop_size=4096),
+     "extract.crop_size=4096 is out of range"),
+    ("resize_size above the limit", "prepare", None, lambda r: edit_params(r, extract__resize_size=100000),
+     "extract.resize_size=100000 is out of range"),
+    ("ray timeout zero", "prepare", None, lambda r: edit_params(r, extract__ray_timeout_s=0), "extract.ray_timeout_s"),
+    ("ray timeout as text", "prepare", None, lambda r: edit_params(r, extract__ray_timeout_s="soon"),
+     "extract.ray_timeout_s='soon'"),
+    # no wait without an end
+    ("Ray address where nothing listens", "extract", None,
+     lambda r: edit_params(r, extract__engine="ray", extract__ray_address=f"127.0.0.1:{PORT}",
+                           extract__ray_timeout_s=5), f"No Ray cluster answers at '127.0.0.1:{PORT}'"),
+    # writes that fail: the outputs of a stage change together or not at all (each run here would change them)
+    ("prepare's last output blocked by a folder", "prepare", None,
+     lambda r: (shutil.copy(first_image(r), first_image(r).with_name("zz-copy.jpg")),
+                folder_in_place_of(r / "artifacts/data/source.json")), "Cannot write artifacts/data/source.json"),
+    ("train's last output blocked by a folder", "train", "logreg",
+     lambda r: (edit_params(r, classifiers__logreg__C=[1.0]), folder_in_place_of(r / "artifacts/metrics/efficientnet_b1/logreg.json")),
+     "Cannot write artifacts/metrics/efficientnet_b1/logreg.json: a folder stands where a file should be"),
+    ("train's output folder is a file", "train", "logreg",
+     lambda r: (edit_params(r, classifiers__logreg__C=[1.0]), file_in_place_of(r / "artifacts/cv")),
+     "(artifacts/cv is a file)"),
+    ("compare's last output blocked by a folder", "compare", None,
+     lambda r: (rerank(r), folder_in_place_of(r / "artifacts/comparison.md")), "Cannot write artifacts/comparison.md"),
+    ("audit's last output blocked by a folder", "audit", None,
+     lambda r: (edit_params(r, audit__near_duplicate_bits=0), folder_in_place_of(r / "artifacts/data/groups.csv")),
+     "Cannot write artifacts/data/groups.csv"),
+    ("report blocked by a folder", "report", None, lambda r: folder_in_place_of(r / "artifacts/report.html"),
+     "Cannot write artifacts/report.html"),
+    ("scratch folder is a file", "extract", None,
+     lambda r: (edit_params(r, extract__batch_size=8), (r / ".extract-shards").write_text("x")),
+     "(.extract-shards is a file)"),
+    # reuse files: swapped or replaced splits, classes, groups, finite metrics
+    ("valid and test features swapped", "train", "logreg", lambda r: swap_splits(r),
+     "valid.npy is not the file extract wrote (it holds what test.npy held"),
+    ("train features replaced", "train", "logreg",
+     lambda r: np.save(r / "features/efficientnet_b1/train.npy", np.load(r / "features/efficientnet_b1/train.npy")[::-1].copy()),
+     "train.npy is not the file extract wrote (its content changed"),
+    ("views features replaced", "train", "logreg",
+     lambda r: np.save(r / "features/efficientnet_b1/train_views.npy", np.load(r / "features/efficientnet_b1/train_views.npy") * 2),
+     "train_views.npy is not the file extract wrote"),
+    ("meta.json hashes malformed", "train", "logreg",
+     lambda r: rewrite_json(r / "features/efficientnet_b1/meta.json", lambda m: m.update(sha256="abc")), "\"sha256\" 'abc'"),
+    ("meta.json lists a class no image has", "train", "logreg",
+     lambda r: rewrite_json(r / "features/efficientnet_b1/meta.json", lambda m: m.update(classes=[*m["classes"], "Zebra"])),
+     "class(es) ['Zebra'] that no train image"),
+    ("meta.json lists a class no image has (report)", "report", None,
+     lambda r: rewrite_json(r / "features/efficientnet_b1/meta.json", lambda m: m.update(classes=[*m["classes"], "Zebra"])),
+     "['Zebra']"),
+    ("meta.json lists a class twice", "train", "logreg",
+     lambda r: rewrite_json(r / "features/efficientnet_b1/meta.json", lambda m: m.update(classes=[*m["classes"], "Sad"])),
+     "['Sad'] more than once"),
+    ("groups.csv with an empty group", "train", "logreg",
+     lambda r: edit_csv(r / "artifacts/data/groups.csv", lambda d: d.assign(group="")), "empty path or group"),
+    ("groups.csv repeats an image", "train", "logreg",
+     lambda r: edit_csv(r / "artifacts/data/groups.csv", lambda d: pd.concat([d, d.iloc[:1]])), "more than once"),
+    ("metrics value NaN", "compare", None, lambda r: set_metric(r, float("nan")), "cv.accuracy_mean=nan"),
+    ("metrics value infinite", "compare", None, lambda r: set_metric(r, float("inf")), "cv.accuracy_mean=inf"),
+    ("metrics value text", "compare", None, lambda r: set_metric(r, "high"), "cv.accuracy_mean='high'"),
+    ("metrics value null", "compare", None,
+     lambda r: rewrite_json(r / "artifacts/metrics/efficientnet_b1/svm.json", lambda m: m["test"].update(n=None)), "test.n=None"),
+    ("predictions lack a column", "compare", None,
+     lambda r: edit_csv(r / "artifacts/predictions/efficientnet_b1/svm.csv", lambda d: d.drop(columns="predicted")),
+     "svm.csv lacks column(s) ['predicted']"),
+    ("predictions name an unknown class", "compare", None,
+     lambda r: edit_csv(r / "artifacts/predictions/efficientnet_b1/svm.csv", lambda d: d.assign(predicted="Zebra")), "['Zebra']"),
+    ("predictions without probabilities", "compare", None,
+     lambda r: edit_csv(r / "artifacts/predictions/efficientnet_b1/svm.csv", lambda d: d[[c for c in d if not c.startswith("p_")]]),
+     "svm.csv has no p_<class>"),
+    ("leaderboard lacks a column", "report", None,
+     lambda r: edit_csv(r / "artifacts/comparison.csv", lambda d: d.drop(columns="classifier")),
+     "comparison.csv lacks column(s) ['classifier']"),
+    ("leaderboard value NaN", "report", None,
+     lambda r: edit_csv(r / "artifacts/comparison.csv", lambda d: d.assign(test_accuracy="nan")),
+     "comparison.csv has test_accuracy=nan in row 1"),
+    ("leaderboard value text", "report", None,
+     lambda r: edit_csv(r / "artifacts/comparison.csv", lambda d: d.assign(cv_accuracy="high")),
+     "comparison.csv has cv_accuracy='high' in row 1"),
+    ("leaderboard names an unknown classifier", "report", None,
+     lambda r: edit_csv(r / "artifacts/comparison.csv", lambda d: d.assign(classifier="forest")), "forest.csv"),
+    ("training curve without losses", "report", None,
+     lambda r: (r / "artifacts/selection/head/efficientnet_b1.csv").write_text("a,b\n1,2\n"), "efficientnet_b1.csv lacks column(s)"),
+    ("training curve with NaN", "report", None,
+     lambda r: edit_csv(r / "artifacts/selection/head/efficientnet_b1.csv", lambda d: d.assign(train_loss="nan")),
+     "efficientnet_b1.csv has train_loss=nan"),
+    ("report predictions lack a probability", "report", None,
+     lambda r: edit_csv(r / "artifacts/predictions/efficientnet_b1/logreg.csv", lambda d: d.drop(columns="p_Angry")), "['p_Angry']"),
 ]
+
+
+def exported_entry(root: Path, file: str) -> None:
+    rewrite_yaml(root / "params.yaml", lambda p: p["backbones"].update(efficientnet_b1={
+        "source": "exported", "file": file, "pretrained": False, "crop_size": 64, "resize_size": 72}))
+
+
+def resnet_checkpoint(root: Path) -> None:
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), root / "resnet.pth")
+    edit_params(root, backbones__efficientnet_b1__checkpoint="resnet.pth")
+
+
+def wrong_shape_model(root: Path) -> None:
+    """A TorchScript model that forgot to pool: (n, c, h, w) feature maps instead of (n, d)."""
+    import torch
+
+    torch.jit.script(torch.nn.Conv2d(3, 4, 3)).save(str(root / "maps.pt"))
+    exported_entry(root, "maps.pt")
 
 
 def nan_checkpoint(root: Path) -> None:
@@ -239,7 +472,7 @@ def nan_checkpoint(root: Path) -> None:
     state = torchvision.models.efficientnet_b1().state_dict()
     state["features.3.0.block.0.0.weight"][0] = float("nan")
     torch.save(state, root / "nan.pth")
-    edit_params(root, model__checkpoint="nan.pth")
+    edit_params(root, backbones__efficientnet_b1__checkpoint="nan.pth")
 
 
 @pytest.mark.parametrize(("case", "stage", "key", "breaking", "culprit"), CASES, ids=[c[0] for c in CASES])
@@ -258,6 +491,40 @@ def test_a_bad_input_ends_in_one_error_line_and_writes_nothing(finished, tmp_pat
     assert len(errors) == 1 and name in errors[0], errors
     assert "Traceback" not in err
     assert fingerprint(root) == before, "an output was written or changed"
+
+
+# (stage, classifier key, file-size limit in bytes, a change that makes the run's outputs differ from those on disk)
+FULL_DISK = [
+    ("extract", None, 120_000, lambda r: edit_params(r, extract__shard_rows=16)),  # shards fit, train.npy does not
+    ("train", "logreg", 20_000, lambda r: edit_params(r, classifiers__logreg__C=[1.0])),
+    ("compare", None, 100_000, rerank),
+    ("report", None, 50_000, lambda r: edit_params(r, classifiers__logreg__C=[1.0])),
+]
+
+
+@pytest.mark.parametrize(("stage", "key", "limit", "change"), FULL_DISK, ids=[c[0] for c in FULL_DISK])
+def test_a_full_disk_ends_in_one_line_and_leaves_the_previous_outputs_whole(finished, tmp_path, stage, key, limit,
+                                                                          change):
+    """A file-size limit (ulimit -f, set in the stage's process only) fails a write the way a full disk does."""
+    import resource
+
+    root = copy_project(finished, tmp_path / "project")
+    change(root)
+    outputs = {k: v for k, v in fingerprint(root).items() if not k.startswith(".extract-shards")}
+    module, argv = stage_command(stage, key)
+    spec = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"][stage]
+    cmd = [sys.executable, "-m", module, *argv, *(["--params", "params.yaml"] if "params" in spec.get("do", spec)
+                                                 else [])]
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(PROJECT)},
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(errors) == 1 and "Cannot write" in errors[0] and "the file is too large" in errors[0], errors
+    assert "Traceback" not in result.stderr
+    after = {k: v for k, v in fingerprint(root).items() if not k.startswith(".extract-shards")}
+    assert after == outputs, "an output was written, changed or half-replaced"
+    assert not [p for p in root.rglob(".*.tmp-*")], "a temporary file was left behind"
 
 
 def test_the_oversized_image_is_skipped_like_any_bad_image(finished, tmp_path, monkeypatch):
@@ -307,6 +574,7 @@ def test_predict_classifies_every_readable_image_and_reports_each_bad_one(finish
     shutil.copytree(finished / DATA / "Master Folder" / "test", photos)
     (photos / "Angry" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     (photos / "Sad" / "._mac.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata: ignored
+    os.mkfifo(photos / "Sad" / "pipe.jpg")  # never opened: reading it would wait for a writer for ever
     capfd.readouterr()
     code = run_cli(__import__("pipeline.predict", fromlist=["main"]).main,
                    [str(photos), "--model", "knn", "--format", "csv"])
@@ -316,10 +584,11 @@ def test_predict_classifies_every_readable_image_and_reports_each_bad_one(finish
     good = frame[frame["error"] == ""]
     assert len(good) == 8 and (good["predicted"] != "").all()
     bad = frame[frame["error"] != ""]
-    assert bad["image"].str.endswith("broken.jpg").tolist() == [True]
+    assert [name.rsplit("/", 1)[1] for name in bad["image"]] == ["broken.jpg", "pipe.jpg"]
     assert "is not a readable image" in bad["error"].iloc[0]
+    assert bad["error"].iloc[1] == "is not a regular file (a FIFO); only image files are read"
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "broken.jpg" in errors[0] and "1 of 9" in errors[0]
+    assert len(errors) == 1 and "broken.jpg" in errors[0] and "2 of 10" in errors[0]
     assert "Traceback" not in err
 
 
@@ -331,6 +600,7 @@ def test_predict_classifies_every_readable_image_and_reports_each_bad_one(finish
     (["--batch-size", "0"], "argument --batch-size: 0 must be 1 or more"),
     (["--format", "xml"], "argument --format: invalid choice"),
     (["--best-model", "missing.joblib"], "missing.joblib not found"),
+    (["--best-model", "artifacts"], "Model file artifacts exists but is not a file"),
 ])
 def test_predict_refuses_bad_arguments_in_one_line(finished, monkeypatch, capfd, argv, culprit):
     monkeypatch.chdir(finished)
@@ -350,7 +620,7 @@ def test_predict_refuses_a_model_trained_on_features_made_elsewhere(tmp_path, mo
     from tests.test_train import foreign_features
 
     monkeypatch.chdir(tmp_path)
-    foreign_features(tmp_path / "features", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
+    foreign_features(tmp_path / "features" / "efficientnet_b1", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
     write_params(tmp_path / "params.yaml", SMALL_RUN)
     module, argv = stage_command("train", "knn", without=("--manifest",))
     assert run_cli(__import__(module, fromlist=["main"]).main, [*argv, "--params", "params.yaml"]) == 0
@@ -362,25 +632,22 @@ def test_predict_refuses_a_model_trained_on_features_made_elsewhere(tmp_path, mo
 
 
 def test_ctrl_c_prints_one_line_and_leaves_no_output(tmp_path):
-    """Ctrl-C in the middle of a run. A test image turned into a FIFO after prepare is a read that hangs (a
-    stalled network file): the run waits there, shard file open, so the interrupt always lands mid-run."""
+    """Ctrl-C in the middle of a run (a FIFO no longer stalls one: it is refused unread, so the run is made
+    long instead: 16 views of each train image, 2 a batch)."""
     data = make_dataset(tmp_path / DATA, train_per_class=10, augs=2)
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.batch_size": 2,
-                                                     "extract.num_workers": 2})
+                                                     "extract.num_workers": 2, "views.count": 16})
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
-    stalled = held_out_image(tmp_path)
-    stalled.unlink()
-    os.mkfifo(stalled)
     # As from a terminal: a shell starts background jobs (`pytest &`) with SIGINT ignored, and children inherit it.
     proc = subprocess.Popen(stage_process("extract", params), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
-        while not any(tmp_path.glob(".extract-shards/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
+        while not any(tmp_path.glob(".extract-shards/*/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.5)
+        time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[1]
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the stage and its loader workers alike
         _, err = proc.communicate(timeout=60)
@@ -389,7 +656,8 @@ def test_ctrl_c_prints_one_line_and_leaves_no_output(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
-    assert not (tmp_path / "features").exists() and not list(tmp_path.glob(".extract-shards/*/*rows-*"))
+    assert not (tmp_path / "features" / "efficientnet_b1").exists()
+    assert not list(tmp_path.glob(".extract-shards/*/*/*rows-*"))
 
 
 def test_two_flat_images_in_train_and_test_are_no_leak_but_an_exact_copy_is(finished, tmp_path, monkeypatch):

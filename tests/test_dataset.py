@@ -1,4 +1,5 @@
 import hashlib
+import os
 import shutil
 
 import pytest
@@ -12,7 +13,8 @@ HANDLE = "anshtanwar/pets-facial-expression-dataset/versions/11"
 def test_manifest_describes_every_image_in_order(dataset):
     root = dataset / "Master Folder"
     manifest = build_manifest(root)[0]
-    assert list(manifest.columns) == ["path", "split", "label", "sha256", "width", "height"]
+    assert list(manifest.columns) == ["path", "split", "label", "sha256", "width", "height",
+                                      "dhash", "dhash_mirrored", "informative"]
     assert manifest["split"].unique().tolist() == ["train", "valid", "test"]
     assert len(manifest) == 4 * 4 * 3 + 4 * 2 * 2
     row = manifest.iloc[0]
@@ -22,10 +24,10 @@ def test_manifest_describes_every_image_in_order(dataset):
 
 
 def test_local_root_is_used_and_missing_root_is_named(dataset, tmp_path):
-    params = DataParams(handle=HANDLE, root=str(dataset), layout_dir="Master Folder", on_bad_image="error")
+    params = DataParams(handle=HANDLE, root=str(dataset), layout_dir="Master Folder", on_bad_image="error", num_workers=1)
     assert resolve_root(params) == dataset / "Master Folder"
     with pytest.raises(DatasetError, match="data.root='.*nowhere' is not a folder"):
-        resolve_root(DataParams(handle=HANDLE, root=str(tmp_path / "nowhere"), layout_dir="Master Folder", on_bad_image="error"))
+        resolve_root(DataParams(handle=HANDLE, root=str(tmp_path / "nowhere"), layout_dir="Master Folder", on_bad_image="error", num_workers=1))
 
 
 def test_kagglehub_uses_a_pre_seeded_cache_offline(dataset, tmp_path, monkeypatch):
@@ -34,7 +36,7 @@ def test_kagglehub_uses_a_pre_seeded_cache_offline(dataset, tmp_path, monkeypatc
     shutil.copytree(dataset, base / "versions" / "11")
     (base / "11.complete").touch()  # kagglehub's completion marker for that version
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(cache))
-    root = resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder", on_bad_image="error"))
+    root = resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder", on_bad_image="error", num_workers=1))
     assert root == base / "versions" / "11" / "Master Folder"
 
 
@@ -42,7 +44,7 @@ def test_unreachable_kagglehub_says_what_to_do_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # fail fast even where a network exists
     with pytest.raises(DatasetError, match="kagglehub could not fetch .*set data.root"):
-        resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder", on_bad_image="error"))
+        resolve_root(DataParams(handle=HANDLE, root=None, layout_dir="Master Folder", on_bad_image="error", num_workers=1))
 
 
 def test_missing_split_is_named(dataset):
@@ -93,10 +95,10 @@ def test_skip_mode_leaves_bad_files_out_and_lists_them(dataset):
     (layout / "test" / "happy" / "readme.txt").write_text("notes")
     with pytest.raises(DatasetError, match=r"readme.txt is not an image file.*set data.on_bad_image: skip"):
         build_manifest(layout)
-    (layout / "test" / "happy" / "readme.txt").rename(layout / "readme.txt")
+    (layout / "test" / "happy" / "readme.txt").rename(dataset / "readme.txt")
     with pytest.raises(DatasetError, match=r"broken.jpg is not a readable image .*set data.on_bad_image: skip"):
         build_manifest(layout)
-    (layout / "readme.txt").rename(layout / "test" / "happy" / "readme.txt")
+    (dataset / "readme.txt").rename(layout / "test" / "happy" / "readme.txt")
     with pytest.warns(UserWarning, match=r"Skipped 2 bad file\(s\)"):
         manifest, skipped = build_manifest(layout, on_bad_image="skip")
     assert len(manifest) == 64 and "train/Sad/broken.jpg" not in set(manifest["path"])
@@ -127,3 +129,41 @@ def test_nested_folder_inside_a_class_is_named(dataset):
     (dataset / "Master Folder" / "train" / "Sad" / "more").mkdir()
     with pytest.raises(DatasetError, match=r"Unexpected folder .*train/Sad/more"):
         build_manifest(dataset / "Master Folder")
+
+
+def test_stray_files_and_folders_next_to_the_splits_follow_one_rule(dataset):
+    """Both are bad entries: an error naming them, or, in skip mode, rows of skipped.csv (never silence)."""
+    layout = dataset / "Master Folder"
+    (layout / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError, match=r"Stray file .*notes.txt sits next to the split folders"):
+        build_manifest(layout)
+    (layout / "notes.txt").unlink()
+    (layout / "extra").mkdir()
+    with pytest.raises(DatasetError, match=r"Stray folder .*extra sits next to the split folders"):
+        build_manifest(layout)
+    (layout / "notes.txt").write_text("x")
+    with pytest.warns(UserWarning, match=r"Skipped 2 bad file\(s\)"):
+        _, skipped = build_manifest(layout, on_bad_image="skip")
+    assert skipped.set_index("path")["reason"].to_dict() == {"extra": "a folder next to the split folders",
+                                                             "notes.txt": "a file next to the split folders"}
+
+
+def test_a_fifo_named_like_an_image_is_a_bad_entry_never_opened(dataset):
+    fifo = dataset / "Master Folder" / "train" / "Sad" / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(DatasetError, match=r"pipe.jpg is not a regular file \(a FIFO\)"):
+        build_manifest(dataset / "Master Folder")  # returns at once: a FIFO would block a reader for ever
+    with pytest.warns(UserWarning, match=r"Skipped 1 bad file"):
+        _, skipped = build_manifest(dataset / "Master Folder", on_bad_image="skip")
+    assert skipped["path"].tolist() == ["train/Sad/pipe.jpg"]
+
+
+def test_an_image_of_extreme_aspect_ratio_is_refused_for_the_resize_extract_will_do(dataset):
+    from PIL import Image
+
+    Image.new("L", (1, 50000)).save(dataset / "Master Folder" / "train" / "Sad" / "thin.png")
+    with pytest.raises(DatasetError, match=r"thin.png has an extreme aspect ratio \(1x50000\): resized to 255 "
+                                           r"pixels on its shorter side it would be 255x12,750,000"):
+        build_manifest(dataset / "Master Folder", resize=255)
+    manifest, _ = build_manifest(dataset / "Master Folder")  # no resize given: only the pixel limit applies
+    assert "train/Sad/thin.png" in set(manifest["path"])

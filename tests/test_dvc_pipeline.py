@@ -13,39 +13,42 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import DVC, ENV, SMALL_RUN, init_project, make_dataset, outputs, ran, run, write_params
+from tests.conftest import DEFAULT_BACKBONE, DVC, ENV, SMALL_RUN, init_project, make_dataset, outputs, ran, run, write_params
 
 CLASSIFIERS = ["head", "logreg", "svm", "knn"]
+B = DEFAULT_BACKBONE
 
 def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
     root, env, dvc, first, _ = repo
-    assert ran(first) == {"prepare", "audit", "extract", *(f"train@{name}" for name in CLASSIFIERS),
-                          *(f"learning_curve@{name}" for name in CLASSIFIERS), "export", "compare", "report"}
+    assert ran(first) == {"prepare", "audit", "folds", f"extract@{B}", *(f"train@{B}-{name}" for name in CLASSIFIERS),
+                          *(f"learning_curve@{B}-{name}" for name in CLASSIFIERS), f"export@{B}", "compare", "report"}
     shown = json.loads(run([*dvc, "metrics", "show", "--json"], root, env))
     files = next(iter(shown.values()))["data"]
-    assert sorted(files) == sorted([*(f"artifacts/metrics/{name}.json" for name in CLASSIFIERS),
-                                    "artifacts/comparison.json"])  # one row per classifier
+    assert sorted(files) == sorted([*(f"artifacts/metrics/{B}/{name}.json" for name in CLASSIFIERS),
+                                    "artifacts/comparison.json"])  # one row per backbone/classifier pair
     for name in CLASSIFIERS:
-        metrics = files[f"artifacts/metrics/{name}.json"]["data"]
-        assert metrics["pretrained"] is False
+        metrics = files[f"artifacts/metrics/{B}/{name}.json"]["data"]
+        assert metrics["pretrained"] is False and metrics["backbone"] == B and metrics["classifier"] == name
         assert {"accuracy", "balanced_accuracy", "macro_f1", "accuracy_ci95"} <= set(metrics["test"])
         assert {"accuracy_mean", "accuracy_std", "accuracy_ci95"} <= set(metrics["cv"])
         assert "accuracy_mean" in metrics["cv_leaky"] and "accuracy" in metrics["valid"]
         assert metrics["fit_seconds"] >= 0
         assert metrics["cv"]["train_views"] == 1  # SMALL_RUN embeds one view per train image and uses it
-    meta = json.loads((root / "features" / "meta.json").read_text())
+    meta = json.loads((root / "features" / B / "meta.json").read_text())
     assert meta["pretrained"] is False and meta["transform"]["crop_size"] == [64]
+    assert meta["feature_dim"] == 1280 and meta["speed"]["images_per_second"] > 0
     assert "RANDOM" in (root / "artifacts" / "comparison.md").read_text()
     assert (root / "artifacts" / "audit.json").is_file()
     plots = json.loads(run([*dvc, "plots", "show", "--json"], root, env))["data"]
-    assert {*(f"artifacts/plots/confusion/{name}.csv" for name in CLASSIFIERS), "Linear head training",
-            *(f"artifacts/plots/learning_curve/{name}.csv" for name in CLASSIFIERS)} <= set(plots)
+    assert {*(f"artifacts/plots/confusion/{B}/{name}.csv" for name in CLASSIFIERS),
+            f"artifacts/selection/head/{B}.csv",
+            *(f"artifacts/plots/learning_curve/{B}/{name}.csv" for name in CLASSIFIERS)} <= set(plots)
     for name in CLASSIFIERS:  # the curve ends at the train stage's own grouped-CV figure
-        curve = pd.read_csv(root / "artifacts" / "plots" / "learning_curve" / f"{name}.csv")
-        cv = files[f"artifacts/metrics/{name}.json"]["data"]["cv"]
+        curve = pd.read_csv(root / "artifacts" / "plots" / "learning_curve" / B / f"{name}.csv")
+        cv = files[f"artifacts/metrics/{B}/{name}.json"]["data"]["cv"]
         assert curve["fraction"].tolist() == [0.75, 1.0] and curve["pictures"].tolist() == [16, 20]
         assert curve["accuracy"].iloc[-1] == cv["accuracy_mean"] and curve["pictures"].iloc[-1] == cv["n_groups"]
-        summary = json.loads((root / "artifacts" / "learning_curve" / f"{name}.json").read_text())
+        summary = json.loads((root / "artifacts" / "learning_curve" / B / f"{name}.json").read_text())
         assert summary["trend"] in {"rising", "flat", "falling"} and summary["fold_fits"] == 3
 
 
@@ -60,8 +63,8 @@ def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(rep
     write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data,
                                         "classifiers.knn.n_neighbors": [1]})  # SMALL_RUN has [3, 5]
     try:
-        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "train@knn", "learning_curve@knn", "compare",
-                                                        "report"}
+        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", f"train@{B}-knn", f"learning_curve@{B}-knn",
+                                                        "compare", "report"}
     finally:
         write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
         run([*dvc, "repro"], root, env)
@@ -70,27 +73,59 @@ def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(rep
 def test_changing_a_learning_curve_param_reruns_only_the_learning_curves_and_the_report(repo):
     root, env, dvc, _, _ = repo
     data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"].removesuffix("/Master Folder")
-    before = (root / "artifacts" / "plots" / "learning_curve" / "knn.csv").read_text()
+    before = (root / "artifacts" / "plots" / "learning_curve" / B / "knn.csv").read_text()
     write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data, "learning_curve.draws": 2})
     try:
-        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", *(f"learning_curve@{name}" for name in CLASSIFIERS),
+        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", *(f"learning_curve@{B}-{name}" for name in CLASSIFIERS),
                                                         "report"}
-        after = pd.read_csv(root / "artifacts" / "plots" / "learning_curve" / "knn.csv")
+        after = pd.read_csv(root / "artifacts" / "plots" / "learning_curve" / B / "knn.csv")
         assert after["draws"].tolist() == [2, 1] and after["folds"].tolist() == [6, 3]
     finally:
         write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
         run([*dvc, "repro"], root, env)
-    assert (root / "artifacts" / "plots" / "learning_curve" / "knn.csv").read_text() == before
+    assert (root / "artifacts" / "plots" / "learning_curve" / B / "knn.csv").read_text() == before
 
 
-@pytest.mark.parametrize("model", ["head", "knn", "svm"])
+def test_a_second_backbone_runs_only_its_own_stages_and_removing_it_restores_the_outputs(repo):
+    root, env, dvc, _, _ = repo
+    data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"].removesuffix("/Master Folder")
+    before = {name: (root / "artifacts" / name).read_bytes() for name in ["comparison.md", "comparison.csv"]}
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["backbones"]["resnet18"] = {"source": "torchvision", "model": "resnet18", "weights": None}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "extract@resnet18", "export@resnet18", "compare",
+                                                        "report", *(f"train@resnet18-{c}" for c in CLASSIFIERS),
+                                                        *(f"learning_curve@resnet18-{c}" for c in CLASSIFIERS)}
+        table = pd.read_csv(root / "artifacts" / "comparison.csv")
+        assert len(table) == 8 and set(table["backbone"]) == {B, "resnet18"}
+        assert table["cv_p_vs_best_holm"].iloc[1:].notna().all() and np.isnan(table["cv_p_vs_best_holm"].iloc[0])
+        assert set(table.loc[table["backbone"] == "resnet18", "feature_dim"]) == {512}
+        tests = json.loads((root / "artifacts" / "comparison.json").read_text())
+        assert len(tests["backbones"]) == 1 and {tests["backbones"][0]["a"], tests["backbones"][0]["b"]} == set(
+            tests["best_per_backbone"].values())
+        shared = pd.read_csv(root / "artifacts" / "data" / "folds.csv")
+        sizes = [int((shared["repeat_0"] == k).sum()) for k in range(shared["repeat_0"].max() + 1)]
+        for path in (root / "artifacts" / "cv").rglob("*.csv"):  # every pair scored on the shared folds
+            folds = pd.read_csv(path)
+            assert folds.loc[folds["protocol"] == "grouped", "n_test"].tolist() == sizes, path
+        text = (root / "artifacts" / "comparison.md").read_text()
+        assert "## Backbones compared" in text and "| resnet18 |" in text
+        assert "id='backbone-resnet18'" in (root / "artifacts" / "report.html").read_text()
+    finally:
+        write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
+    assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "compare", "report"}
+    assert {name: (root / "artifacts" / name).read_bytes() for name in before} == before
+
+
+@pytest.mark.parametrize("model", ["head", f"{B}/knn", "svm"])
 def test_predict_on_the_test_folder_reproduces_the_stage_predictions(repo, model):
     root, env, _, _, _ = repo
     data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"]
     result = subprocess.run([sys.executable, "-m", "pipeline.predict", f"{data}/test", "--model", model,
                              "--format", "csv"], cwd=root, env=env, capture_output=True, text=True, check=True)
     predicted = pd.read_csv(io.StringIO(result.stdout))
-    stage = pd.read_csv(root / "artifacts" / "predictions" / f"{model}.csv")
+    stage = pd.read_csv(root / "artifacts" / "predictions" / B / f"{model.split('/')[-1]}.csv")
     stage = stage[stage["split"] == "test"].reset_index(drop=True)
     assert [p.split("Master Folder/")[1] for p in predicted["image"]] == stage["image"].tolist()
     assert predicted["predicted"].tolist() == stage["predicted"].tolist()
@@ -102,16 +137,16 @@ def test_predict_refuses_a_model_whose_backbone_cannot_be_rebuilt(repo, tmp_path
     root, env, _, _, _ = repo
     import joblib
 
-    saved = joblib.load(root / "artifacts" / "models" / "knn.joblib")
+    saved = joblib.load(root / "artifacts" / "models" / B / "knn.joblib")
     saved["features_meta"] = {**saved["features_meta"], "fingerprint": "0" * 64}
-    (tmp_path / "models").mkdir()
-    joblib.dump(saved, tmp_path / "models" / "knn.joblib")
+    (tmp_path / "models" / B).mkdir(parents=True)
+    joblib.dump(saved, tmp_path / "models" / B / "knn.joblib")
     data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"]
     result = subprocess.run([sys.executable, "-m", "pipeline.predict", f"{data}/test", "--model", "knn",
                              "--models-dir", str(tmp_path / "models")], cwd=root, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert "differs from the one the model was trained on" in result.stderr
+    assert "differs from the one that made the features" in result.stderr
 
 
 def test_report_holds_every_section_with_real_images(repo):
@@ -122,9 +157,10 @@ def test_report_holds_every_section_with_real_images(repo):
     from PIL import Image
 
     page = (root / "artifacts" / "report.html").read_text()
-    for section in ["about", "leaderboard", "confusion", "per-class", "embeddings", "misclassified", "learning-curve",
-                    "training"]:
+    for section in ["about", "leaderboard", "grid", "confusion", "per-class", "misclassified", "learning-curve",
+                    f"backbone-{B}"]:
         assert f"id='{section}'" in page
+    assert "Embedding map" in page and "Linear head training" in page
     about = page[page.index("id='about'"):page.index("</table>", page.index("id='about'"))]
     for fact in ["anshtanwar/pets-facial-expression-dataset/versions/11", "train 60", "valid 12", "test 12",
                  "efficientnet_b1", "<b>pretrained: false</b>", "Code</th><td>git "]:
@@ -135,8 +171,8 @@ def test_report_holds_every_section_with_real_images(repo):
     assert decoded and all(min(image.size) >= 16 for image in decoded)
     assert all(np.asarray(image.convert("L")).std() > 1 for image in decoded)  # not blank
     board = pd.read_csv(root / "artifacts" / "comparison.csv")
-    best = board.sort_values("rank")["classifier"].iloc[0]
-    predictions = pd.read_csv(root / "artifacts" / "predictions" / f"{best}.csv")
+    top = board.sort_values("rank").iloc[0]
+    predictions = pd.read_csv(root / "artifacts" / "predictions" / top["backbone"] / f"{top['classifier']}.csv")
     test = predictions[predictions["split"] == "test"]
     wrong = int((test["true"] != test["predicted"]).sum())
     assert sum(kind == "jpeg" for kind, _ in images) == wrong  # one thumbnail per misclassified test image
@@ -153,21 +189,21 @@ def test_repro_killed_mid_extract_leaves_nothing_cached_and_the_next_repro_gives
     proc = subprocess.Popen([*DVC, "repro"], cwd=root, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not any(root.glob(".extract-shards/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
+    while not any(root.glob(".extract-shards/*/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "dvc repro got past extract before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
-    assert not (root / "features").exists()
+    assert not (root / "features" / B).exists()
     lock = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else {}
-    assert "extract" not in lock.get("stages", {})  # DVC recorded nothing for the killed stage
-    assert "extract" in run([*DVC, "status"], root, ENV)
+    assert f"extract@{B}" not in lock.get("stages", {})  # DVC recorded nothing for the killed stage
+    assert f"extract@{B}" in run([*DVC, "status"], root, ENV)
     rerun = run([*DVC, "repro"], root, ENV)
-    assert {"extract", "train@head", "compare"} <= ran(rerun)
-    assert not list(root.glob(".features.tmp-*")) and not (root / ".extract-shards").exists()
+    assert {f"extract@{B}", f"train@{B}-head", "compare"} <= ran(rerun)
+    assert not list(root.glob("features/.*.tmp-*")) and not list((root / ".extract-shards").rglob("*.npy"))
     assert outputs(root) == baseline  # byte-identical embeddings, identical metrics
-    assert "extract" not in run([*DVC, "status"], root, ENV)
+    assert f"extract@{B}" not in run([*DVC, "status"], root, ENV)
 
 
 def test_editing_the_image_decoder_makes_dvc_report_extract_and_what_follows(repo):
@@ -177,10 +213,10 @@ def test_editing_the_image_decoder_makes_dvc_report_extract_and_what_follows(rep
     try:
         images.write_text(original + "\n# a change to how images are decoded\n")
         changed = set(json.loads(run([*dvc, "status", "--json"], root, env)))
-        assert {"audit", "extract"} <= changed
+        assert {"audit", f"extract@{B}"} <= changed
     finally:
         images.write_text(original)
-    assert "extract" not in set(json.loads(run([*dvc, "status", "--json"], root, env)))
+    assert f"extract@{B}" not in set(json.loads(run([*dvc, "status", "--json"], root, env)))
 
 
 def test_dvc_artifacts_get_fetches_the_best_classifier(repo, tmp_path):

@@ -9,9 +9,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from pipeline.common.params import ModelParams
 from pipeline.embed import loading
-from pipeline.embed.backbone import build_backbone
+from pipeline.embed.backbone import build_backbone, parse_backbone
 from pipeline.embed.embedding import EmbeddingError, Settings, embed_paths, resolve_settings
 from pipeline.embed.loading import Preprocess, WorkImages, collate, decode_on_device
 from pipeline.embed.work import work_of_paths
@@ -110,7 +109,8 @@ def cosine(a, b):
 
 
 def calibrated(checkpoint):
-    return build_backbone(ModelParams(arch="efficientnet_b1", weights=None, checkpoint=str(checkpoint), init_seed=0),
+    return build_backbone("b", parse_backbone("b", {"source": "torchvision", "model": "efficientnet_b1", "weights": None,
+                                                    "checkpoint": str(checkpoint)}),
                           crop_size=64, resize_size=72)
 
 
@@ -193,7 +193,7 @@ def test_auto_settings_fit_the_device():
     params = ExtractParams(device="auto", batch_size="auto", num_workers="auto", channels_last="auto",
                            pad_batches="auto", precision="auto",
                            decode="auto", crop_size=None, resize_size=None, shard_rows=10, engine="local",
-                           ray_address=None, ray_actors="auto")
+                           ray_address=None, ray_actors="auto", ray_timeout_s=30.0)
     cuda = resolve_settings(params, torch.device("cuda"))
     assert (cuda.decode, cuda.precision, cuda.batch_size, cuda.channels_last, cuda.pad) == \
         ("device", "bf16", 256, False, True)

@@ -55,3 +55,16 @@ def test_features_from_another_manifest_are_refused(tmp_path):
     manifest.write_text("path,split,label,sha256,width,height\ntrain/A/new.jpg,train,A,00,1,1\n")
     with pytest.raises(features.FeaturesError, match="extracted from another manifest .* stale"):
         features.load(d, manifest=manifest)
+
+
+def test_a_split_file_replaced_is_refused_by_its_recorded_hash(tmp_path):
+    d = write(tmp_path / "f")
+    meta = json.loads((d / features.META).read_text())
+    (d / features.META).write_text(json.dumps({**meta, features.HASHES: features.array_hashes(d)}))
+    assert features.load(d)["train"].X.shape == (3, 4)
+    np.save(d / "train.npy", np.load(d / "train.npy")[::-1].copy())  # same shape, dtype, finite values
+    with pytest.raises(features.FeaturesError, match=r"train.npy is not the file extract wrote \(its content "
+                                                     r"changed"):
+        features.load(d)
+    (d / features.META).write_text(json.dumps(meta))  # another producer may record no hashes
+    assert features.load(d)["train"].X[0, 0] == 8

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.common.io import atomic_path, write_json
-from tests.conftest import SMALL_RUN, make_dataset, stage_process, write_params
+from tests.conftest import SMALL_RUN, make_dataset, outputs, stage_process, write_params
 
 
 def test_failure_inside_leaves_the_previous_output_untouched(tmp_path):
@@ -39,28 +39,27 @@ def test_killed_extract_leaves_no_features_and_the_rerun_recovers(tmp_path):
     subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
     proc = subprocess.Popen(stage, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while not any(tmp_path.glob(".extract-shards/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
+    while not any(tmp_path.glob(".extract-shards/*/*/.rows-*.tmp-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # mid-way through filling the (only) shard
     assert proc.poll() is None, "extract finished before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "features").exists()
-    assert not list(tmp_path.glob(".extract-shards/*/rows-*.npy"))  # no shard looks finished
+    assert not (tmp_path / "features" / "efficientnet_b1").exists()
+    assert not list(tmp_path.glob(".extract-shards/*/*/rows-*.npy"))  # no shard looks finished
 
     subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
     assert not list(tmp_path.glob(".features.tmp-*"))
-    first = {p.name: p.read_bytes() for p in (tmp_path / "features").iterdir()}
+    first = outputs(tmp_path)
     subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
-    second = {p.name: p.read_bytes() for p in (tmp_path / "features").iterdir()}
-    assert first == second  # byte-identical embeddings, index and metadata on CPU
-    assert np.load(tmp_path / "features" / "train.npy").shape == (120, 1280)
+    assert first == outputs(tmp_path)  # byte-identical embeddings, index and metadata (but its timing) on CPU
+    assert np.load(tmp_path / "features" / "efficientnet_b1" / "train.npy").shape == (120, 1280)
 
 
 def test_killed_classifier_stage_leaves_no_outputs_and_the_rerun_recovers(tmp_path):
     from tests.test_train import foreign_features
 
-    foreign_features(tmp_path / "features", dim=256, groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
+    foreign_features(tmp_path / "features" / "efficientnet_b1", dim=256, groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "evaluation.n_bootstrap": 5000,
                                                      "classifiers.logreg.C": [0.01, 0.1, 1.0, 10.0]})
     stage = stage_process("train", params, "logreg", without=("--manifest",))  # features made elsewhere
@@ -73,6 +72,62 @@ def test_killed_classifier_stage_leaves_no_outputs_and_the_rerun_recovers(tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     artifacts = tmp_path / "artifacts"
-    assert [p.name for p in artifacts.rglob("*") if p.is_file()] == ["groups.csv"]  # the input alone
+    assert sorted(p.name for p in artifacts.rglob("*") if p.is_file()) == ["folds.csv", "groups.csv"]  # inputs alone
     subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
-    assert (artifacts / "metrics" / "logreg.json").is_file() and (artifacts / "models" / "logreg.joblib").is_file()
+    assert (artifacts / "metrics" / "efficientnet_b1" / "logreg.json").is_file()
+    assert (artifacts / "models" / "efficientnet_b1" / "logreg.joblib").is_file()
+
+
+def test_outputs_of_a_set_change_together_or_not_at_all(tmp_path):
+    from pipeline.common.io import OutputError, output_set
+
+    first, second = tmp_path / "a.json", tmp_path / "b.csv"
+    write_json(first, {"run": 1})
+    second.write_text("run 1\n")
+    (tmp_path / "c.txt").mkdir()  # the last output cannot be written: a folder stands in its place
+    with pytest.raises(OutputError, match=r"Cannot write .*c.txt: a folder stands where a file should be"):
+        with output_set() as out:
+            out.write_json(first, {"run": 2})
+            out.write_text(second, "run 2\n")
+            out.write_text(tmp_path / "c.txt", "run 2")
+    assert first.read_text().strip() == '{\n  "run": 1\n}' and second.read_text() == "run 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.csv", "c.txt"]  # no temporary left
+
+
+def test_a_failed_rename_puts_back_the_outputs_already_replaced(tmp_path):
+    from pipeline.common.io import OutputError, output_set
+
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("old a")
+    second.write_text("old b")
+    with pytest.raises(OutputError, match=r"Cannot write .*b.txt"):
+        with output_set() as out:
+            out.write_text(first, "new a")
+            out.path(second).unlink()  # its staged file is gone when the set is renamed into place
+    assert first.read_text() == "old a" and second.read_text() == "old b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_a_write_error_names_the_file_and_the_cause(tmp_path):
+    from pipeline.common.io import OutputError, write_text
+
+    (tmp_path / "out").write_text("a file where a folder should be")
+    with pytest.raises(OutputError, match=r"Cannot write .*out/sub/r.txt: a file stands where a folder should be "
+                                          r"\(.*out is a file\)"):
+        write_text(tmp_path / "out" / "sub" / "r.txt", "x")
+
+
+def test_a_file_size_limit_is_reported_as_one_line_in_a_stage_process(tmp_path):
+    """ulimit -f, as a full disk: the write fails with EFBIG (Python ignores SIGXFSZ)."""
+    import resource
+    import sys
+
+    code = ("from pipeline.common.cli import run\nfrom pipeline.common.io import write_text\n"
+            "raise SystemExit(run(lambda argv: write_text('big.txt', 'x' * 100000) or 0))")
+    (tmp_path / "big.txt").write_text("previous")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000)),
+                            env={**os.environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: Cannot write big.txt: the file is too large"), result.stderr
+    assert (tmp_path / "big.txt").read_text() == "previous" and len(list(tmp_path.iterdir())) == 1

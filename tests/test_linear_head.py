@@ -54,16 +54,16 @@ def test_head_training_is_deterministic():
 def test_full_model_on_image_files_equals_head_on_cached_embeddings(dataset, calibrated_checkpoint, tmp_path,
                                                                     monkeypatch):
     params = write_params(tmp_path / "params.yaml", {
-        **SMALL_RUN, "data.root": str(dataset), "model.checkpoint": str(calibrated_checkpoint)})
+        **SMALL_RUN, "data.root": str(dataset), "backbones.efficientnet_b1.checkpoint": str(calibrated_checkpoint)})
     monkeypatch.chdir(tmp_path)
     warnings.simplefilter("ignore", UserWarning)
-    for stage in ["prepare", "audit", "extract"]:
+    for stage in ["prepare", "audit", "folds", "extract"]:
         assert run_stage(stage, params) == 0
     assert run_stage("train", params, "head") == 0
     assert run_stage("export", params) == 0
 
-    feats = features.load("features")
-    head_logits = load_model("artifacts/models/head.joblib").model.logits(feats["test"].X)
+    feats = features.load("features/efficientnet_b1")
+    head_logits = load_model("artifacts/models/efficientnet_b1/head.joblib").model.logits(feats["test"].X)
 
     model = torchvision.models.efficientnet_b1(num_classes=4)
     model.load_state_dict(torch.load("artifacts/export/efficientnet_b1_head.pt", weights_only=True))
@@ -81,10 +81,10 @@ def test_export_refuses_a_backbone_other_than_the_one_that_made_the_features(dat
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(dataset)})
     monkeypatch.chdir(tmp_path)
     warnings.simplefilter("ignore", UserWarning)
-    for stage in ["prepare", "audit", "extract"]:
+    for stage in ["prepare", "audit", "folds", "extract"]:
         assert run_stage(stage, params) == 0
     assert run_stage("train", params, "head") == 0
-    write_params(params, {**SMALL_RUN, "data.root": str(dataset), "model.init_seed": 7})
+    write_params(params, {**SMALL_RUN, "data.root": str(dataset), "backbones.efficientnet_b1.init_seed": 7})
     from pipeline.embed.backbone import BackboneError
 
     with pytest.raises(BackboneError, match="fingerprints differ"):
@@ -97,8 +97,8 @@ def test_export_refuses_a_model_that_is_not_the_head(tmp_path, monkeypatch):
     from tests.test_train import foreign_features
 
     monkeypatch.chdir(tmp_path)
-    foreign_features(tmp_path / "features", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
+    foreign_features(tmp_path / "features" / "efficientnet_b1", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
     params = write_params(tmp_path / "params.yaml", SMALL_RUN)
     assert run_stage("train", params, "knn", without=("--manifest",)) == 0
     with pytest.raises(PipelineError, match="not the linear head"):
-        run_stage("export", params, None, "--model", "artifacts/models/knn.joblib")
+        run_stage("export", params, None, "--model", "artifacts/models/efficientnet_b1/knn.joblib")

@@ -96,11 +96,11 @@ def test_prepare_catches_a_typo_in_any_section_before_work(tmp_path, monkeypatch
     with pytest.raises(ParamsError, match=r"classifiers.head.dropout=1.5 is out of range"):
         run_stage("prepare", tmp_path / "p.yaml")
     params["classifiers"]["head"]["dropout"] = 0.2
-    params["model"]["weights"] = "IMAGENET1K_V9"
+    params["backbones"]["efficientnet_b1"]["weights"] = "IMAGENET1K_V9"
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(PipelineError, match=r"model.weights='IMAGENET1K_V9' is not known"):
+    with pytest.raises(PipelineError, match=r"backbones.efficientnet_b1.weights='IMAGENET1K_V9' is not a weights name"):
         run_stage("prepare", tmp_path / "p.yaml")
-    params["model"]["weights"] = None
+    params["backbones"]["efficientnet_b1"]["weights"] = None
     params["heads"] = {}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError, match=r"Unknown section\(s\) \['heads'\]"):

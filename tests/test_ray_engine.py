@@ -14,6 +14,7 @@ from tests.conftest import DVC, ENV, SMALL_RUN, init_project, make_dataset, ran,
 pytest.importorskip("ray")
 
 LIMIT = 300  # seconds for one stage run, Ray's start included
+FEATURES = "features/efficientnet_b1"
 FILES = ("train.npy", "valid.npy", "test.npy", "train_views.npy", "index.csv")
 
 
@@ -44,13 +45,13 @@ def test_ray_gives_byte_identical_features_to_the_local_engine(runs):
     _, folders = runs
     (local, _), (ray, output) = folders["local"], folders["ray"]
     for name in FILES:
-        assert (ray / "features" / name).read_bytes() == (local / "features" / name).read_bytes(), name
-    meta = {e: json.loads((folders[e][0] / "features" / "meta.json").read_text()) for e in folders}
+        assert (ray / FEATURES / name).read_bytes() == (local / FEATURES / name).read_bytes(), name
+    meta = {e: json.loads((folders[e][0] / FEATURES / "meta.json").read_text()) for e in folders}
     assert meta["ray"]["engine"] == "ray" and meta["local"]["engine"] == "local"
-    assert {k: v for k, v in meta["ray"].items() if k != "engine"} == \
-        {k: v for k, v in meta["local"].items() if k != "engine"}
+    assert {k: v for k, v in meta["ray"].items() if k not in ("engine", "speed")} == \
+        {k: v for k, v in meta["local"].items() if k not in ("engine", "speed")}
     assert "0 of 10 shard(s) reused" in output.stdout  # 24 + 4 + 4 images and 2 x 24 views in shards of 8
-    assert not (ray / ".extract-shards").exists()
+    assert not (ray / ".extract-shards" / "efficientnet_b1").exists()
 
 
 def test_a_failing_ray_worker_ends_the_run_in_one_line_and_the_rerun_computes_only_the_missing_shards(
@@ -71,7 +72,7 @@ def test_a_failing_ray_worker_ends_the_run_in_one_line_and_the_rerun_computes_on
     assert failed.returncode == 2, failed.stderr[-3000:]
     errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and victim.name in errors[0] and "Traceback" not in failed.stderr
-    assert not (folder / "features").exists()
+    assert not (folder / FEATURES).exists()
     kept = sorted(p.name for p in (folder / ".extract-shards").rglob("rows-*.npy"))
     assert kept, "no shard was written before the failure"
 
@@ -80,7 +81,7 @@ def test_a_failing_ray_worker_ends_the_run_in_one_line_and_the_rerun_computes_on
     assert reused == len(kept)
     assert int(re.search(r"(\d+) rows computed", rerun.stdout)[1]) == 80 - 8 * reused
     for name in FILES:
-        assert (folder / "features" / name).read_bytes() == (reference / "features" / name).read_bytes(), name
+        assert (folder / FEATURES / name).read_bytes() == (reference / FEATURES / name).read_bytes(), name
 
 
 def test_dvc_repro_with_the_ray_engine_runs_end_to_end(tmp_path):
@@ -90,8 +91,8 @@ def test_dvc_repro_with_the_ray_engine_runs_end_to_end(tmp_path):
     init_project(root, data)
     write_params(root / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.engine": "ray"})
     out = run([*DVC, "repro"], root, {**ENV, "RAY_ADDRESS": ""})
-    assert {"extract", "train@head", "compare", "report"} <= ran(out)
-    assert json.loads((root / "features" / "meta.json").read_text())["engine"] == "ray"
+    assert {"extract@efficientnet_b1", "train@efficientnet_b1-head", "compare", "report"} <= ran(out)
+    assert json.loads((root / FEATURES / "meta.json").read_text())["engine"] == "ray"
     assert (root / "artifacts" / "report.html").is_file()
 
 
@@ -102,7 +103,6 @@ def test_a_ray_worker_that_cannot_build_the_backbone_reports_why_with_its_shard(
     import pandas as pd
     import torchvision
 
-    from pipeline.common.params import ModelParams
     from pipeline.embed.embedding import Settings
     from pipeline.embed.loading import Preprocess
     from pipeline.embed.ray_engine import ShardEmbedder
@@ -113,11 +113,42 @@ def test_a_ray_worker_that_cannot_build_the_backbone_reports_why_with_its_shard(
     work = plan_work(manifest, data, n_views=0)
     settings = Settings(device=__import__("torch").device("cpu"), precision="fp32", decode="cpu", batch_size=4,
                         num_workers=0, channels_last=True)
-    transform = {"crop_size": [64], "resize_size": [72]}
     preprocess = Preprocess.of(torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms(
         crop_size=64, resize_size=72))
-    actor = ShardEmbedder(model_params=ModelParams(arch="efficientnet_b1", weights=None, checkpoint=None,
-                                                   init_seed=0), transform=transform, fingerprint="0" * 64,
-                          work=work, batches=plan_batches(work, 4), settings=settings, preprocess=preprocess)
+    from pipeline.embed.backbone import build_backbone, parse_backbone
+
+    entry = parse_backbone("b1", {"source": "torchvision", "model": "efficientnet_b1", "weights": None})
+    info = {**build_backbone("b1", entry, crop_size=64, resize_size=72).info, "fingerprint": "0" * 64}
+    actor = ShardEmbedder(info=info, work=work, batches=plan_batches(work, 4), settings=settings, preprocess=preprocess)
     out = actor({"start": np.array([0]), "stop": np.array([4])})
-    assert "fingerprints differ" in out["error"][0] and out["error"][0].startswith("on a Ray worker")
+    assert "differs from the one that made the features" in out["error"][0]
+    assert out["error"][0].startswith("on a Ray worker")
+
+
+@pytest.mark.parametrize("listening", [False, True], ids=["nothing listens", "a port that never answers"])
+def test_a_ray_address_that_does_not_answer_ends_in_one_line_within_the_timeout(tmp_path, listening):
+    """Ray alone retries such an address for minutes (826 s measured); extract.ray_timeout_s bounds the wait."""
+    import socket
+    import time
+
+    data = make_dataset(tmp_path / "data", train_per_class=1, held_out_per_class=1, augs=0)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        if listening:
+            server.listen(8)  # the kernel completes the handshake; nobody ever speaks Ray's protocol
+        port = server.getsockname()[1]
+        if not listening:
+            server.close()
+        write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.engine": "ray",
+                                                "extract.ray_address": f"127.0.0.1:{port}",
+                                                "extract.ray_timeout_s": 3})
+        stage("prepare", tmp_path)
+        started = time.monotonic()
+        result = stage("extract", tmp_path, check=False)
+        seconds = time.monotonic() - started
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 1 and f"No Ray cluster answers at '127.0.0.1:{port}'" in errors[0], errors
+    assert "ray start --head" in errors[0]
+    assert seconds < 60, seconds  # start-up of torch and Ray included; the wait itself is 3 s
+    assert not (tmp_path / FEATURES).exists()

@@ -41,3 +41,23 @@ def test_groups_are_required():
     X, y, _ = _data()
     with pytest.raises(ValueError, match="needs groups"):
         list(RepeatedStratifiedGroupKFold().split(X, y, None))
+
+
+def test_the_shared_assignment_gives_back_the_splitters_own_folds(tmp_path):
+    """What the folds stage writes, read back by every train stage, is exactly what the splitter made."""
+    from pipeline.evaluate.splits import assign_folds, folds_frame, read_folds
+
+    X, y, groups = _data()
+    paths = [f"train/{i}.jpg" for i in range(len(y))]
+    assignment = assign_folds(y, groups, folds=4, repeats=2, seed=3)
+    folds_frame(paths, groups, assignment).to_csv(tmp_path / "folds.csv", index=False)
+    expected = list(RepeatedStratifiedGroupKFold(n_splits=4, n_repeats=2, random_state=3).split(X, y, groups))
+    shared = read_folds(tmp_path / "folds.csv", paths)
+    assert len(shared) == len(expected) == 8
+    for (train, test), (train_e, test_e) in zip(shared, expected):
+        np.testing.assert_array_equal(train, train_e)
+        np.testing.assert_array_equal(test, test_e)
+    from pipeline.evaluate.splits import FoldsError
+
+    with pytest.raises(FoldsError, match="lists other train images"):
+        read_folds(tmp_path / "folds.csv", paths[::-1])

@@ -10,8 +10,10 @@ from pipeline.evaluate.statistics import (
     bootstrap_intervals,
     confusion_counts,
     corrected_cv_interval,
+    corrected_paired_ttest,
     expected_calibration_error,
     held_out_metrics,
+    holm,
     macro_f1_from_counts,
     mcnemar_exact,
     wilson_interval,
@@ -134,3 +136,25 @@ def test_held_out_metrics_report_every_key_with_intervals():
     assert m["macro_f1_ci95"]["fallback"].startswith("BCa undefined")
     assert m["ece"] == pytest.approx(0.225)
     assert m["log_loss"] == pytest.approx(-np.log(0.775), rel=1e-6)
+
+
+def test_corrected_paired_ttest_on_worked_numbers():
+    """Differences 0.10, -0.02, 0.10, 0.05, 0.05 over 5 folds, a fold 1/5 of the data: mean 0.056, s^2 0.00243,
+    corrected variance (1/5 + 0.2/0.8) s^2 = 0.0010935, t = 0.056 / 0.033068 = 1.6935 on 4 degrees of freedom."""
+    a = np.array([0.80, 0.70, 0.90, 0.85, 0.75])
+    b = np.array([0.70, 0.72, 0.80, 0.80, 0.70])
+    result = corrected_paired_ttest(a, b, test_fraction=0.2)
+    assert result["mean_difference"] == pytest.approx(0.056)
+    assert result["t"] == pytest.approx(1.69347, abs=1e-4) and result["df"] == 4
+    assert result["p_value"] == pytest.approx(2 * stats.t.sf(1.69347, 4), abs=1e-5)
+    naive = stats.ttest_rel(a, b).pvalue  # the uncorrected test is overconfident on overlapping folds
+    assert naive < result["p_value"]
+    assert corrected_paired_ttest(a, a, test_fraction=0.2)["p_value"] == 1.0
+    assert corrected_paired_ttest(b, a, test_fraction=0.2)["t"] == pytest.approx(-result["t"])
+
+
+def test_holm_on_worked_numbers():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04; running maximum 0.02, 0.03, 0.06, 0.06
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    assert holm([]).shape == (0,)

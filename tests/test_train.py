@@ -6,16 +6,18 @@ import numpy as np
 import pandas as pd
 
 from pipeline.embed import features
-from tests.conftest import SMALL_RUN, run_stage, write_params
+from pipeline.evaluate.splits import assign_folds, folds_frame
+from tests.conftest import DEFAULT_BACKBONE, SMALL_RUN, run_stage, write_params
 
 
-def foreign_features(directory, seed=0, dim=48, groups_path=None):
+def foreign_features(directory, seed=0, dim=48, groups_path=None, folds=3, repeats=1):
     """Embeddings 'from another backbone': class clusters, 3 copies per picture in train.
 
-    Writes the features folder and a groups.csv (default: beside the folder)."""
+    Writes the features folder, a groups.csv (default: beside the folder) and beside that the shared
+    folds.csv (SMALL_RUN's cv params), as the audit and folds stages would."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(4, dim)) * 2
-    directory.mkdir()
+    directory.mkdir(parents=True)
     rows, groups = [], []
     for split, pictures, copies in [("train", 40, 3), ("valid", 12, 1), ("test", 16, 1)]:
         labels = np.arange(pictures) % 4
@@ -34,42 +36,47 @@ def foreign_features(directory, seed=0, dim=48, groups_path=None):
     groups_path = groups_path or directory.parent / "groups.csv"
     groups_path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(groups, columns=["path", "split", "group"]).to_csv(groups_path, index=False)
+    train = [(r, g) for r, g in zip(rows, groups) if r[0] == "train"]
+    y = np.array(["ABCD".index(r[2]) for r, _ in train])
+    group_ids = np.array([g[2] for _, g in train])
+    assignment = assign_folds(y, group_ids, folds=folds, repeats=repeats, seed=0)
+    folds_frame([r[1] for r, _ in train], group_ids, assignment).to_csv(groups_path.parent / "folds.csv", index=False)
     return directory, groups_path
 
 
 def test_classifiers_learn_foreign_embeddings_deterministically_and_compare_ranks_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    foreign_features(tmp_path / "features", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
+    foreign_features(tmp_path / "features" / DEFAULT_BACKBONE, groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
     params = write_params(tmp_path / "params.yaml", SMALL_RUN)
     names = ["head", "logreg", "svm", "knn"]
     for name in names:
         assert run_stage("train", params, name, without=("--manifest",)) == 0
-    metrics = {n: json.loads((tmp_path / "artifacts" / "metrics" / f"{n}.json").read_text()) for n in names}
+    metrics = {n: json.loads((tmp_path / "artifacts" / "metrics" / DEFAULT_BACKBONE / f"{n}.json").read_text()) for n in names}
     for name, m in metrics.items():
         assert m["test"]["accuracy"] >= 0.9, name
         assert m["cv"]["accuracy_mean"] >= 0.85, name
         assert m["pretrained"] is True
-    assert len(pd.read_csv(tmp_path / "artifacts" / "selection" / "logreg.csv")) == 2  # the grid's two values
+    assert len(pd.read_csv(tmp_path / "artifacts" / "selection" / "logreg" / f"{DEFAULT_BACKBONE}.csv")) == 2  # the grid's two values
 
-    first = (tmp_path / "artifacts" / "metrics" / "svm.json").read_text()
+    first = (tmp_path / "artifacts" / "metrics" / DEFAULT_BACKBONE / "svm.json").read_text()
     assert run_stage("train", params, "svm", without=("--manifest",)) == 0
-    again = json.loads((tmp_path / "artifacts" / "metrics" / "svm.json").read_text())
+    again = json.loads((tmp_path / "artifacts" / "metrics" / DEFAULT_BACKBONE / "svm.json").read_text())
     assert {**json.loads(first), "fit_seconds": 0} == {**again, "fit_seconds": 0}  # only timing differs
 
     assert run_stage("compare", params) == 0
     table = pd.read_csv(tmp_path / "artifacts" / "comparison.csv")
     assert table["cv_accuracy"].is_monotonic_decreasing and table["rank"].tolist() == [1, 2, 3, 4]
     paired = json.loads((tmp_path / "artifacts" / "comparison.json").read_text())
-    assert set(paired["logreg"]["test"]) >= {"mcnemar_p_vs_head"}
+    assert set(paired["pairs"][f"{DEFAULT_BACKBONE}/logreg"]["test"]) >= {"mcnemar_p_vs_head"}
     assert "RANDOM" not in (tmp_path / "artifacts" / "comparison.md").read_text()
     best = table["classifier"].iloc[0]
     assert (tmp_path / "artifacts" / "best_model.joblib").read_bytes() == \
-        (tmp_path / "artifacts" / "models" / f"{best}.joblib").read_bytes()
+        (tmp_path / "artifacts" / "models" / DEFAULT_BACKBONE / f"{best}.joblib").read_bytes()
 
 
 def test_compare_ranks_only_the_classifiers_in_params(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    foreign_features(tmp_path / "features", groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
+    foreign_features(tmp_path / "features" / DEFAULT_BACKBONE, groups_path=tmp_path / "artifacts" / "data" / "groups.csv")
     params = write_params(tmp_path / "params.yaml", SMALL_RUN)
     for name in ["logreg", "knn"]:
         assert run_stage("train", params, name, without=("--manifest",)) == 0

@@ -34,6 +34,11 @@ class DataParams:
     root: str | None
     layout_dir: str
     on_bad_image: Literal["error", "skip"]
+    num_workers: int | Literal["auto"]
+
+    def check(self, name: str) -> None:
+        if self.num_workers != "auto":
+            in_range(name, "num_workers", self.num_workers, 1, None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +50,9 @@ class AuditParams:
         in_range(name, "near_duplicate_bits", self.near_duplicate_bits, 0, 64)
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelParams:
-    arch: str
-    weights: str | None
-    checkpoint: str | None
-    init_seed: int
-
-    def check(self, name: str) -> None:
-        check_seed(name, "init_seed", self.init_seed)
+# Upper bound of extract.crop_size and resize_size: 4x B1's 240, where a batch of 32 in fp32 already takes
+# gigabytes of activations; beyond it memory, not accuracy, is what grows.
+MAX_TRANSFORM_SIZE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +70,7 @@ class ExtractParams:
     engine: Literal["local", "ray"]
     ray_address: str | None
     ray_actors: int | Literal["auto"]
+    ray_timeout_s: float
 
     def check(self, name: str) -> None:
         if self.batch_size != "auto":
@@ -78,12 +78,13 @@ class ExtractParams:
         if self.num_workers != "auto":
             in_range(name, "num_workers", self.num_workers, 0, None)
         if self.crop_size is not None:
-            in_range(name, "crop_size", self.crop_size, 8, None)
+            in_range(name, "crop_size", self.crop_size, 8, MAX_TRANSFORM_SIZE)
         if self.resize_size is not None:
-            in_range(name, "resize_size", self.resize_size, self.crop_size or 8, None)
+            in_range(name, "resize_size", self.resize_size, self.crop_size or 8, MAX_TRANSFORM_SIZE)
         in_range(name, "shard_rows", self.shard_rows, 1, None)
         if self.ray_actors != "auto":
             in_range(name, "ray_actors", self.ray_actors, 1, None)
+        in_range(name, "ray_timeout_s", self.ray_timeout_s, 0.1, 3600)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,15 +165,17 @@ class LearningCurveParams:
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "audit": AuditParams,
-    "model": ModelParams,
     "extract": ExtractParams,
     "views": ViewsParams,
     "cv": CVParams,
     "evaluation": EvaluationParams,
     "learning_curve": LearningCurveParams,
 }
-# Sections whose keys are checked elsewhere: each classifier's by the registry.
+# Sections whose keys are checked elsewhere: each classifier's and each backbone's by its registry.
 CLASSIFIERS_SECTION = "classifiers"
+BACKBONES_SECTION = "backbones"
+# Entry names become stage names (extract@<name>, train@<backbone>-<classifier>) and folder names.
+ENTRY_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are 32-bit unsigned
@@ -213,6 +216,11 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         if value not in allowed:
             raise ParamsError(f"{key}={value!r} is not allowed: choose one of {list(allowed)}.")
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}={value!r} has the wrong type: expected a list of "
+                              f"{_describe(typing.get_args(annotation)[0])}.")
+        return [_check_type(f"{key}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(value)]
     if annotation is type(None):
         if value is not None:
             raise ParamsError(f"{key}={value!r} has the wrong type: expected null.")
@@ -232,6 +240,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
 
 
 def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is list:
+        return f"list of {_describe(typing.get_args(annotation)[0])}"
     args = typing.get_args(annotation)
     if args:
         return " or ".join(_describe(a) for a in args)
@@ -250,10 +260,12 @@ def parse_section(cls: type, raw: Any, name: str) -> Any:
             f"Unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)} in params.yaml; "
             f"known keys of '{name}': {fields}."
         )
-    missing = [f for f in fields if f not in raw]
+    optional = {f.name for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    missing = [f for f in fields if f not in raw and f not in optional]
     if missing:
         raise ParamsError(f"Missing key(s) {', '.join(f'{name}.{k}' for k in missing)} in params.yaml.")
-    values = {f: _check_type(f"{name}.{f}", raw[f], hints[f]) for f in fields}
+    values = {f: _check_type(f"{name}.{f}", raw[f], hints[f]) for f in fields if f in raw}
     section = cls(**values)
     if hasattr(section, "check"):
         section.check(name)
@@ -287,10 +299,11 @@ def load_section(name: str, path: Path = DEFAULT_PARAMS) -> Any:
 def validate_all(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     """Check every typed section of params.yaml at once, so a typo anywhere fails before any work.
 
-    Returns the raw params; the caller checks the ``classifiers`` section with the registry.
+    Returns the raw params; the caller checks the ``classifiers`` and ``backbones`` sections with their
+    registries.
     """
     raw = read_params(path)
-    known = [*SECTIONS, CLASSIFIERS_SECTION]
+    known = [*SECTIONS, CLASSIFIERS_SECTION, BACKBONES_SECTION]
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ParamsError(f"Unknown section(s) {unknown} in {path}; known: {sorted(known)}.")
@@ -301,8 +314,28 @@ def validate_all(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
 
 def classifiers_section(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     """The ``classifiers`` section: classifier name -> its raw params (validated by the registry)."""
+    return _named_entries(path, CLASSIFIERS_SECTION, "classifier")
+
+
+def backbones_section(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The ``backbones`` section: backbone name -> its raw entry (validated by the backbone registry)."""
+    return _named_entries(path, BACKBONES_SECTION, "backbone")
+
+
+def _named_entries(path: Path, section_name: str, what: str) -> dict[str, Any]:
     raw = read_params(path)
-    section = raw.get(CLASSIFIERS_SECTION)
+    section = raw.get(section_name)
     if not isinstance(section, dict) or not section:
-        raise ParamsError(f"Section '{CLASSIFIERS_SECTION}' of {path} must map classifier names to their params.")
+        raise ParamsError(f"Section '{section_name}' of {path} must map {what} names to their params.")
+    for name in section:
+        if not isinstance(name, str) or not ENTRY_NAME.fullmatch(name):
+            raise ParamsError(f"{section_name}.{name!r}: a {what} name must be letters, digits and underscores "
+                              "(it names stages and folders), e.g. resnet50 or my_encoder.")
     return section
+
+
+def entry_of(section: dict[str, Any], name: str, *, section_name: str, path: Path) -> Any:
+    """One named entry of a registry section, or an error listing the names there are."""
+    if name not in section:
+        raise ParamsError(f"{path} has no {section_name}.{name} entry; it has {sorted(section)}.")
+    return section[name]

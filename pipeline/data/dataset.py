@@ -6,18 +6,23 @@ when any image changes, and its rows fix the order every later array follows.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import read_csv, read_json
 from pipeline.common.params import DataParams
-from pipeline.data.images import ImageError, load_rgb
+from pipeline.data.grouping import Hashes, image_hashes
+from pipeline.data.images import ImageError, load_rgb, read_image_bytes, resized_too_large
+from pipeline.data.pool import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,12 @@ OS_CLUTTER = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 def is_clutter(path: Path) -> bool:
     """Operating-system metadata: .DS_Store, Thumbs.db, desktop.ini, and macOS's ``._<name>`` resource forks."""
     return path.name.lower() in OS_CLUTTER or path.name.startswith("._")
+
+
 MANIFEST_COLUMNS = ["path", "split", "label", "sha256", "width", "height"]
+# What the audit needs from the pixels, computed by prepare in the same decode: the 64-bit
+# difference hash (16 hex digits), that of the mirror image, and whether it carries information.
+HASH_COLUMNS = ["dhash", "dhash_mirrored", "informative"]
 
 
 class DatasetError(PipelineError):
@@ -95,13 +105,17 @@ def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
             raise DatasetError(message)
         skipped.append((entry.relative_to(root).as_posix(), reason))
 
+    for stray in sorted(p for p in root.iterdir() if p.name not in splits and not is_clutter(p)):
+        kind = "folder" if stray.is_dir() else "file"
+        bad_entry(stray, f"Stray {kind} {stray} sits next to the split folders {list(splits)}; move it away, or set "
+                  "data.on_bad_image: skip.", f"a {kind} next to the split folders")
     for split in splits:
         split_dir = root / split
         if not split_dir.is_dir():
             raise DatasetError(f"Split folder {split_dir} is missing; expected {list(splits)} under {root}.")
-        for stray in sorted(p for p in split_dir.iterdir() if p.is_file() and not is_clutter(p)):
-            bad_entry(stray, f"Stray file {stray} sits outside any class folder; move it into one, or away.",
-                      "outside any class folder")
+        for stray in sorted(p for p in split_dir.iterdir() if not p.is_dir() and not is_clutter(p)):
+            bad_entry(stray, f"Stray file {stray} sits outside any class folder; move it into one, or away, or set "
+                      "data.on_bad_image: skip.", "outside any class folder")
         classes_by_split[split] = classes_of(split_dir)
         if not classes_by_split[split]:
             raise DatasetError(f"Split folder {split_dir} has no class folders.")
@@ -138,40 +152,71 @@ def _check_classes(classes_by_split: dict[str, list[str]]) -> None:
             warnings.warn(f"Class(es) {absent} of train have no images in {split}.", stacklevel=3)
 
 
-def describe_image(path: Path) -> tuple[str, int, int]:
+def describe_image(path: Path, *, resize: int | None = None) -> tuple[str, int, int]:
     """Return (sha256, width, height) of an image, decoding it fully to catch damage."""
+    return inspect_image(path, resize=resize)[:3]
+
+
+def inspect_image(path: Path, *, resize: int | None = None) -> tuple[str, int, int, str, str, bool]:
+    """Everything later stages need from an image's bytes and pixels, from one read and one decode.
+
+    (sha256, width, height, dhash, mirrored dhash, informative); a file that cannot be read or
+    decoded raises ``BadImage``, and so does, with ``resize`` (the extraction's), one whose resized
+    size is beyond the bound extract and predict apply.
+    """
     try:
-        data = path.read_bytes()
+        data = read_image_bytes(path)
     except OSError as err:  # a dangling link, a file without read permission, a folder named like an image
         raise BadImage(path, f"cannot be read ({type(err).__name__}: {err.strerror or err})") from err
+    except ImageError as err:  # a FIFO, a socket, a device
+        raise BadImage(path, str(err)) from err
     try:
-        width, height = load_rgb(data).size
+        image = load_rgb(data)
     except ImageError as err:
         raise BadImage(path, str(err)) from err
-    return hashlib.sha256(data).hexdigest(), width, height
+    refused = resized_too_large(image.size, resize) if resize else None
+    if refused:
+        raise BadImage(path, refused)
+    plain, mirrored, informative = image_hashes(image)
+    return hashlib.sha256(data).hexdigest(), *image.size, f"{plain:016x}", f"{mirrored:016x}", informative
 
 
-def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
-                   on_bad_image: str = "error") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scan ``root`` and describe every image; rows ordered by split, class, file name.
+def _inspect_or_why(path: Path, resize: int | None = None) -> tuple | str:
+    """``inspect_image`` in a worker: a bad file comes back as its reason, to be handled in manifest order."""
+    try:
+        return inspect_image(path, resize=resize)
+    except BadImage as err:
+        return err.why
 
-    Returns the manifest and the files skipped (path, reason): with
-    ``on_bad_image="error"`` the first bad file raises instead, so none are.
+
+def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *, on_bad_image: str = "error", workers: int = 1,
+                   resize: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scan ``root`` and describe every image; rows ordered by split, class, file name. ``resize``: the
+    extraction's resize size, so an image extract would refuse is caught here, before extraction.
+
+    Each image is read and decoded once, on ``workers`` processes; the results are taken
+    in manifest order, so the output (and the first bad file reported) does not depend
+    on the worker count. Returns the manifest and the files skipped (path, reason):
+    with ``on_bad_image="error"`` the first bad file raises instead, so none are.
     """
     skipped: list[tuple[str, str]] | None = [] if on_bad_image == "skip" else None
     frame = scan_layout(root, splits, skipped=skipped)
     described, keep = [], []
-    for path in tqdm(frame["path"], desc="hashing images", unit="img"):
-        try:
-            described.append(describe_image(root / path))
-            keep.append(True)
-        except BadImage as err:
-            if skipped is None:
-                raise DatasetError(f"{err} Fix or remove it, or set data.on_bad_image: skip.") from err
-            skipped.append((path, err.why))
-            keep.append(False)
+    # closing: an error, Ctrl-C or the first bad file stops the workers before it is reported
+    inspect = functools.partial(_inspect_or_why, resize=resize)
+    with contextlib.closing(ordered_map(inspect, (root / p for p in frame["path"]), workers)) as results:
+        for path, result in zip(frame["path"], tqdm(results, total=len(frame), desc="reading images", unit="img")):
+            if isinstance(result, str):
+                if skipped is None:
+                    raise DatasetError(f"{root / path} {result}. Fix or remove it, or set data.on_bad_image: skip.")
+                skipped.append((path, result))
+                keep.append(False)
+            else:
+                described.append(result)
+                keep.append(True)
     frame = frame[keep].reset_index(drop=True)
-    frame[["sha256", "width", "height"]] = pd.DataFrame(described, index=frame.index, dtype=object)
+    columns = ["sha256", "width", "height", *HASH_COLUMNS]
+    frame[columns] = pd.DataFrame(described, index=frame.index, columns=columns, dtype=object)
     present = set(zip(frame["split"], frame["label"]))
     for split in splits:
         for label in classes_of(root / split):
@@ -182,14 +227,36 @@ def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *,
         warnings.warn(f"Skipped {len(skipped_frame)} bad file(s) (data.on_bad_image: skip): "
                       f"{skipped_frame['path'].tolist()[:5]}", stacklevel=2)
     log.info("manifest: %s", frame.groupby("split").size().to_dict())
-    return frame[MANIFEST_COLUMNS].astype({"width": int, "height": int}), skipped_frame
+    types = {"width": int, "height": int, "informative": bool}
+    return frame[MANIFEST_COLUMNS + HASH_COLUMNS].astype(types), skipped_frame
 
+
+def manifest_hashes(manifest: pd.DataFrame) -> Hashes:
+    """The perceptual hashes prepare recorded in the manifest (no image is decoded again)."""
+    missing = [c for c in HASH_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise DatasetError(f"The manifest lacks column(s) {missing}: it was written before prepare recorded "
+                           "perceptual hashes; run the prepare stage (dvc repro prepare).")
+
+    def as_uint64(column: str) -> np.ndarray:
+        try:
+            return np.array([int(h, 16) for h in manifest[column]], dtype=np.uint64)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise DatasetError(f"The manifest's {column} column holds a value that is not a 64-bit hex hash "
+                               f"({err}); run the prepare stage (dvc repro prepare).") from err
+
+    if manifest["informative"].dtype != bool:
+        raise DatasetError("The manifest's informative column must hold True or False only; "
+                           "run the prepare stage (dvc repro prepare).")
+    return Hashes(plain=as_uint64("dhash"), mirrored=as_uint64("dhash_mirrored"),
+                  informative=manifest["informative"].to_numpy(dtype=bool))
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
     """Load a manifest written by ``prepare``, checking its columns."""
     frame = read_csv(path, what="Manifest", fix="run the prepare stage (dvc repro prepare).", error=DatasetError,
-                     dtype={"path": str, "split": str, "label": str, "sha256": str}, keep_default_na=False)
+                     dtype={"path": str, "split": str, "label": str, "sha256": str, "dhash": str,
+                            "dhash_mirrored": str}, keep_default_na=False)
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise DatasetError(f"Manifest {path} lacks column(s) {missing}.")

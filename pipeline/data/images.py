@@ -11,6 +11,12 @@
   (``Image.MAX_IMAGE_PIXELS``, 89,478,485 pixels, e.g. 9459x9459). A larger file is a
   bad image, reported before it is decoded (prepare: error or skip, as
   ``data.on_bad_image`` says; predict: a row with the reason).
+- One bound on the resized image too: resizing the shorter side to ``resize_size``
+  may make the longer side huge (1x50000 pixels at 255 would be 255x12,750,000, about
+  9.6 GB), so an image whose resized size exceeds ``RESIZED_PIXELS`` (4096x4096) is
+  refused the same way, by prepare, extract and predict alike.
+- Only regular files are read: a FIFO, socket or device named like an image would
+  block the reader for ever, so it is a bad image like a dangling link.
 
 A file that cannot be decoded raises ``ImageError`` with a reason that is the same
 on every run (no memory addresses), so lists of skipped files are reproducible.
@@ -19,7 +25,9 @@ on every run (no memory addresses), so lists of skipped files are reproducible.
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -63,6 +71,43 @@ def _too_many(pixels: int, shape: str = "") -> str | None:
     return None
 
 
+RESIZED_PIXELS = 4096 * 4096  # bound on an image resized for the backbone: ~50 MB of 8-bit RGB
+
+
+def resized_size(size: tuple[int, int], resize: int) -> tuple[int, int]:
+    """(width, height) after torchvision's ``resize(image, [resize])``: the shorter side becomes ``resize``."""
+    w, h = size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(resize * long / short)
+    return (resize, new_long) if w <= h else (new_long, resize)
+
+
+def resized_too_large(size: tuple[int, int], resize: int) -> str | None:
+    """Why an image of ``size`` is refused for a resize of its shorter side to ``resize``, or None."""
+    w, h = resized_size(size, resize)
+    if w * h > RESIZED_PIXELS:
+        return (f"has an extreme aspect ratio ({size[0]}x{size[1]}): resized to {resize} pixels on its shorter "
+                f"side it would be {w:,}x{h:,}, {w * h:,} pixels, above the limit of {RESIZED_PIXELS:,}; crop it")
+    return None
+
+
+def read_image_bytes(path: Path) -> bytes:
+    """The bytes of an image file; anything but a regular file (a FIFO, a socket, a device) is refused before
+    it is opened, since reading it could block for ever. ``OSError`` for a file that cannot be read."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ImageError(f"is not a regular file ({_kind(path)}); only image files are read")
+    return Path(path).read_bytes()
+
+
+def _kind(path: Path) -> str:
+    mode = os.stat(path).st_mode
+    for test, name in [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]:
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def reason(err: BaseException) -> str:
     """A decoding error as one line that is the same on every run (PIL may print object addresses)."""
     text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(err)).strip() or "unknown error"
@@ -71,6 +116,11 @@ def reason(err: BaseException) -> str:
 
 def load_rgb(source: Path | bytes) -> Image.Image:
     """Decode an image file, or its bytes already read, as upright 8-bit RGB (fully read, file closed)."""
+    if not isinstance(source, bytes):
+        try:
+            source = read_image_bytes(source)  # never opens a FIFO or a device
+        except OSError as err:  # deleted, a dangling link, no read permission
+            raise ImageError(f"cannot be read ({type(err).__name__}: {err.strerror or err})") from err
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by one rule

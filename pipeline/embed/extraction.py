@@ -23,7 +23,7 @@ import torch
 import torchvision
 
 from pipeline.common.io import atomic_path, write_csv, write_json
-from pipeline.common.params import ExtractParams, ModelParams, ViewsParams
+from pipeline.common.params import ExtractParams, ViewsParams
 from pipeline.embed import features
 from pipeline.embed.backbone import Backbone
 from pipeline.embed.embedding import Settings, Stats, embed_items
@@ -95,7 +95,7 @@ def run_local(backbone: Backbone, work: Work, batches: list[tuple[int, int]], mi
 
 
 def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path, backbone: Backbone,
-                     settings: Settings, params: ExtractParams, model_params: ModelParams, views: ViewsParams,
+                     settings: Settings, params: ExtractParams, views: ViewsParams,
                      out: Path, scratch: Path) -> Extraction:
     """Embed every image (and view) of the manifest, resuming from finished shards, and write ``out``."""
     start = time.perf_counter()
@@ -116,14 +116,16 @@ def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path
     log.info("%d items in %d shard(s) of up to %d rows: %d reused from an earlier run, %d to compute",
              len(work), len(ranges), shard_rows, len(done), len(missing))
     stats = Stats()
+    computing = time.perf_counter()
     if params.engine == "ray":
         from pipeline.embed.ray_engine import run_ray
 
         run_ray(work=work, batches=batches, missing=missing, store=store, settings=settings, preprocess=preprocess,
-                model_params=model_params, backbone=backbone, address=params.ray_address, actors=params.ray_actors,
-                stats=stats)
+                backbone=backbone, address=params.ray_address, actors=params.ray_actors,
+                stats=stats, timeout=params.ray_timeout_s)
     else:
         run_local(backbone, work, batches, missing, store, settings, preprocess, stats)
+    seconds = time.perf_counter() - computing
 
     meta = {
         **backbone.info,
@@ -134,13 +136,17 @@ def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path
         "num_workers": settings.num_workers,
         "engine": params.engine,
         "shard_rows": shard_rows,
+        # accuracy against cost: how fast this backbone embedded here (none when every shard was reused)
+        "speed": {"images_per_second": round(stats.rows / seconds, 1) if stats.rows else None,
+                  "rows": stats.rows, "seconds": round(seconds, 3), "device": settings.device.type},
         "versions": {**values["versions"], "python": platform.python_version(), "numpy": np.__version__,
                      "scikit-learn": importlib.metadata.version("scikit-learn")},
     }
-    assert set(meta) == set(features.EXTRACT_META_KEYS), sorted(set(meta) ^ set(features.EXTRACT_META_KEYS))
     with atomic_path(out, is_dir=True) as tmp:
         merge(store, work, ranges, tmp)
         write_csv(tmp / features.INDEX, manifest[features.INDEX_COLUMNS])
+        meta[features.HASHES] = features.array_hashes(tmp)  # the loader refuses replaced or swapped splits
+        assert set(meta) == set(features.EXTRACT_META_KEYS), sorted(set(meta) ^ set(features.EXTRACT_META_KEYS))
         write_json(tmp / features.META, meta)
     store.clear()
     return Extraction(rows=len(work), shards=len(ranges), reused=len(done), seconds=time.perf_counter() - start,

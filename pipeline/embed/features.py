@@ -6,14 +6,17 @@ A features folder holds:
 - ``<split>_views.npy`` (optional, train only): float32 (n_views, n_split, dim),
   embeddings of random augmented views of the same images, in the same order;
 - ``index.csv``: one row per image, columns ``split, path, label`` in the same order;
-- ``meta.json``: backbone, weights, transform, dim, classes, manifest hash, device, versions.
+- ``meta.json``: backbone, weights, transform, dim, classes, manifest hash, device, speed, versions.
+
+``extract`` writes one such folder per backbone, ``features/<backbone>/``.
 
 Anything that writes this format (another backbone, another repo) can feed the
 train and compare stages. A producer other than ``extract`` needs only
 ``{"classes": [...]}`` in ``meta.json`` (every label of ``index.csv`` among them);
 ``pretrained`` (true/false) is copied into every metrics file when present. The
-backbone keys that ``extract`` also writes (``arch``, ``weights``, ``checkpoint``,
-``transform``, ``fingerprint``) are what ``predict`` needs to embed new images.
+backbone keys that ``extract`` also writes (``backbone``, ``source``, ``entry``,
+``transform``, ``fingerprint``) are what ``predict`` needs to embed new images;
+``speed`` records how fast extraction ran (images/s), for the leaderboard.
 """
 
 from __future__ import annotations
@@ -26,18 +29,20 @@ from typing import Any
 import numpy as np
 
 from pipeline.common.errors import PipelineError
-from pipeline.common.io import read_csv, read_json
+from pipeline.common.io import read_csv, read_json, reserve, writing
 
 INDEX = "index.csv"
 META = "meta.json"
 INDEX_COLUMNS = ["split", "path", "label"]
-BACKBONE_KEYS = ("arch", "weights", "checkpoint", "transform", "fingerprint")  # what predict rebuilds from
+BACKBONE_KEYS = ("backbone", "source", "entry", "transform", "fingerprint")  # what predict rebuilds from
 # Everything extract writes to meta.json (the loader needs only "classes"; see the module docstring).
 EXTRACT_META_KEYS = (
-    *BACKBONE_KEYS, "checkpoint_sha256", "init_seed", "pretrained", "feature_dim", "classes", "splits",
+    *BACKBONE_KEYS, "arch", "weights", "checkpoint", "head", "checkpoint_sha256", "init_seed", "pretrained",
+    "feature_dim", "classes", "splits", "speed",
     "manifest_sha256", "device", "dtype", "channels_last", "pad_batches", "precision", "decode", "views", "batch_size",
-    "threads", "num_workers", "engine", "shard_rows", "versions",
+    "threads", "num_workers", "engine", "shard_rows", "versions", "sha256",
 )
+HASHES = "sha256"  # meta.json: {file name: sha256} of each array file, checked by the loader
 
 
 class FeaturesError(PipelineError):
@@ -76,7 +81,45 @@ def allocate(directory: Path, split: str, n: int, dim: int, *, views: int = 0) -
     """A float32 .npy file mapped in memory, (n, dim) or (views, n, dim), filled batch by batch."""
     path, shape = (array_path(directory, split), (n, dim)) if not views else (views_path(directory, split),
                                                                              (views, n, dim))
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    with writing(path):
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        reserve(path)  # a full disk fails here, not as a SIGBUS when the mapping is filled
+    return array
+
+
+def file_sha256(path: Path) -> str:
+    """Read in blocks: a split file may be gigabytes (checked on every load, at disk speed)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def array_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every array file of a features folder, by file name (recorded in meta.json)."""
+    return {p.name: file_sha256(p) for p in sorted(Path(directory).glob("*.npy"))}
+
+
+def check_hashes(directory: Path, meta: dict[str, Any], names: list[str]) -> None:
+    """Refuse array files that are not the ones ``meta.json`` recorded (replaced, or swapped between splits,
+    which the shapes alone may not show). Features from another producer may record none."""
+    if HASHES not in meta:
+        return
+    recorded = meta[HASHES]
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        raise FeaturesError(f"{directory / META} has \"{HASHES}\" {recorded!r}; it must map each array file "
+                            "name to its sha256. Re-run extract.")
+    for name in names:
+        if name not in recorded:
+            raise FeaturesError(f"{directory / name} has no sha256 in {directory / META} (it records "
+                                f"{sorted(recorded)}): the file was added after extraction. Re-run extract.")
+        actual = file_sha256(directory / name)
+        if actual != recorded[name]:
+            swapped = [other for other, digest in recorded.items() if other != name and digest == actual]
+            how = f"it holds what {swapped[0]} held" if swapped else "its content changed"
+            raise FeaturesError(f"{directory / name} is not the file extract wrote ({how}; sha256 differs from "
+                                f"{directory / META}): the split files were replaced or swapped. Re-run extract.")
 
 
 def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = None) -> Features:
@@ -106,6 +149,15 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
     unknown = sorted(set(index["label"]) - set(classes))
     if unknown:
         raise FeaturesError(f"{directory / INDEX} has label(s) {unknown} not among meta.json classes {classes}.")
+    duplicated = sorted({c for c in classes if classes.count(c) > 1})
+    if duplicated:
+        raise FeaturesError(f"{directory / META} lists class(es) {duplicated} more than once in \"classes\".")
+    fitted = index[index["split"] == "train"] if (index["split"] == "train").any() else index
+    unused = [c for c in classes if c not in set(fitted["label"])]
+    if unused:
+        which = "train image" if fitted is not index else "image"
+        raise FeaturesError(f"{directory / META} lists class(es) {unused} that no {which} of {INDEX} has; no "
+                            "classifier can learn them: drop them from \"classes\" or re-run extract.")
     lookup = {c: i for i, c in enumerate(classes)}
     splits = {}
     for split, rows in index.groupby("split", sort=False):
@@ -124,6 +176,9 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
                                     f"(n_views, {X.shape[0]}, {X.shape[1]}) float32.")
         splits[split] = SplitFeatures(X=X, y=rows["label"].map(lookup).to_numpy(np.int64),
                                       paths=rows["path"].tolist(), views=views)
+    check_hashes(directory, meta, [name for split in splits for name in (array_path(directory, split).name,
+                                                                          views_path(directory, split).name)
+                                   if (directory / name).is_file()])  # after the shapes and NaN: a subtler fault
     return Features(splits=splits, classes=classes, meta=meta)
 
 

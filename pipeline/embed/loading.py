@@ -37,7 +37,7 @@ from torchvision.transforms import functional as F
 from torchvision.transforms import v2
 
 from pipeline.common.params import ViewsParams
-from pipeline.data.images import ImageError, load_rgb, too_large
+from pipeline.data.images import ImageError, load_rgb, read_image_bytes, resized_too_large, too_large
 from pipeline.embed.work import PLAIN, Work
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,12 @@ class Preprocess:
                    mean=list(transform.mean), std=list(transform.std), views=views)
 
     def geometry(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        """Resize and centre crop as the weights' transform does: 8-bit (3, crop, crop), or a batch of them."""
+        """Resize and centre crop as the weights' transform does: 8-bit (3, crop, crop), or a batch of them.
+        An image whose resized size would be unbounded (an extreme aspect ratio) is refused, as prepare does."""
+        size = image.size if isinstance(image, Image.Image) else (image.shape[-1], image.shape[-2])
+        refused = resized_too_large(size, self.resize_size[0])
+        if refused:
+            raise ImageError(refused)
         image = F.resize(image, self.resize_size, interpolation=self.interpolation, antialias=self.antialias)
         image = F.center_crop(image, self.crop_size)
         return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
@@ -108,7 +113,7 @@ def _moments(mean: tuple[float, ...], std: tuple[float, ...],
             torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1))
 
 
-def device_decodable(data: bytes) -> bool:
+def device_decodable(data: bytes, resize: int | None = None) -> bool:
     """A JPEG that ``decode_jpeg`` turns into the pixels ``load_rgb`` gives, up to IDCT rounding:
     colour or grayscale (not CMYK), and upright (no EXIF rotation to apply)."""
     if not data.startswith(JPEG_MAGIC):
@@ -118,7 +123,8 @@ def device_decodable(data: bytes) -> bool:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:  # reads the header only
                 return (image.mode in ("RGB", "L") and image.getexif().get(EXIF_ORIENTATION, 1) == 1
-                        and too_large(image.size) is None)  # the cpu path refuses an oversized one
+                        and too_large(image.size) is None  # the cpu path refuses an oversized one
+                        and (resize is None or resized_too_large(image.size, resize) is None))
     except Exception:  # noqa: BLE001 - any header PIL cannot parse
         return False  # let the cpu path raise its own clear error
 
@@ -170,8 +176,8 @@ class WorkImages(Dataset):
             torch.manual_seed(int(seed.generate_state(1)[0]))
             return item, view, self.view_geometry(load_rgb(path))
         if self.decode_on_device:
-            data = path.read_bytes()
-            if device_decodable(data):
+            data = read_image_bytes(path)
+            if device_decodable(data, self.preprocess.resize_size[0]):
                 return item, view, data
             return item, view, self.preprocess.geometry(load_rgb(data))
         return item, view, self.preprocess.geometry(load_rgb(path))

@@ -20,14 +20,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
+import threading
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.common.errors import PipelineError
-from pipeline.common.params import ExtractParams, ModelParams
-from pipeline.embed.backbone import Backbone, build_backbone
+from pipeline.common.params import ExtractParams
+from pipeline.embed.backbone import Backbone, rebuild_backbone
 from pipeline.embed.embedding import Settings, Stats, embed_items
 from pipeline.embed.loading import Preprocess
 from pipeline.embed.work import ShardStore, Work, batches_within
@@ -46,19 +48,15 @@ def _ray():
     return ray
 
 
-def _connect(address: str | None) -> None:
+def _connect(address: str | None, timeout: float) -> None:
     ray = _ray()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        log.info("connecting to the Ray cluster at %s", address)
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise PipelineError(f"Could not connect to the Ray cluster at {address!r} (extract.ray_address or "
-                                f"RAY_ADDRESS): {str(err).strip().splitlines()[0] if str(err).strip() else err!r}; "
-                                "start it (ray start --head) or unset both for a local one.") from err
+        log.info("connecting to the Ray cluster at %s (waiting at most %g s)", address, timeout)
+        _probe(address, timeout)
+        _init_within(ray, address, timeout)
     else:
         log.info("starting a local Ray cluster (%d logical CPUs)", LOCAL_CPUS)
         ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, log_to_driver=False,
@@ -66,9 +64,54 @@ def _connect(address: str | None) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
+def _unreachable(address: str, why: str) -> PipelineError:
+    return PipelineError(f"No Ray cluster answers at {address!r} (extract.ray_address or RAY_ADDRESS): {why}. "
+                         "Start one there (ray start --head, then use the address it prints), or unset both "
+                         "for a local one; extract.ray_timeout_s sets how long to wait.")
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail in at most ``timeout`` seconds when nothing listens at ``host:port`` (Ray itself retries for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # "auto", or a form Ray parses itself
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        why = f"nothing answered within {timeout:g} s" if isinstance(err, TimeoutError) else (
+            f"{type(err).__name__}: {err.strerror or err}")
+        raise _unreachable(address, why) from err
+
+
+def _init_within(ray, address: str, timeout: float) -> None:
+    """``ray.init`` on a thread that may be left behind: a port that accepts but is no Ray cluster would
+    otherwise keep the stage waiting for Ray's retries (minutes)."""
+    failure: list[BaseException] = []
+
+    def init() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            failure.append(err)
+
+    thread = threading.Thread(target=init, name="ray-init", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise _unreachable(address, f"it accepted a connection but did not answer as a Ray cluster within "
+                                    f"{timeout:g} s")
+    if failure:
+        err = failure[0]
+        if isinstance(err, (ConnectionError, RuntimeError, ValueError)):
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise _unreachable(address, detail) from err
+        raise err
+
+
 def cluster_device(params: ExtractParams) -> torch.device:
     """The device the actors will run on: CUDA when the cluster has GPUs and the params allow it."""
-    _connect(params.ray_address)
+    _connect(params.ray_address, params.ray_timeout_s)
     gpus = _ray().cluster_resources().get("GPU", 0)
     if params.device == "cuda" and not gpus:
         raise PipelineError("extract.device: cuda, but the Ray cluster has no GPU; set extract.device: auto or cpu.")
@@ -82,19 +125,14 @@ def cluster_device(params: ExtractParams) -> torch.device:
 class ShardEmbedder:
     """A Ray actor: one backbone, whole shards embedded per call."""
 
-    def __init__(self, *, model_params: ModelParams, transform: dict[str, Any], fingerprint: str, work: Work,
+    def __init__(self, *, info: dict[str, Any], work: Work,
                  batches: list[tuple[int, int]], settings: Settings, preprocess: Preprocess) -> None:
         if settings.threads:
             torch.set_num_threads(settings.threads)  # as the driver: the CPU's rounding depends on it
         self.work, self.batches, self.settings, self.preprocess = work, batches, settings, preprocess
         self.failure = ""  # a failed set-up is reported with the first shard: a dying actor would hide the reason
         try:
-            self.backbone = build_backbone(model_params, crop_size=transform["crop_size"][0],
-                                           resize_size=transform["resize_size"][0])
-            if self.backbone.info["fingerprint"] != fingerprint:
-                raise PipelineError("A Ray worker built another backbone than the driver (fingerprints differ): "
-                                    "the weights file differs between nodes; make model.checkpoint or TORCH_HOME "
-                                    "the same on every node.")
+            self.backbone = rebuild_backbone(info, where="on a Ray worker")
         except PipelineError as err:
             self.failure = f"on a Ray worker: {err}"
 
@@ -122,13 +160,13 @@ class ShardEmbedder:
 
 def run_ray(*, work: Work, batches: list[tuple[int, int]], missing: list[tuple[int, int]], store: ShardStore,
             settings: Settings,
-            preprocess: Preprocess, model_params: ModelParams, backbone: Backbone, address: str | None,
-            actors: int | str, stats: Stats) -> None:
+            preprocess: Preprocess, backbone: Backbone, address: str | None,
+            actors: int | str, stats: Stats, timeout: float) -> None:
     """Compute the ``missing`` shards on the cluster; the driver writes each one as it arrives."""
     if not missing:
         return
     ray = _ray()
-    _connect(address)
+    _connect(address, timeout)
     gpus = int(ray.cluster_resources().get("GPU", 0)) if settings.device.type == "cuda" else 0
     count = (gpus or 1) if actors == "auto" else int(actors)
     count = min(count, len(missing))
@@ -143,8 +181,7 @@ def run_ray(*, work: Work, batches: list[tuple[int, int]], missing: list[tuple[i
     embedded = shards.map_batches(
         ShardEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=count), num_gpus=1 if gpus else 0,
         num_cpus=share if gpus else 0.5,
-        fn_constructor_kwargs={"model_params": model_params, "transform": backbone.info["transform"],
-                               "fingerprint": backbone.info["fingerprint"], "work": work, "batches": batches,
+        fn_constructor_kwargs={"info": backbone.info, "work": work, "batches": batches,
                                "settings": actor_settings,
                                "preprocess": preprocess})
     log.info("ray: %d shard(s) on %d actor(s) (%s)", len(missing), count, "GPU" if gpus else "CPU")

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.common.errors import PipelineError
-from pipeline.common.io import atomic_path
+from pipeline.common.io import atomic_path, reserve
 from pipeline.embed import features
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ class ShardStore:
         """A float32 (rows, dim) array mapped onto the shard's file, which appears only once it is filled."""
         with atomic_path(self.path(start, stop)) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(stop - start, self.dim))
+            reserve(tmp)  # a full disk fails here, not as a SIGBUS when the mapping is filled
             yield out
             out.flush()
             del out

@@ -1,22 +1,33 @@
-"""Rank classifiers by grouped-CV accuracy and say which test differences the data support.
+"""Rank every backbone x classifier pair by grouped-CV accuracy and say which differences the data support.
 
-Test accuracy is shown beside the CV figure with its interval; every classifier
-is paired with the linear head (and the best with the runner-up) by an exact
-McNemar test on the same test images.
+Two kinds of paired evidence, both on shared material:
+
+- **CV**: every pair was scored on the same grouped folds (the ``folds`` stage), so
+  per-fold accuracy differences are paired. The Nadeau–Bengio corrected t-test
+  compares the best pair with each other pair, and the best classifier of each
+  backbone with the best of each other backbone; Holm's correction holds the
+  family-wise error at ``ALPHA`` within each of those two families.
+- **test**: an exact McNemar test on the same test images, each classifier against
+  its own backbone's linear head, and the best pair against the runner-up.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.common.errors import PipelineError
-from pipeline.evaluate.statistics import mcnemar_exact
+from pipeline.evaluate.statistics import corrected_paired_ttest, holm, mcnemar_exact
 
 ALPHA = 0.05
-REFERENCE = "head"  # every classifier is paired with the transfer-learning recipe
+REFERENCE = "head"  # every classifier is paired with its backbone's transfer-learning recipe
+
+
+def pair_name(backbone: str, classifier: str) -> str:
+    return f"{backbone}/{classifier}"
 
 
 def _correct(predictions: pd.DataFrame) -> pd.Series:
@@ -24,8 +35,8 @@ def _correct(predictions: pd.DataFrame) -> pd.Series:
     return test["true"] == test["predicted"]
 
 
-def paired_tests(predictions: dict[str, pd.DataFrame], ranking: list[str]) -> dict[str, dict[str, Any]]:
-    """McNemar p-values of each classifier against the head, and of the best against the runner-up."""
+def mcnemar_tests(predictions: dict[str, pd.DataFrame], ranking: list[str]) -> dict[str, dict[str, Any]]:
+    """McNemar p-values of each pair against its backbone's head, and of the best against the runner-up."""
     correct = {name: _correct(frame) for name, frame in predictions.items()}
     images = sorted(set.intersection(*(set(c.index) for c in correct.values())))
     if any(len(c) != len(images) for c in correct.values()):
@@ -33,71 +44,175 @@ def paired_tests(predictions: dict[str, pd.DataFrame], ranking: list[str]) -> di
                             "so that all are scored on the same test split.")
     correct = {name: c.loc[images].to_numpy() for name, c in correct.items()}
     out: dict[str, dict[str, Any]] = {name: {} for name in ranking}
-    if REFERENCE in correct:
-        for name in ranking:
-            if name != REFERENCE:
-                out[name]["mcnemar_p_vs_head"] = mcnemar_exact(correct[name], correct[REFERENCE])["p_value"]
+    for name in ranking:
+        backbone, classifier = name.split("/")
+        head = pair_name(backbone, REFERENCE)
+        if classifier != REFERENCE and head in correct:
+            out[name]["mcnemar_p_vs_head"] = mcnemar_exact(correct[name], correct[head])["p_value"]
     if len(ranking) >= 2:
         best, runner_up = ranking[:2]
         out[best]["mcnemar_p_vs_runner_up"] = mcnemar_exact(correct[best], correct[runner_up])["p_value"]
     return out
 
 
-def leaderboard(metrics: dict[str, dict[str, Any]], predictions: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
-    """One row per classifier, best grouped-CV accuracy first, with paired-test p-values."""
+def fold_scores(folds: dict[str, pd.DataFrame], shared: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-fold grouped-CV accuracy of each pair, checked to come from the ``shared`` folds (same sizes, same order)."""
+    sizes = [len(test) for _, test in shared]
+    out = {}
+    for name, frame in folds.items():
+        grouped = frame[frame["protocol"] == "grouped"].sort_values("fold")
+        if grouped["n_test"].astype(int).tolist() != sizes:
+            raise PipelineError(f"{name} was scored on other CV folds than artifacts/data/folds.csv (fold sizes "
+                                "differ); re-run its train stage (dvc repro) so that every pair is paired.")
+        out[name] = grouped["accuracy"].to_numpy(float)
+    return out
+
+
+def cv_tests(scores: dict[str, np.ndarray], ranking: list[str], *, test_fraction: float) -> dict[str, Any]:
+    """Corrected paired t-tests on the shared folds, Holm-adjusted within each family of comparisons."""
+    best = ranking[0]
+    vs_best = [name for name in ranking[1:]]
+    raw = [corrected_paired_ttest(scores[best], scores[name], test_fraction=test_fraction) for name in vs_best]
+    adjusted = holm([r["p_value"] for r in raw]) if raw else []
+    pairs = {name: {"vs": best, "mean_difference": -r["mean_difference"], "p": r["p_value"], "p_holm": float(a)}
+             for name, r, a in zip(vs_best, raw, adjusted)}
+    best_of: dict[str, str] = {}
+    for name in ranking:  # ranked: the first pair met of a backbone is its best
+        best_of.setdefault(name.split("/")[0], name)
+    duels = list(itertools.combinations(best_of.values(), 2))
+    raw = [corrected_paired_ttest(scores[a], scores[b], test_fraction=test_fraction) for a, b in duels]
+    adjusted = holm([r["p_value"] for r in raw]) if raw else []
+    backbones = [{"a": a, "b": b, "mean_difference": r["mean_difference"], "p": r["p_value"], "p_holm": float(h)}
+                 for (a, b), r, h in zip(duels, raw, adjusted)]
+    return {"best": best, "pairs": pairs, "best_per_backbone": best_of, "backbones": backbones}
+
+
+def leaderboard(metrics: dict[str, dict[str, Any]], predictions: dict[str, pd.DataFrame],
+                folds: dict[str, pd.DataFrame], shared: list[tuple[np.ndarray, np.ndarray]],
+                backbones: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, dict]:
+    """One row per pair (``<backbone>/<classifier>`` keys), best grouped-CV accuracy first, with the paired tests.
+
+    ``folds`` are each pair's per-fold CV scores, ``shared`` the (train, test) folds they all used;
+    ``backbones`` maps each backbone to what its extraction recorded (``feature_dim``, ``speed``).
+    """
     ranking = sorted(metrics, key=lambda n: -metrics[n]["cv"]["accuracy_mean"])
-    paired = paired_tests(predictions, ranking)
+    mcnemar = mcnemar_tests(predictions, ranking)
+    scores = fold_scores(folds, shared)
+    n = len(shared[0][0]) + len(shared[0][1])
+    test_fraction = float(np.mean([len(test) for _, test in shared])) / n
+    tests = cv_tests(scores, ranking, test_fraction=test_fraction)
     rows = []
     for rank, name in enumerate(ranking, start=1):
         m = metrics[name]
+        backbone, classifier = name.split("/")
         cv, leaky, test = m["cv"], m["cv_leaky"], m["test"]
+        vs_best = tests["pairs"].get(name, {})
+        meta = backbones.get(backbone, {})
         rows.append({
-            "rank": rank, "classifier": name,
+            "rank": rank, "backbone": backbone, "classifier": classifier,
             "cv_accuracy": cv["accuracy_mean"], "cv_accuracy_std": cv["accuracy_std"],
             "cv_accuracy_ci95_low": cv["accuracy_ci95"]["low"], "cv_accuracy_ci95_high": cv["accuracy_ci95"]["high"],
+            "cv_p_vs_best": vs_best.get("p", np.nan), "cv_p_vs_best_holm": vs_best.get("p_holm", np.nan),
             "cv_leaky_accuracy": leaky["accuracy_mean"],
             "test_n": test["n"], "test_accuracy": test["accuracy"],
             "test_accuracy_ci95_low": test["accuracy_ci95"]["low"],
             "test_accuracy_ci95_high": test["accuracy_ci95"]["high"],
             "test_balanced_accuracy": test["balanced_accuracy"], "test_macro_f1": test["macro_f1"],
             "test_log_loss": test["log_loss"], "test_ece": test["ece"],
-            "mcnemar_p_vs_head": paired[name].get("mcnemar_p_vs_head", np.nan),
-            "mcnemar_p_vs_runner_up": paired[name].get("mcnemar_p_vs_runner_up", np.nan),
+            "mcnemar_p_vs_head": mcnemar[name].get("mcnemar_p_vs_head", np.nan),
+            "mcnemar_p_vs_runner_up": mcnemar[name].get("mcnemar_p_vs_runner_up", np.nan),
+            "feature_dim": meta.get("feature_dim"),
+            "extract_images_per_second": (meta.get("speed") or {}).get("images_per_second"),
             "fit_seconds": m.get("fit_seconds"), "pretrained": m.get("pretrained"),
         })
-    return pd.DataFrame(rows), {name: {"test": paired[name]} for name in ranking}
+    paired = {name: {"test": mcnemar[name], "cv": tests["pairs"].get(name, {})} for name in ranking}
+    return pd.DataFrame(rows), {"pairs": paired, "backbones": tests["backbones"], "test_fraction": test_fraction,
+                                "best_per_backbone": tests["best_per_backbone"]}
 
 
 def _p(value: float) -> str:
-    if np.isnan(value):
+    if value is None or np.isnan(value):
         return "–"
     mark = "" if value < ALPHA else " (n.s.)"
     return f"{value:.3f}{mark}"
 
 
-def render_markdown(table: pd.DataFrame) -> str:
-    lines = ["# Classifier comparison", ""]
+def _speed(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:,.0f}"
+
+
+def grid(table: pd.DataFrame) -> pd.DataFrame:
+    """Grouped-CV accuracy as a backbone x classifier table (rows in order of each backbone's best pair)."""
+    frame = table.pivot(index="backbone", columns="classifier", values="cv_accuracy")
+    order = list(dict.fromkeys(table["backbone"]))
+    columns = list(dict.fromkeys(table.sort_values("classifier")["classifier"]))
+    return frame.loc[order, columns]
+
+
+def in_words(table: pd.DataFrame, tests: dict[str, Any]) -> list[str]:
+    """Which differences the data support, in plain sentences (Holm-adjusted p < ALPHA)."""
+    best = f"{table['backbone'].iloc[0]}/{table['classifier'].iloc[0]}"
+    worse = [f"{r.backbone}/{r.classifier}" for r in table.itertuples() if r.cv_p_vs_best_holm < ALPHA]
+    level = [f"{r.backbone}/{r.classifier}" for r in table.iloc[1:].itertuples() if not r.cv_p_vs_best_holm < ALPHA]
+    lines = [f"- Best pair by grouped CV: **{best}**."]
+    if len(table) > 1:
+        lines.append(f"- The data show it better than {', '.join(worse)} (Holm-adjusted p < {ALPHA})." if worse else
+                     f"- The data do not show it better than any other pair (every Holm-adjusted p ≥ {ALPHA}).")
+        if worse and level:
+            lines.append(f"- Within noise of it: {', '.join(level)}.")
+    duels = tests["backbones"]
+    if duels:
+        supported = [d for d in duels if d["p_holm"] < ALPHA]
+        for d in supported:
+            winner, loser = (d["a"], d["b"]) if d["mean_difference"] > 0 else (d["b"], d["a"])
+            lines.append(f"- Backbones: {winner.split('/')[0]} beats {loser.split('/')[0]} (best classifier of "
+                         f"each, {abs(d['mean_difference']):.3f} accuracy, Holm p = {d['p_holm']:.3f}).")
+        if not supported:
+            lines.append(f"- Backbones: no difference between them is supported by the data (best classifier of "
+                         f"each, every Holm-adjusted p ≥ {ALPHA}).")
+    return lines
+
+
+def render_markdown(table: pd.DataFrame, tests: dict[str, Any]) -> str:
+    lines = ["# Backbone and classifier comparison", ""]
     if not table["pretrained"].fillna(False).astype(bool).all():
         lines += ["> **RANDOM OR UNVERIFIED BACKBONE WEIGHTS (pretrained: false).** These numbers test the "
-                  "machinery only; they say nothing about the classifiers.", ""]
+                  "machinery only; they say nothing about the backbones or the classifiers.", ""]
     lines += [
-        "Ranked by accuracy under cross-validation grouped by original picture (mean ± std over folds, "
-        "95% interval with the Nadeau–Bengio correction). *Leaky CV* is plain k-fold on the same data, "
-        "where copies of one picture land on both sides: shown only to make the inflation visible. "
-        "Test accuracy has a Wilson 95% interval; p-values are exact McNemar tests on the same test "
-        f"images; *(n.s.)* marks p ≥ {ALPHA}: the data do not support a difference.", "",
-        "| # | classifier | grouped CV acc. | 95% CI | leaky CV acc. | test acc. [95% CI] | test bal. acc. "
-        "| test macro-F1 | log loss | ECE | p vs head | p vs runner-up |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Every backbone/classifier pair, ranked by accuracy under cross-validation grouped by original picture "
+        "(mean ± std over folds, 95% interval with the Nadeau–Bengio correction). All pairs are scored on the "
+        "same folds, so *p vs best* is a corrected paired t-test on their per-fold differences, Holm-adjusted "
+        "over the pairs shown. *Leaky CV* is plain k-fold on the same data, where copies of one picture land on "
+        "both sides: shown only to make the inflation visible. Test accuracy has a Wilson 95% interval; test "
+        "p-values are exact McNemar tests on the same test images (against the same backbone's head, and the "
+        f"best against the runner-up); *(n.s.)* marks p ≥ {ALPHA}: the data do not support a difference.", "",
+        *in_words(table, tests), "",
+        "| # | backbone | classifier | grouped CV acc. | 95% CI | p vs best (Holm) | leaky CV acc. "
+        "| test acc. [95% CI] | test bal. acc. | test macro-F1 | log loss | ECE | p vs head | p vs runner-up "
+        "| dim | extract img/s |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table.itertuples():
         lines.append(
-            f"| {r.rank} | {r.classifier} | {r.cv_accuracy:.3f} ± {r.cv_accuracy_std:.3f} | "
-            f"[{r.cv_accuracy_ci95_low:.3f}, {r.cv_accuracy_ci95_high:.3f}] | {r.cv_leaky_accuracy:.3f} | "
+            f"| {r.rank} | {r.backbone} | {r.classifier} | {r.cv_accuracy:.3f} ± {r.cv_accuracy_std:.3f} | "
+            f"[{r.cv_accuracy_ci95_low:.3f}, {r.cv_accuracy_ci95_high:.3f}] | {_p(r.cv_p_vs_best_holm)} | "
+            f"{r.cv_leaky_accuracy:.3f} | "
             f"{r.test_accuracy:.3f} [{r.test_accuracy_ci95_low:.3f}, {r.test_accuracy_ci95_high:.3f}] | "
             f"{r.test_balanced_accuracy:.3f} | {r.test_macro_f1:.3f} | {r.test_log_loss:.3f} | {r.test_ece:.3f} | "
-            f"{_p(r.mcnemar_p_vs_head)} | {_p(r.mcnemar_p_vs_runner_up)} |"
+            f"{_p(r.mcnemar_p_vs_head)} | {_p(r.mcnemar_p_vs_runner_up)} | {r.feature_dim or '–'} | "
+            f"{_speed(r.extract_images_per_second)} |"
         )
+    cells = grid(table)
+    lines += ["", "## Grouped-CV accuracy, backbone × classifier", "",
+              "| backbone | " + " | ".join(cells.columns) + " |", "|---|" + "---:|" * len(cells.columns)]
+    for backbone, row in cells.iterrows():
+        lines.append(f"| {backbone} | " + " | ".join("–" if np.isnan(v) else f"{v:.3f}" for v in row) + " |")
+    duels = tests["backbones"]
+    if duels:
+        lines += ["", "## Backbones compared (the best classifier of each, on the shared folds)", "",
+                  "| A | B | mean accuracy difference (A − B) | p | p (Holm) |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {d['a']} | {d['b']} | {d['mean_difference']:+.3f} | {d['p']:.3f} | {_p(d['p_holm'])} |"
+                  for d in duels]
     lines += ["", f"{int(table['test_n'].iloc[0])} test images: one image moves test accuracy by "
               f"{1 / table['test_n'].iloc[0]:.1%}."]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
 """The evaluation protocol every classifier follows, the linear head included.
 
 1. Grouped, repeated, stratified k-fold on train (no picture on both sides of a
-   fold); any hyperparameter selection happens inside each training fold (nested).
+   fold; the assignment is the ``folds`` stage's, shared by every stage); any
+   hyperparameter selection happens inside each training fold (nested).
 2. The same procedure with plain k-fold, labelled leaky, to show what leakage does.
 3. The final model, fitted on all of train, scored on valid and test with intervals.
 """
@@ -23,7 +24,6 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 from pipeline.common.params import CVParams, EvaluationParams
 from pipeline.data.dataset import HELD_OUT
 from pipeline.embed.features import Features
-from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
 from pipeline.evaluate.statistics import corrected_cv_interval, held_out_metrics, macro_f1
 
 log = logging.getLogger(__name__)
@@ -107,21 +107,20 @@ def probability_columns(proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
 
 
 def evaluate_classifier(*, model: Any, fit_fold: FitFold, fit_fixed: FitFold, features: Features,
-                        groups: np.ndarray, cv: CVParams, evaluation: EvaluationParams,
-                        views: np.ndarray | None = None) -> Evaluation:
+                        groups: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], cv: CVParams,
+                        evaluation: EvaluationParams, views: np.ndarray | None = None) -> Evaluation:
     """Run the whole protocol for one classifier; ``model`` is the final fit on train.
 
     ``fit_fold`` repeats the whole fitting procedure, hyperparameter selection
     included, on a training fold; ``fit_fixed`` fits the hyperparameters already
     chosen and serves only the leaky figure, which is there to show inflation.
-    ``views`` (n_views, n_train, dim), when given, join every training fold.
+    ``folds`` are the grouped (train, test) splits shared by every stage (the ``folds``
+    stage's file); ``views`` (n_views, n_train, dim), when given, join every training fold.
     """
     train = features["train"]
     X, y = train.X, train.y
-    grouped_splits = RepeatedStratifiedGroupKFold(n_splits=cv.folds, n_repeats=cv.repeats,
-                                                  random_state=cv.seed).split(X, y, groups)
     leaky_splits = RepeatedStratifiedKFold(n_splits=cv.folds, n_repeats=cv.repeats, random_state=cv.seed).split(X, y)
-    grouped = cv_scores(fit_fold, X, y, groups, grouped_splits, views=views, n_jobs=cv.n_jobs)
+    grouped = cv_scores(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs)
     # every image its own group: inner selection (if any) is as leaky as the outer split
     leaky = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs)
     metrics: dict[str, Any] = {

@@ -168,3 +168,34 @@ def held_out_metrics(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray, 
         "ece": expected_calibration_error(y_true, proba, n_bins=ece_bins),
     }
     return out
+
+
+def corrected_paired_ttest(scores_a: np.ndarray, scores_b: np.ndarray, *, test_fraction: float) -> dict[str, float]:
+    """Nadeau & Bengio's corrected resampled t-test on per-fold scores of two models on the *same* folds.
+
+    The differences d_j of J folds are correlated (the training sets overlap), so the
+    variance of their mean is (1/J + n_test/n_train) * s^2, not s^2/J; t has J - 1
+    degrees of freedom. Two-sided. Identical scores on every fold give p = 1.
+    """
+    diff = np.asarray(scores_a, float) - np.asarray(scores_b, float)
+    if diff.ndim != 1 or len(diff) < 2:
+        raise ValueError(f"need the same two or more folds for both models, got {np.shape(scores_a)} and "
+                         f"{np.shape(scores_b)}")
+    j, mean, var = len(diff), float(diff.mean()), float(diff.var(ddof=1))
+    ratio = test_fraction / (1 - test_fraction)
+    if var == 0:
+        return {"mean_difference": mean, "t": 0.0 if mean == 0 else float(np.sign(mean) * np.inf),
+                "p_value": 1.0 if mean == 0 else 0.0, "df": j - 1}
+    t = mean / np.sqrt((1 / j + ratio) * var)
+    return {"mean_difference": mean, "t": float(t), "p_value": float(2 * stats.t.sf(abs(t), df=j - 1)), "df": j - 1}
+
+
+def holm(p_values: list[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment: family-wise error held at alpha across all the comparisons shown."""
+    p = np.asarray(p_values, float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted

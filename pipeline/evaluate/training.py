@@ -63,13 +63,16 @@ def training_data(features: Features, groups: np.ndarray, *, views: np.ndarray |
                         n_images=len(rows), copies=1 if views is None else len(views) + 1)
 
 
-def train_classifier(name: str, params: Any, *, features: Features, groups: np.ndarray, cv: CVParams,
-                     evaluation: EvaluationParams, use_views: bool) -> Trained:
-    """Select, fit and evaluate classifier ``name`` (its params already validated by the registry)."""
+def train_classifier(name: str, params: Any, *, features: Features, groups: np.ndarray,
+                     folds: list[tuple[np.ndarray, np.ndarray]], cv: CVParams, evaluation: EvaluationParams,
+                     use_views: bool) -> Trained:
+    """Select, fit and evaluate classifier ``name`` (its params already validated by the registry) on the shared
+    grouped ``folds``."""
     spec = get_classifier(name)
     train = features["train"]
     check_classes(features)
-    check_cv_fits(train.y, groups, folds=cv.folds, repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed)
+    check_cv_fits(train.y, groups, folds=cv.folds, repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed,
+                  splits=folds)
     views = train.views if use_views else None
     data = training_data(features, groups, views=views)
     start = time.perf_counter()
@@ -77,5 +80,5 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
     fit_seconds = time.perf_counter() - start
     log.info("%s: selected %s in %.1f s", name, selection.selected, fit_seconds)
     result = evaluate_classifier(model=selection.model, fit_fold=selection.fit_fold, fit_fixed=selection.fit_fixed,
-                                 features=features, groups=groups, cv=cv, evaluation=evaluation, views=views)
+                                 features=features, groups=groups, folds=folds, cv=cv, evaluation=evaluation, views=views)
     return Trained(name=name, selection=selection, evaluation=result, fit_seconds=fit_seconds)

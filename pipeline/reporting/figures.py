@@ -126,3 +126,24 @@ def thumbnail_jpeg(image, *, size: int = 160) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
+
+
+def grid_figure(table: pd.DataFrame) -> plt.Figure:
+    """Grouped-CV accuracy of every backbone x classifier pair as a heatmap, each cell with its 95% interval."""
+    backbones = list(dict.fromkeys(table["backbone"]))
+    classifiers = sorted(dict.fromkeys(table["classifier"]))
+    values = np.full((len(backbones), len(classifiers)), np.nan)
+    fig, ax = plt.subplots(figsize=(1.9 * len(classifiers) + 2.5, 0.9 * len(backbones) + 1.4))
+    for r in table.itertuples():
+        i, j = backbones.index(r.backbone), classifiers.index(r.classifier)
+        values[i, j] = r.cv_accuracy
+        ax.text(j, i, f"{r.cv_accuracy:.3f}\n[{r.cv_accuracy_ci95_low:.2f}, {r.cv_accuracy_ci95_high:.2f}]",
+                ha="center", va="center", fontsize=8)
+    image = ax.imshow(values, cmap="YlGn", vmin=np.nanmin(values) - 0.05, vmax=np.nanmax(values) + 0.02)
+    ax.set(xticks=range(len(classifiers)), yticks=range(len(backbones)), xlabel="classifier",
+           title="grouped-CV accuracy [95% interval]")
+    ax.set_xticklabels(classifiers)
+    ax.set_yticklabels(backbones)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig

@@ -1,6 +1,7 @@
-"""The report page: leaderboard, test confusion matrices, per-class precision and recall, a 2-D map
-of the embeddings, the misclassified test images of the best classifier, the learning curves by
-original pictures and the linear head's training curves. Images are embedded, so the file opens anywhere.
+"""The report page: leaderboard, the backbone x classifier grid, test confusion matrices, per-class
+precision and recall, the misclassified test images of the best pair, the learning curves by original
+pictures, and a section per backbone (a 2-D map of its embeddings, its linear head's training curve).
+Images are embedded, so the file opens anywhere.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.common.checks import ReuseError, finite_columns, known_labels, require_columns
 from pipeline.data.images import ImageError, load_rgb
 from pipeline.embed import features as features_io
 from pipeline.reporting.figures import (
     confusion_figure,
     embedding_map_figure,
+    grid_figure,
     history_figure,
     img_tag,
     learning_curve_figure,
@@ -31,12 +34,37 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 figure{margin:0;width:170px;font-size:12px}"""
 
 LEADERBOARD_COLUMNS = {
-    "rank": "#", "classifier": "classifier", "cv_accuracy": "grouped CV acc.", "cv_accuracy_std": "± std",
+    "rank": "#", "backbone": "backbone", "classifier": "classifier", "cv_accuracy": "grouped CV acc.", "cv_accuracy_std": "± std",
     "cv_accuracy_ci95_low": "CV 95% low", "cv_accuracy_ci95_high": "CV 95% high",
+    "cv_p_vs_best_holm": "CV p vs best (Holm)",
     "cv_leaky_accuracy": "leaky CV acc.", "test_accuracy": "test acc.", "test_accuracy_ci95_low": "test 95% low",
     "test_accuracy_ci95_high": "test 95% high", "test_macro_f1": "test macro-F1",
     "mcnemar_p_vs_head": "p vs head", "mcnemar_p_vs_runner_up": "p vs runner-up",
+    "feature_dim": "dim", "extract_images_per_second": "extract img/s",
 }
+P_VALUES = ("mcnemar_p_vs_head", "mcnemar_p_vs_runner_up", "cv_p_vs_best_holm")
+OPTIONAL = ("feature_dim", "extract_images_per_second")  # absent for features written by another producer
+
+
+def check_leaderboard(table: pd.DataFrame, path: Path, *, fix: str) -> None:
+    """The columns the page shows, scores finite (the p-values may be empty: no pair to test)."""
+    require_columns(table, path, [*LEADERBOARD_COLUMNS, "pretrained"], fix=fix)
+    if table.empty:
+        raise ReuseError(f"{path} has no classifier rows; {fix}")
+    finite_columns(table, path, [c for c in LEADERBOARD_COLUMNS if c not in ("backbone", "classifier", *P_VALUES,
+                                                                             *OPTIONAL)], fix=fix)
+
+
+def check_predictions(frame: pd.DataFrame, path: Path, classes: list[str], *, fix: str) -> None:
+    """Image, split, true and predicted class among the features' classes, a probability per class."""
+    require_columns(frame, path, ["image", "split", "true", "predicted", *(f"p_{c}" for c in classes)], fix=fix)
+    known_labels(frame, path, ["true", "predicted"], classes, fix=fix)
+
+
+def check_history(history: pd.DataFrame, path: Path, *, fix: str) -> None:
+    """A training curve: epochs and the training loss, finite (the valid loss may be absent)."""
+    require_columns(history, path, ["epoch", "train_loss"], fix=fix)
+    finite_columns(history, path, ["epoch", "train_loss"], fix=fix)
 
 
 def misclassified_gallery(predictions: pd.DataFrame, image_root: Path) -> str:
@@ -56,24 +84,40 @@ def misclassified_gallery(predictions: pd.DataFrame, image_root: Path) -> str:
     return f'<div class="gallery">{"".join(cards)}</div>'
 
 
-def about_table(*, meta: dict, source: dict, code_version: str) -> str:
-    """What the report is a report of: data, backbone and weights, extraction, code."""
-    transform = meta.get("transform", {})
-    weights = html.escape(f"{meta.get('weights')}" + (f", checkpoint {meta['checkpoint']}" if meta.get("checkpoint")
-                                                        else ""))
-    pretrained = "<b>pretrained: false</b>" if not meta.get("pretrained") else "pretrained: true"
-    views = meta.get("views", {}).get("count", 0)
+def about_table(*, metas: dict[str, dict], source: dict, code_version: str,
+                counts: dict[str, int] | None = None) -> str:
+    """What the report is a report of: data, each backbone with its weights and extraction, code. Features
+    written by another producer (no backbone keys in meta.json) are said to be so, with only what they record."""
+    first = next(iter(metas.values()))
+    counts = first.get("splits") or counts or {}
+    views = (first.get("views") or {}).get("count", 0) if isinstance(first.get("views"), dict) else 0
     rows = {
         "Dataset": f"{html.escape(str(source.get('handle')))} "
                    f"(images read from {html.escape(str(source.get('root')))})",
-        "Images": ", ".join(f"{html.escape(split)} {n}" for split, n in meta.get("splits", {}).items())
+        "Images": ", ".join(f"{html.escape(str(split))} {n}" for split, n in counts.items())
                   + (f"; {views} augmented view(s) of each train image" if views else ""),
-        "Backbone": f"{html.escape(str(meta.get('arch', 'unknown')))}, weights {weights}; {pretrained}",
-        "Extraction": html.escape(f"crop {transform.get('crop_size')}, resize {transform.get('resize_size')}, "
-                                  f"{meta.get('precision')} on {meta.get('device')}, decode {meta.get('decode')}, "
-                                  f"batch {meta.get('batch_size')}, engine {meta.get('engine', 'local')}"),
-        "Code": html.escape(code_version),
     }
+    for name, meta in metas.items():
+        pretrained = {True: "pretrained: true", False: "<b>pretrained: false</b>"}.get(meta.get("pretrained"),
+                                                                                        "pretrained: not recorded")
+        if not all(key in meta for key in features_io.BACKBONE_KEYS):
+            recorded = sorted(k for k in meta if k != "classes")
+            rows[f"Features {html.escape(name)}"] = (
+                f"written outside the extract stage (by another producer); {pretrained}; meta.json records "
+                f"{html.escape(', '.join(recorded)) if recorded else 'only the classes'}")
+            continue
+        transform = meta.get("transform") or {}
+        weights = html.escape(f"{meta.get('weights')}" + (f", checkpoint {meta['checkpoint']}"
+                                                          if meta.get("checkpoint") else ""))
+        speed = (meta.get("speed") or {}).get("images_per_second")
+        rows[f"Backbone {html.escape(name)}"] = (
+            f"{html.escape(str(meta.get('source', '')))} {html.escape(str(meta.get('arch', 'unknown')))}, weights "
+            f"{weights}; {pretrained}; dim {meta.get('feature_dim')}; "
+            + html.escape(f"crop {transform.get('crop_size')}, resize {transform.get('resize_size')}, "
+                          f"{meta.get('precision')} on {meta.get('device')}, decode {meta.get('decode')}, "
+                          f"batch {meta.get('batch_size')}, engine {meta.get('engine', 'local')}")
+            + (f"; {speed:,.0f} images/s" if speed else ""))
+    rows["Code"] = html.escape(code_version)
     cells = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows.items())
     return f"<table class='about' id='about'>{cells}</table>"
 
@@ -88,40 +132,55 @@ def learning_curve_section(curves: dict[str, pd.DataFrame], readings: dict[str, 
             + img_tag(png(learning_curve_figure(curves)), alt="learning curve by pictures") + f"<ul>{items}</ul>")
 
 
-def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFrame], feats: features_io.Features,
-                 history: pd.DataFrame, image_root: Path, source: dict, code_version: str,
-                 learning_curves: dict[str, pd.DataFrame] | None = None,
-                 learning_readings: dict[str, str] | None = None) -> str:
-    """The report page as HTML text."""
+def backbone_section(name: str, feats: features_io.Features, history: pd.DataFrame | None) -> list[str]:
+    """A map of one backbone's embeddings and its linear head's training curve."""
     classes = feats.classes
-    best = str(leaderboard.sort_values("rank")["classifier"].iloc[0])
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Classifier report</title>"
-             f"<style>{STYLE}</style></head><body><h1>Frozen-embedding classifiers: report</h1>",
-             about_table(meta=feats.meta, source=source, code_version=code_version)]
-    if not leaderboard["pretrained"].fillna(False).astype(bool).all():
-        parts.append("<p class='warn'><b>Random or unverified backbone weights (pretrained: false).</b> "
-                     "These results test the machinery only.</p>")
-    table = leaderboard[list(LEADERBOARD_COLUMNS)].rename(columns=LEADERBOARD_COLUMNS)
-    parts += ["<h2 id='leaderboard'>Leaderboard</h2>",
-              "<p>Ranked by accuracy under cross-validation grouped by original picture; test accuracy with a "
-              "Wilson 95% interval; exact McNemar p-values on the same test images.</p>",
-              table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
-    parts += ["<h2 id='confusion'>Test confusion matrices</h2>",
-              img_tag(png(confusion_figure(predictions, classes)), alt="confusion matrices")]
-    per_class = per_class_table(predictions, classes).pivot(index="class", columns="classifier",
-                                                            values=["precision", "recall"])
-    parts += ["<h2 id='per-class'>Per-class precision and recall (test)</h2>",
-              per_class.to_html(float_format=lambda v: f"{v:.2f}")]
     splits = list(feats.splits)
     X = np.concatenate([feats[s].X for s in splits])
     labels = [classes[i] for s in splits for i in feats[s].y]
     split_names = [s for s in splits for _ in feats[s].paths]
-    parts += ["<h2 id='embeddings'>Embedding map</h2>",
-              img_tag(png(embedding_map_figure(X, labels, split_names)), alt="embedding map")]
+    parts = [f"<h2 id='backbone-{html.escape(name)}'>Backbone {html.escape(name)}</h2>",
+             "<h3>Embedding map</h3>", img_tag(png(embedding_map_figure(X, labels, split_names)), alt="embedding map")]
+    if history is not None:
+        parts += ["<h3>Linear head training</h3>", img_tag(png(history_figure(history)), alt="training")]
+    return parts
+
+
+def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFrame],
+                 feats: dict[str, features_io.Features], histories: dict[str, pd.DataFrame], image_root: Path,
+                 source: dict, code_version: str, learning_curves: dict[str, pd.DataFrame] | None = None,
+                 learning_readings: dict[str, str] | None = None) -> str:
+    """The report page as HTML text; ``predictions``, ``learning_curves`` and ``learning_readings`` keyed by
+    ``<backbone>/<classifier>``, ``feats`` and ``histories`` by backbone."""
+    classes = next(iter(feats.values())).classes
+    top = leaderboard.sort_values("rank").iloc[0]
+    best = f"{top['backbone']}/{top['classifier']}"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Backbone and classifier report</title>"
+             f"<style>{STYLE}</style></head><body><h1>Frozen-embedding backbones and classifiers: report</h1>",
+             about_table(metas={name: f.meta for name, f in feats.items()}, source=source, code_version=code_version,
+                         counts={split: len(f.paths) for split, f in next(iter(feats.values())).splits.items()})]
+    if not leaderboard["pretrained"].fillna(False).astype(bool).all():
+        parts.append("<p class='warn'><b>Random or unverified backbone weights (pretrained: false).</b> "
+                     "These results test the machinery only.</p>")
+    columns = [c for c in LEADERBOARD_COLUMNS if c in leaderboard.columns]
+    table = leaderboard[columns].rename(columns=LEADERBOARD_COLUMNS)
+    parts += ["<h2 id='leaderboard'>Leaderboard</h2>",
+              "<p>Every backbone/classifier pair, ranked by accuracy under cross-validation grouped by original "
+              "picture, all on the same folds: <i>CV p vs best</i> is a corrected paired t-test, Holm-adjusted. "
+              "Test accuracy with a Wilson 95% interval; exact McNemar p-values on the same test images.</p>",
+              table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")]
+    parts += ["<h2 id='grid'>Backbone × classifier</h2>", img_tag(png(grid_figure(leaderboard)), alt="grid")]
+    parts += ["<h2 id='confusion'>Test confusion matrices</h2>",
+              img_tag(png(confusion_figure(predictions, classes, per_row=4)), alt="confusion matrices")]
+    per_class = per_class_table(predictions, classes).pivot(index="class", columns="classifier",
+                                                            values=["precision", "recall"])
+    parts += ["<h2 id='per-class'>Per-class precision and recall (test)</h2>",
+              per_class.to_html(float_format=lambda v: f"{v:.2f}")]
     parts += [f"<h2 id='misclassified'>Misclassified test images ({html.escape(best)}, best by grouped CV)</h2>",
               misclassified_gallery(predictions[best], image_root)]
     if learning_curves:
         parts.append(learning_curve_section(learning_curves, learning_readings or {}))
-    parts += ["<h2 id='training'>Linear head training</h2>", img_tag(png(history_figure(history)), alt="training")]
+    for name, f in feats.items():
+        parts += backbone_section(name, f, histories.get(name))
     parts.append("</body></html>")
     return "\n".join(parts)

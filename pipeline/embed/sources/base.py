@@ -1,0 +1,129 @@
+"""What every backbone source builds, and the helpers they share (hashes, checkpoints, preprocessing)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms._presets import ImageClassification
+
+from pipeline.common.errors import PipelineError
+
+INTERPOLATIONS = {mode.value: mode for mode in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR,
+                                                InterpolationMode.BICUBIC)}
+
+
+class BackboneError(PipelineError):
+    """A backbone cannot be built as configured (unknown name, missing weights, bad file, missing extra)."""
+
+
+@dataclasses.dataclass
+class Backbone:
+    """A frozen network that maps a normalised image batch to embeddings, with its preprocessing."""
+
+    model: nn.Module  # eval mode, frozen: (n, 3, h, w) -> (n, feature_dim)
+    transform: ImageClassification  # preprocessing: PIL image -> normalised tensor (resize, centre crop)
+    info: dict[str, Any]  # what was built, for features/meta.json
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Embeddings of a preprocessed batch, shape (n, feature_dim)."""
+        return self.model(images)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_fingerprint(module: nn.Module) -> str:
+    """Hash of all parameters and buffers: proves two stages use the very same backbone."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def existing_file(path: str, key: str, example: str) -> Path:
+    """``path`` as a Path, refused with a line naming ``key`` when it is missing, not a file, or empty."""
+    file = Path(path)
+    if not file.exists():
+        raise BackboneError(f"{key}={path!r} does not exist; point it at {example}.")
+    if not file.is_file():
+        kind = "a folder" if file.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise BackboneError(f"{key}={path!r} exists but is {kind}; point it at {example}.")
+    if file.stat().st_size == 0:
+        raise BackboneError(f"{key}={path!r} is an empty file; copy it again.")
+    return file
+
+
+def load_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
+    """A checkpoint file's state dict (a bare one, or under ``state_dict``), refused with one line if it is not."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors alike
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        raise BackboneError(f"{key}={str(path)!r} is not a PyTorch state dict file ({type(err).__name__}: "
+                            f"{detail}); point it at a .pth file saved with torch.save.") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"{key}={str(path)!r} holds a {type(state).__name__}, not a state dict of tensors.")
+    return state
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    damaged = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if damaged:
+        raise BackboneError(f"{source} holds NaN or infinite values in {len(damaged)} tensor(s), e.g. "
+                            f"{damaged[0]}: the file is damaged; copy it again.")
+
+
+def preset(*, crop_size: int, resize_size: int, mean: list[float], std: list[float],
+           interpolation: InterpolationMode) -> ImageClassification:
+    """The eval preprocessing every source is expressed in: resize the shorter side, centre crop, normalise.
+
+    torchvision's own preset, so the device decode path and the view augmentations read one set of
+    attributes whatever the source.
+    """
+    return ImageClassification(crop_size=crop_size, resize_size=resize_size, mean=tuple(mean), std=tuple(std),
+                               interpolation=interpolation)
+
+
+def with_sizes(transform: ImageClassification, crop_size: int | None, resize_size: int | None) -> ImageClassification:
+    """``transform`` with ``extract.crop_size``/``resize_size`` applied where set."""
+    if crop_size is None and resize_size is None:
+        return transform
+    return preset(crop_size=crop_size or transform.crop_size[0], resize_size=resize_size or transform.resize_size[0],
+                  mean=list(transform.mean), std=list(transform.std), interpolation=transform.interpolation)
+
+
+def transform_info(transform: ImageClassification, **extra: Any) -> dict[str, Any]:
+    return {**extra, "crop_size": list(transform.crop_size), "resize_size": list(transform.resize_size),
+            "mean": list(transform.mean), "std": list(transform.std),
+            "interpolation": transform.interpolation.value}
+
+
+def check_embedding_shape(model: nn.Module, crop_size: int, key: str) -> int:
+    """Run two blank images through ``model``; it must return (2, d) floats. Returns d."""
+    try:
+        with torch.inference_mode():
+            out = model(torch.zeros(2, 3, crop_size, crop_size))
+    except Exception as err:  # whatever the user's program raises
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BackboneError(f"{key}: the model fails on a (2, 3, {crop_size}, {crop_size}) batch ({type(err).__name__}: "
+                            f"{detail[:300]}); it must take a normalised image batch of any size n (export it with "
+                            "a dynamic batch dimension) at the entry's crop_size.") from err
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2 or not out.is_floating_point():
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BackboneError(f"{key}: the model returns {shape} for a batch of 2 images; it must return (n, d) "
+                            "float embeddings, one row per image (pool and flatten inside the model).")
+    return int(out.shape[1])
