@@ -384,7 +384,7 @@ CASES = [
     ("report blocked by a folder", "report", None, lambda r: folder_in_place_of(r / "artifacts/report.html"),
      "Cannot write artifacts/report.html"),
     ("scratch folder is a file", "extract", None,
-     lambda r: (edit_params(r, extract__batch_size=8), (r / ".extract-shards").write_text("x")),
+     lambda r: (edit_params(r, extract__batch_size=8), file_in_place_of(r / ".extract-shards")),
      "(.extract-shards is a file)"),
     # reuse files: swapped or replaced splits, classes, groups, finite metrics
     ("valid and test features swapped", "train", "logreg", lambda r: swap_splits(r),
@@ -428,7 +428,7 @@ CASES = [
      "comparison.csv lacks column(s) ['classifier']"),
     ("leaderboard value NaN", "report", None,
      lambda r: edit_csv(r / "artifacts/comparison.csv", lambda d: d.assign(test_accuracy="nan")),
-     "comparison.csv has test_accuracy=nan in row 1"),
+     "comparison.csv has test_accuracy='nan' in row 1"),
     ("leaderboard value text", "report", None,
      lambda r: edit_csv(r / "artifacts/comparison.csv", lambda d: d.assign(cv_accuracy="high")),
      "comparison.csv has cv_accuracy='high' in row 1"),

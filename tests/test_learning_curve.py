@@ -14,6 +14,7 @@ from pipeline.evaluate.learning_curve import (
     learning_curve_scores,
     reading,
 )
+from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
 from pipeline.evaluate.training import train_classifier
 
 CV = CVParams(folds=4, repeats=1, inner_folds=2, seed=0, n_jobs=1)
@@ -92,8 +93,10 @@ def test_a_fraction_too_small_for_the_folds_names_the_learning_curve_key():
 def test_the_full_point_is_the_train_stage_grouped_cv_figure_and_closes_the_curve():
     feats, groups = copies_dataset(n_pictures=40, copies=3, signal=3.0)
     params = parse_classifier_params("knn", {"n_neighbors": [1, 3]})
-    trained = train_classifier("knn", params, features=feats, groups=groups,
-                               cv=CVParams(folds=3, repeats=2, inner_folds=2, seed=0, n_jobs=1),
+    cv = CVParams(folds=3, repeats=2, inner_folds=2, seed=0, n_jobs=1)
+    y = feats["train"].y
+    folds = list(RepeatedStratifiedGroupKFold(n_splits=3, n_repeats=2, random_state=0).split(y, y, groups))
+    trained = train_classifier("knn", params, features=feats, groups=groups, folds=folds, cv=cv,
                                evaluation=EvaluationParams(n_bootstrap=100, ece_bins=10, seed=0), use_views=False)
     metrics = trained.evaluation.metrics
     full = full_point("knn", metrics, n_images=len(groups))

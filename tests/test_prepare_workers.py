@@ -105,7 +105,8 @@ def test_num_workers_below_one_is_refused_naming_the_key(dataset, tmp_path, capf
 
 
 def test_ctrl_c_stops_every_worker_with_one_line_and_writes_nothing(dataset, tmp_path):
-    """A FIFO named like an image is a read that hangs in a worker, so the interrupt lands mid-run."""
+    """Hundreds of large JPEGs keep both workers busy for seconds, so the interrupt lands mid-run (a FIFO would
+    not: prepare refuses special files without reading them)."""
     import os
     import signal
     import subprocess
@@ -115,7 +116,16 @@ def test_ctrl_c_stops_every_worker_with_one_line_and_writes_nothing(dataset, tmp
 
     from tests.conftest import stage_process
 
-    os.mkfifo(dataset / "Master Folder" / "test" / "Sad" / "stalled.jpg")
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    folder = dataset / "Master Folder" / "train" / "Sad"
+    big = np.random.default_rng(0).integers(0, 256, size=(1500, 2000, 3), dtype=np.uint8)
+    Image.fromarray(big).save(folder / "big-000.jpg", quality=90)
+    for i in range(1, 400):
+        shutil.copy(folder / "big-000.jpg", folder / f"big-{i:03d}.jpg")
     params = write_params(tmp_path / "params.yaml", {"data.root": str(dataset), "data.num_workers": 2})
     proc = subprocess.Popen(stage_process("prepare", params), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -127,7 +137,7 @@ def test_ctrl_c_stops_every_worker_with_one_line_and_writes_nothing(dataset, tmp
         while len(workers) < 2 and time.monotonic() < deadline:
             workers = psutil.Process(proc.pid).children()
             time.sleep(0.1)
-        time.sleep(2)  # the other images are done; one worker waits on the FIFO
+        time.sleep(1)  # both workers are decoding
         assert proc.poll() is None and len(workers) == 2
         os.killpg(proc.pid, signal.SIGINT)  # as from a terminal: the stage and its workers alike
         _, err = proc.communicate(timeout=60)

@@ -8,6 +8,7 @@ from pipeline.data.grouping import GroupsError, read_groups
 from pipeline.embed.features import Features, SplitFeatures
 from pipeline.evaluate.classifiers import _GRIDS, select_and_fit
 from pipeline.evaluate.protocol import evaluate_classifier, with_views
+from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
 
 CV = CVParams(folds=4, repeats=2, inner_folds=3, seed=0, n_jobs=1)
 EVAL = EvaluationParams(n_bootstrap=200, ece_bins=10, seed=0)
@@ -28,6 +29,13 @@ def copies_dataset(n_pictures=60, copies=5, dim=32, seed=0):
     return Features(splits={"train": train, "valid": held, "test": held}, classes=list("ABCD"), meta={}), groups
 
 
+def shared_folds(feats, groups, cv):
+    """The grouped folds the folds stage would write for these params."""
+    y = feats["train"].y
+    return list(RepeatedStratifiedGroupKFold(n_splits=cv.folds, n_repeats=cv.repeats, random_state=cv.seed).split(
+        y, y, groups))
+
+
 def knn(ks, X, y, groups, *, inner_folds):
     """The registry's kNN pipeline with k chosen among ``ks`` by grouped CV."""
     return select_and_fit(_GRIDS["knn"].build(), {"clf__n_neighbors": ks}, X, y, groups, inner_folds=inner_folds,
@@ -42,7 +50,7 @@ def test_grouped_cv_sees_chance_where_leaky_cv_sees_memorisation():
         return clone(model).fit(X, y)
 
     result = evaluate_classifier(model=model, fit_fold=fit, fit_fixed=fit, features=feats, groups=groups,
-                                 cv=CV, evaluation=EVAL)
+                                 folds=shared_folds(feats, groups, CV), cv=CV, evaluation=EVAL)
     m = result.metrics
     assert m["cv_leaky"]["accuracy_mean"] > 0.95
     assert m["cv"]["accuracy_mean"] < 0.45
@@ -63,7 +71,8 @@ def test_nested_selection_receives_only_training_fold_groups():
         return knn([1, 3], X, y, g, inner_folds=2)
 
     evaluate_classifier(model=fit(feats["train"].X, feats["train"].y, groups), fit_fold=fit,
-                        fit_fixed=fit, features=feats, groups=groups, cv=CV, evaluation=EVAL)
+                        fit_fixed=fit, features=feats, groups=groups, folds=shared_folds(feats, groups, CV), cv=CV,
+                        evaluation=EVAL)
     assert all(len(s) < 24 for s in seen[1:9])  # each grouped fold withholds whole pictures
 
 
@@ -88,9 +97,9 @@ def test_views_join_only_their_own_pictures_training_folds():
 
     X, y, g = with_views(feats["train"].X, feats["train"].y, groups, views)
     assert X.shape == (4 * n, 32) and (y[:n] == y[n:2 * n]).all() and (g[:n] == g[3 * n:]).all()
+    cv = CVParams(folds=3, repeats=1, inner_folds=2, seed=0, n_jobs=1)
     result = evaluate_classifier(model=fit(X, y, g), fit_fold=fit, fit_fixed=fit, features=feats, groups=groups,
-                                 cv=CVParams(folds=3, repeats=1, inner_folds=2, seed=0, n_jobs=1),
-                                 evaluation=EVAL, views=views)
+                                 folds=shared_folds(feats, groups, cv), cv=cv, evaluation=EVAL, views=views)
     assert result.metrics["cv"]["train_views"] == 3
     for X_fold, g_fold in received[1:4]:  # the grouped folds
         rows = len(X_fold) // 4
