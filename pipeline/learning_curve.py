@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import output_set, read_json
-from pipeline.common.params import DEFAULT_PARAMS, ParamsError, classifiers_section, load_section
+from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
 from pipeline.data.grouping import read_groups
 from pipeline.embed import features as features_io
 from pipeline.evaluate.classifiers import parse_classifier_params
@@ -38,10 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", type=Path, required=True, help="the reading and the cost (JSON)")
     args = parser.parse_args(argv)
 
-    section = classifiers_section(args.params)
-    if args.classifier not in section:
-        raise ParamsError(f"{args.params} has no classifiers.{args.classifier} entry; it has {sorted(section)}.")
-    params = parse_classifier_params(args.classifier, section[args.classifier])
+    params = parse_classifier_params(args.classifier, entry_of(classifiers_section(args.params), args.classifier,
+                                                               section_name=CLASSIFIERS_SECTION, path=args.params))
     curve, cv = load_section("learning_curve", args.params), load_section("cv", args.params)
     use_views = load_section("views", args.params).use
     feats = features_io.load(args.features, manifest=args.manifest)

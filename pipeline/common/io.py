@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -212,6 +213,15 @@ def write_json(path: Path | str, data: Any) -> None:
 def write_csv(path: Path | str, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a file read in blocks: weights and feature arrays may be gigabytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_json(path: Path | str, *, what: str, fix: str, error: type[PipelineError] = PipelineError) -> Any:
     """Parse a JSON file another stage wrote; a missing or damaged one is a one-line ``error``."""
     path = Path(path)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.common.errors import PipelineError
-from pipeline.common.io import read_csv, read_json, reserve, writing
+from pipeline.common.io import file_sha256, read_csv, read_json, reserve, writing
 
 INDEX = "index.csv"
 META = "meta.json"
@@ -85,15 +85,6 @@ def allocate(directory: Path, split: str, n: int, dim: int, *, views: int = 0) -
         array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
         reserve(path)  # a full disk fails here, not as a SIGBUS when the mapping is filled
     return array
-
-
-def file_sha256(path: Path) -> str:
-    """Read in blocks: a split file may be gigabytes (checked on every load, at disk speed)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def array_hashes(directory: Path) -> dict[str, str]:

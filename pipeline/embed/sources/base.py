@@ -35,14 +35,6 @@ class Backbone:
         return self.model(images)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def state_dict_fingerprint(module: nn.Module) -> str:
     """Hash of all parameters and buffers: proves two stages use the very same backbone."""
     digest = hashlib.sha256()

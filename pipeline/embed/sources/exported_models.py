@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from pipeline.common.io import file_sha256
 from pipeline.common.params import in_range
 from pipeline.embed.sources.base import (
     INTERPOLATIONS,
@@ -22,7 +23,6 @@ from pipeline.embed.sources.base import (
     BackboneError,
     check_embedding_shape,
     existing_file,
-    file_sha256,
     preset,
     transform_info,
     with_sizes,

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
+from pipeline.common.io import file_sha256
 from pipeline.common.params import check_seed
 from pipeline.embed.sources.base import (
     INTERPOLATIONS,
@@ -29,7 +30,6 @@ from pipeline.embed.sources.base import (
     BackboneError,
     check_embedding_shape,
     existing_file,
-    file_sha256,
     preset,
     state_dict_fingerprint,
     transform_info,

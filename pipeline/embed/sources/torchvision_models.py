@@ -22,13 +22,13 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from pipeline.common.io import file_sha256
 from pipeline.common.params import check_seed
 from pipeline.embed.sources.base import (
     Backbone,
     BackboneError,
     check_finite,
     existing_file,
-    file_sha256,
     load_state_dict,
     state_dict_fingerprint,
     transform_info,
