@@ -71,7 +71,7 @@ def fold_scores(folds: dict[str, pd.DataFrame], shared: list[tuple[np.ndarray, n
 def cv_tests(scores: dict[str, np.ndarray], ranking: list[str], *, test_fraction: float) -> dict[str, Any]:
     """Corrected paired t-tests on the shared folds, Holm-adjusted within each family of comparisons."""
     best = ranking[0]
-    vs_best = [name for name in ranking[1:]]
+    vs_best = ranking[1:]
     raw = [corrected_paired_ttest(scores[best], scores[name], test_fraction=test_fraction) for name in vs_best]
     adjusted = holm([r["p_value"] for r in raw]) if raw else []
     pairs = {name: {"vs": best, "mean_difference": -r["mean_difference"], "p": r["p_value"], "p_holm": float(a)}
