@@ -35,7 +35,8 @@ import numpy as np
 import yaml
 from PIL import Image, ImageOps
 
-PROJECT = Path(__file__).resolve().parents[1]
+from stage_run import PROJECT, run_stage
+
 CLASSES = ("Angry", "Other", "Sad", "happy")
 
 
@@ -116,23 +117,6 @@ def make_images(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> dic
         Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(target, quality=90)
         originals.append(target)
     return planted
-
-
-def run_stage(work: Path, module: str, args: list[str]) -> tuple[float, float, str]:
-    """Run ``python -m module`` in ``work``; wall seconds, the largest process's peak RSS (MiB), stdout."""
-    code = ("import resource, runpy, sys\n"
-            f"try:\n    runpy.run_module({module!r}, run_name='__main__')\n"
-            "finally:\n    self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-            "    print(f'peak_rss_kib={max(self, kids)}', file=sys.stderr)")
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), "PYTHONWARNINGS": "ignore"}
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=work, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{module} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    rss = int(done.stderr.rsplit("peak_rss_kib=", 1)[1].split()[0]) / 1024
-    return wall, rss, done.stdout
 
 
 def stages(n: int, size: tuple[int, int], worker_counts: list[int], extract: bool) -> None:

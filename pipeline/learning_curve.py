@@ -21,6 +21,7 @@ from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifi
 from pipeline.data.grouping import read_groups
 from pipeline.embed import features as features_io
 from pipeline.evaluate.classifiers import parse_classifier_params
+from pipeline.evaluate.engine import engine_of
 from pipeline.evaluate.learning_curve import curve_points, full_point, learning_curve_scores, reading
 
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                section_name=CLASSIFIERS_SECTION, path=args.params))
     curve, cv = load_section("learning_curve", args.params), load_section("cv", args.params)
     use_views = load_section("views", args.params).use
-    feats = features_io.load(args.features, manifest=args.manifest)
+    engine = engine_of(cv, load_section("extract", args.params))
+    feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
     groups = read_groups(args.groups, feats["train"].paths)
     fix = f"re-run its train stage (dvc repro train@{args.backbone}-{args.classifier})."
     metrics = read_json(args.metrics, what="Metrics file", fix=fix)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     scores = (learning_curve_scores(args.classifier, params, features=feats, groups=groups, cv=cv,
-                                    use_views=use_views, curve=curve) if curve.enabled else None)
+                                    use_views=use_views, curve=curve, engine=engine) if curve.enabled else None)
     seconds = time.perf_counter() - start
     full = full_point(args.classifier, metrics, n_images=len(feats["train"].y))
     points = curve_points(args.classifier, scores, full)

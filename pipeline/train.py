@@ -16,7 +16,9 @@ from pipeline.common.cli import run, stage_parser
 from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
 from pipeline.data.grouping import read_groups
 from pipeline.embed import features as features_io
+from pipeline.embed.embedding import resolve_device
 from pipeline.evaluate.classifiers import parse_classifier_params
+from pipeline.evaluate.engine import engine_of
 from pipeline.evaluate.results import ResultPaths, write_results
 from pipeline.evaluate.splits import read_folds
 from pipeline.evaluate.training import train_classifier
@@ -45,12 +47,17 @@ def main(argv: list[str] | None = None) -> int:
                                                                section_name=CLASSIFIERS_SECTION, path=args.params))
     cv, evaluation = load_section("cv", args.params), load_section("evaluation", args.params)
     use_views = load_section("views", args.params).use
-    feats = features_io.load(args.features, manifest=args.manifest)
+    extract = load_section("extract", args.params)
+    engine = engine_of(cv, extract)
+    # the head trains where extraction runs (extract.device); the scikit-learn classifiers on the CPU
+    device = str(resolve_device(extract.device)) if args.classifier == "head" else "cpu"
+    # memory-mapped: parallel fold fits read the file, none gets a copy of it
+    feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
     groups = read_groups(args.groups, feats["train"].paths)
     folds = read_folds(args.cv_folds, feats["train"].paths)
 
     trained = train_classifier(args.classifier, params, features=feats, groups=groups, folds=folds, cv=cv,
-                               evaluation=evaluation, use_views=use_views)
+                               evaluation=evaluation, use_views=use_views, engine=engine, device=device)
     write_results(trained, backbone=args.backbone, classes=feats.classes, features_meta=feats.meta,
                   paths=ResultPaths(model=args.model, metrics=args.metrics, predictions=args.predictions,
                                     confusion=args.confusion, folds=args.folds, selection=args.selection))

@@ -59,7 +59,7 @@ def test_svm_probabilities_are_calibrated_on_grouped_folds():
 
     X, y = clusters(30, seed=0)
     groups = np.arange(len(y)) // 3
-    chosen, _ = select_and_fit(_GRIDS["svm"].build(), {"clf__C": [1.0]}, X, y, groups, inner_folds=3, seed=0)
+    chosen, _ = select_and_fit(_GRIDS["svm"].pipeline(), {"clf__C": [1.0]}, X, y, groups, inner_folds=3, seed=0)
     model = calibrate_grouped(chosen, X, y, groups, inner_folds=3, seed=0)
     for train, test in model.cv:
         assert not set(groups[train]) & set(groups[test])
@@ -73,7 +73,10 @@ def test_svm_probabilities_are_calibrated_on_grouped_folds():
     ("name", "grid", "message"),
     [
         ("forest", {"n": [1]}, r"Unknown classifier 'forest' .*choose one of \['head', 'knn', 'logreg', 'svm'\]"),
-        ("svm", {"gamma": [1]}, r"Unknown key\(s\) \['classifiers.svm.gamma'\]; allowed: \['C'\]"),
+        ("svm", {"gamma": [1]}, r"Unknown key\(s\) \['classifiers.svm.gamma'\]; allowed: \['C', 'exact_max_rows', "
+                                r"'n_components'\]"),
+        ("svm", {"C": [1.0], "n_components": 0}, r"classifiers.svm.n_components=0 is invalid: it must be an integer"),
+        ("knn", {"n_neighbors": [3], "exact_max_rows": "many"}, r"classifiers.knn.exact_max_rows='many' is invalid"),
         ("svm", {"C": [-1.0]}, r"classifiers.svm.C=\[-1.0\] is invalid: values must be positive numbers"),
         ("knn", {"n_neighbors": [0]}, r"classifiers.knn.n_neighbors=\[0\] is invalid: values must be integers >= 1"),
         ("knn", {"weights": ["near"]}, r"classifiers.knn.weights=\['near'\] is invalid"),

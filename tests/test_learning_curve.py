@@ -41,7 +41,7 @@ def test_row_sliced_learning_curve_sits_above_the_picture_sliced_one_when_copies
     X, y = feats["train"].X, feats["train"].y
     fractions = [0.25, 0.5, 0.75]
     params = parse_classifier_params("knn", {"n_neighbors": [1]})
-    sizes, _, test_scores = learning_curve(_GRIDS["knn"].build().set_params(clf__n_neighbors=1), X, y,
+    sizes, _, test_scores = learning_curve(_GRIDS["knn"].pipeline().set_params(clf__n_neighbors=1), X, y,
                                            train_sizes=fractions, cv=StratifiedKFold(4, shuffle=True, random_state=0),
                                            shuffle=True, random_state=0)
     rows = learning_curve_scores("knn", params, features=feats, groups=groups, cv=CV, use_views=False,

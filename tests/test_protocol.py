@@ -38,7 +38,7 @@ def shared_folds(feats, groups, cv):
 
 def knn(ks, X, y, groups, *, inner_folds):
     """The registry's kNN pipeline with k chosen among ``ks`` by grouped CV."""
-    return select_and_fit(_GRIDS["knn"].build(), {"clf__n_neighbors": ks}, X, y, groups, inner_folds=inner_folds,
+    return select_and_fit(_GRIDS["knn"].pipeline(), {"clf__n_neighbors": ks}, X, y, groups, inner_folds=inner_folds,
                           seed=0)[0]
 
 

@@ -111,6 +111,7 @@ class CVParams:
     inner_folds: int
     seed: int
     n_jobs: int
+    engine: Literal["local", "ray"] = "local"
 
     def check(self, name: str) -> None:
         if self.n_jobs == 0 or self.n_jobs < -1:

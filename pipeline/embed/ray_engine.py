@@ -7,10 +7,8 @@ engines give the same embeddings. Ray Data's ``map_batches`` hands the shards to
 idle actors and restarts an actor that died, retrying its shard; the driver writes each
 finished shard as it arrives, so a crash loses only the shards in flight.
 
-The cluster is ``RAY_ADDRESS`` (or ``extract.ray_address``); without either a
-local one is started, with more logical CPUs than cores declared so that Ray
-Data's own read and write tasks still find room beside the actors on a small
-machine (on 2 cores, actors holding every CPU stall the pipeline). Image files
+The cluster is ``RAY_ADDRESS`` (or ``extract.ray_address``), or a local one
+(``pipeline.common.ray_cluster``, shared with ``cv.engine: ray``). Image files
 must be readable at the same path on every node (a shared filesystem); only the
 driver writes, to ``--scratch`` and ``features/``.
 """
@@ -19,9 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import socket
-import threading
 from typing import Any
 
 import numpy as np
@@ -29,6 +24,7 @@ import torch
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import ExtractParams
+from pipeline.common.ray_cluster import connect, ray_module
 from pipeline.embed.backbone import Backbone, rebuild_backbone
 from pipeline.embed.embedding import Settings, Stats, embed_items
 from pipeline.embed.loading import Preprocess
@@ -36,83 +32,10 @@ from pipeline.embed.work import ShardStore, Work, batches_within
 
 log = logging.getLogger(__name__)
 
-LOCAL_CPUS = 8  # logical CPUs declared to a local cluster (see the module docstring)
-
-
-def _ray():
-    try:
-        import ray
-    except ImportError as err:
-        raise PipelineError("extract.engine: ray needs Ray, an optional extra: pip install -e '.[ray]' "
-                            "(or set extract.engine: local).") from err
-    return ray
-
-
-def _connect(address: str | None, timeout: float) -> None:
-    ray = _ray()
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        log.info("connecting to the Ray cluster at %s (waiting at most %g s)", address, timeout)
-        _probe(address, timeout)
-        _init_within(ray, address, timeout)
-    else:
-        log.info("starting a local Ray cluster (%d logical CPUs)", LOCAL_CPUS)
-        ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-
-
-def _unreachable(address: str, why: str) -> PipelineError:
-    return PipelineError(f"No Ray cluster answers at {address!r} (extract.ray_address or RAY_ADDRESS): {why}. "
-                         "Start one there (ray start --head, then use the address it prints), or unset both "
-                         "for a local one; extract.ray_timeout_s sets how long to wait.")
-
-
-def _probe(address: str, timeout: float) -> None:
-    """Fail in at most ``timeout`` seconds when nothing listens at ``host:port`` (Ray itself retries for minutes)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():  # "auto", or a form Ray parses itself
-        return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as err:
-        why = f"nothing answered within {timeout:g} s" if isinstance(err, TimeoutError) else (
-            f"{type(err).__name__}: {err.strerror or err}")
-        raise _unreachable(address, why) from err
-
-
-def _init_within(ray, address: str, timeout: float) -> None:
-    """``ray.init`` on a thread that may be left behind: a port that accepts but is no Ray cluster would
-    otherwise keep the stage waiting for Ray's retries (minutes)."""
-    failure: list[BaseException] = []
-
-    def init() -> None:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
-            failure.append(err)
-
-    thread = threading.Thread(target=init, name="ray-init", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise _unreachable(address, f"it accepted a connection but did not answer as a Ray cluster within "
-                                    f"{timeout:g} s")
-    if failure:
-        err = failure[0]
-        if isinstance(err, (ConnectionError, RuntimeError, ValueError)):
-            detail = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise _unreachable(address, detail) from err
-        raise err
-
-
 def cluster_device(params: ExtractParams) -> torch.device:
     """The device the actors will run on: CUDA when the cluster has GPUs and the params allow it."""
-    _connect(params.ray_address, params.ray_timeout_s)
-    gpus = _ray().cluster_resources().get("GPU", 0)
+    connect(params.ray_address, params.ray_timeout_s, engine_key="extract.engine")
+    gpus = ray_module("extract.engine").cluster_resources().get("GPU", 0)
     if params.device == "cuda" and not gpus:
         raise PipelineError("extract.device: cuda, but the Ray cluster has no GPU; set extract.device: auto or cpu.")
     if params.device in ("auto", "cuda") and gpus:
@@ -165,8 +88,8 @@ def run_ray(*, work: Work, batches: list[tuple[int, int]], missing: list[tuple[i
     """Compute the ``missing`` shards on the cluster; the driver writes each one as it arrives."""
     if not missing:
         return
-    ray = _ray()
-    _connect(address, timeout)
+    ray = ray_module("extract.engine")
+    connect(address, timeout, engine_key="extract.engine")
     gpus = int(ray.cluster_resources().get("GPU", 0)) if settings.device.type == "cuda" else 0
     count = (gpus or 1) if actors == "auto" else int(actors)
     count = min(count, len(missing))

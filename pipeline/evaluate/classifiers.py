@@ -27,12 +27,20 @@ from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.svm import SVC
+from sklearn.kernel_approximation import Nystroem
+from sklearn.svm import SVC, LinearSVC
 
 from pipeline.common.params import CVParams, ParamsError, check_seed, in_range, number_from_text, parse_section
+from pipeline.evaluate import knn
 from pipeline.evaluate.linear_head import LinearHeadClassifier
 from pipeline.evaluate.protocol import FitFold
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
+
+
+# Training rows up to which the exact algorithm runs (defaults of classifiers.<name>.exact_max_rows);
+# above them the approximate one, whose cost grows about linearly (benchmarks/README.md has the measurements).
+EXACT_MAX_ROWS = {"svm": 8000, "knn": 20000}
+NYSTROEM_COMPONENTS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +55,7 @@ class TrainingData:
     n_classes: int
     n_images: int  # the first n_images rows are the images themselves; their views follow
     copies: int  # 1 + number of augmented views per image
+    device: str = "cpu"  # where a torch classifier (the head) trains: extract.device, resolved
 
 
 @dataclasses.dataclass
@@ -56,6 +65,8 @@ class Selection:
     fit_fold: FitFold  # the whole procedure, selection included, on a training fold (nested CV)
     fit_fixed: FitFold  # the chosen hyperparameters refitted (only for the leaky figure)
     record: pd.DataFrame  # how they were chosen: grid scores, or the training curve
+    # which algorithm ran (e.g. exact or approximate kNN search) and what to report about it
+    method: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +102,8 @@ def _select_head(params: HeadParams, data: TrainingData, cv: CVParams) -> Select
     """Early stopping on valid picks the epoch count; CV folds train exactly that many epochs."""
     model = LinearHeadClassifier(n_classes=data.n_classes, dropout=params.dropout, lr=params.lr,
                                  weight_decay=params.weight_decay, batch_size=params.batch_size,
-                                 max_epochs=params.max_epochs, patience=params.patience, seed=params.seed)
+                                 max_epochs=params.max_epochs, patience=params.patience, seed=params.seed,
+                                 device=data.device)
     model.fit(data.X, data.y, X_valid=data.X_valid, y_valid=data.y_valid)
     fixed = clone(model).set_params(max_epochs=model.best_epoch_)
 
@@ -99,7 +111,7 @@ def _select_head(params: HeadParams, data: TrainingData, cv: CVParams) -> Select
         return clone(fixed).fit(X, y)
 
     return Selection(model=model, selected={"epochs": model.best_epoch_}, fit_fold=fit_fixed, fit_fixed=fit_fixed,
-                     record=pd.DataFrame(model.history_))
+                     record=pd.DataFrame(model.history_), method={"name": f"linear head ({data.device})"})
 
 
 # ----------------------------------------------------------------------------- scikit-learn grids
@@ -115,54 +127,90 @@ def _positive_int(v: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    """A validated grid, in scikit-learn's ``clf__<key>`` form."""
+    """A validated grid, in scikit-learn's ``clf__<key>`` form, and the entry's other settings."""
 
     values: dict[str, list[Any]]
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    name: str = "classifiers.<name>"  # the params entry, for messages
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """A setting of a grid classifier that is not searched: one value, with a default."""
+
+    check: Callable[[Any], bool]
+    allowed: str
+    default: Any
 
 
 @dataclasses.dataclass(frozen=True)
 class GridClassifier:
-    build: Callable[[], Pipeline]
+    # (grid, rows the stage trains on) -> the unfitted pipeline and a line saying which method it is
+    build: Callable[[Grid, int], tuple[Pipeline, str]]
     # grid key -> (check, description of allowed values)
     keys: dict[str, tuple[Callable[[Any], bool], str]]
+    options: dict[str, Option] = dataclasses.field(default_factory=dict)
     # turns the selected pipeline into the final model, when that needs more than a refit
     finalize: Callable[..., Any] | None = None
+    # replaces ``select_and_fit`` where the grid can be searched faster than cell by cell (same results)
+    search: Callable[..., tuple[Pipeline, pd.DataFrame]] | None = None
+    # (grid, training data) -> what the method needs said beside the scores (e.g. an index's recall)
+    describe: Callable[[Grid, TrainingData], dict[str, Any]] | None = None
 
     def parse(self, raw: Any, name: str) -> Grid:
         if not isinstance(raw, dict) or not raw:
             raise ParamsError(f"{name} must map grid keys {sorted(self.keys)} to lists of values.")
-        unknown = sorted(set(raw) - set(self.keys))
+        unknown = sorted(set(raw) - set(self.keys) - set(self.options))
         if unknown:
-            raise ParamsError(f"Unknown key(s) {[f'{name}.{k}' for k in unknown]}; allowed: {sorted(self.keys)}.")
+            raise ParamsError(f"Unknown key(s) {[f'{name}.{k}' for k in unknown]}; allowed: "
+                              f"{sorted(self.keys) + sorted(self.options)}.")
         values = {}
         for key, given in raw.items():
+            if key in self.options:
+                continue
             options = [number_from_text(v) for v in (given if isinstance(given, list) else [given])]
             check, allowed = self.keys[key]
             if not options or any(not check(v) for v in options):
                 raise ParamsError(f"{name}.{key}={given!r} is invalid: values must be {allowed}.")
             values[f"clf__{key}"] = options
-        return Grid(values)
+        settings = {}
+        for key, option in self.options.items():
+            value = number_from_text(raw.get(key, option.default))
+            if not option.check(value):
+                raise ParamsError(f"{name}.{key}={raw.get(key)!r} is invalid: it must be {option.allowed}.")
+            settings[key] = value
+        return Grid(values, settings, name)
+
+    def pipeline(self, rows: int = 0) -> Pipeline:
+        """The unfitted pipeline for ``rows`` training rows, with the default settings (the exact algorithms)."""
+        return self.build(Grid({}, {key: option.default for key, option in self.options.items()}), rows)[0]
 
     def select(self, grid: Grid, data: TrainingData, cv: CVParams) -> Selection:
         if "clf__n_neighbors" in grid.values:  # the one hyperparameter bounded by the data
             smallest = smallest_training_fold(data.y[: data.n_images], data.groups[: data.n_images], folds=cv.folds,
                                               repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed)
             check_grid_fits(grid, smallest * data.copies)
-        pipeline = self.build()
+        if "exact_max_rows" in grid.options and grid.options["exact_max_rows"] < data.n_classes:
+            raise ParamsError(f"{grid.name}.exact_max_rows={grid.options['exact_max_rows']} is below the number of "
+                              f"classes "
+                              f"({data.n_classes}): no training set is that small; use a larger value.")
+        pipeline, method = self.build(grid, len(data.X))
+        search = self.search or select_and_fit
 
         def fit_fold(X, y, groups):
-            return select_and_fit(pipeline, grid.values, X, y, groups, inner_folds=cv.inner_folds, seed=cv.seed)[0]
+            return search(pipeline, grid.values, X, y, groups, inner_folds=cv.inner_folds, seed=cv.seed)[0]
 
-        chosen, record = select_and_fit(pipeline, grid.values, data.X, data.y, data.groups,
-                                        inner_folds=cv.inner_folds, seed=cv.seed)
+        chosen, record = search(pipeline, grid.values, data.X, data.y, data.groups,
+                                inner_folds=cv.inner_folds, seed=cv.seed)
         model = chosen if self.finalize is None else self.finalize(
             chosen, data.X, data.y, data.groups, inner_folds=cv.inner_folds, seed=cv.seed)
 
         def fit_fixed(X, y, groups):
             return clone(chosen).fit(X, y)
 
+        details = self.describe(grid, data) if self.describe else {}
         return Selection(model=model, selected=selected_params(chosen, grid.values), fit_fold=fit_fold,
-                         fit_fixed=fit_fixed, record=record)
+                         fit_fixed=fit_fixed, record=record, method={"name": method, **details})
 
 
 def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, inner_folds: int, seed: int) -> CalibratedClassifierCV:
@@ -224,21 +272,61 @@ def check_grid_fits(grid: Grid, smallest_fold: int) -> None:
 
 # ----------------------------------------------------------------------------- the registry
 
+def _build_logreg(grid: Grid, rows: int) -> tuple[Pipeline, str]:
+    return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=5000))]), "logistic regression"
+
+
+def _build_svm(grid: Grid, rows: int) -> tuple[Pipeline, str]:
+    """Exact RBF ``SVC`` up to ``exact_max_rows``; above it a Nystroem map of the same kernel and a linear SVM.
+
+    Kernel SVC's cost grows with the square of the rows and more (scikit-learn: "may be
+    impractical beyond tens of thousands of samples"); the Nystroem features approximate the
+    RBF kernel (gamma 1/n_features, SVC's "scale" on standardised features) at a cost linear in rows.
+    """
+    steps = [("l2", Normalizer()), ("scale", StandardScaler())]
+    if rows <= grid.options["exact_max_rows"]:
+        return Pipeline([*steps, ("clf", SVC(kernel="rbf", random_state=0))]), "exact RBF SVC"
+    components = grid.options["n_components"]
+    nystroem = Nystroem(kernel="rbf", n_components=min(components, rows), random_state=0)
+    return (Pipeline([*steps, ("nystroem", nystroem), ("clf", LinearSVC(random_state=0))]),
+            f"nystroem {components} + linear SVM")
+
+
+def _build_knn(grid: Grid, rows: int) -> tuple[Pipeline, str]:
+    search = knn.search_kind(rows, grid.options["exact_max_rows"])
+    return knn.build_knn(search), "exact search" if search == knn.EXACT else "IVF index"
+
+
+def _search_knn(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *, inner_folds: int,
+                seed: int) -> tuple[Pipeline, pd.DataFrame]:
+    search = knn.EXACT if isinstance(pipeline[-1], KNeighborsClassifier) else knn.IVF
+    return knn.select_knn(param_grid, X, y, groups, inner_folds=inner_folds, seed=seed, search=search)
+
+
+def _describe_knn(grid: Grid, data: TrainingData) -> dict[str, Any]:
+    """The IVF index's recall of the exact neighbours, on a subsample of the training rows."""
+    if knn.search_kind(len(data.X), grid.options["exact_max_rows"]) == knn.EXACT:
+        return {}
+    recall = knn.ivf_recall(data.X, max(grid.values["clf__n_neighbors"]))
+    return {f"recall_at_{recall.k}": round(recall.recall, 4), "recall_queries": recall.queries}
+
+
 _GRIDS = {
-    "logreg": GridClassifier(
-        build=lambda: Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=5000))]),
-        keys={"C": (_positive, "positive numbers")},
-    ),
+    "logreg": GridClassifier(build=_build_logreg, keys={"C": (_positive, "positive numbers")}),
     "svm": GridClassifier(
-        build=lambda: Pipeline([("l2", Normalizer()), ("scale", StandardScaler()),
-                                ("clf", SVC(kernel="rbf", random_state=0))]),
+        build=_build_svm,
         keys={"C": (_positive, "positive numbers")},
+        options={"exact_max_rows": Option(_positive_int, "an integer >= 1 (training rows)", EXACT_MAX_ROWS["svm"]),
+                 "n_components": Option(_positive_int, "an integer >= 1", NYSTROEM_COMPONENTS)},
         finalize=calibrate_grouped,
     ),
     "knn": GridClassifier(
-        build=lambda: Pipeline([("l2", Normalizer()), ("clf", KNeighborsClassifier())]),
+        build=_build_knn,
         keys={"n_neighbors": (_positive_int, "integers >= 1"),
               "weights": (lambda v: v in ("uniform", "distance"), "'uniform' or 'distance'")},
+        options={"exact_max_rows": Option(_positive_int, "an integer >= 1 (training rows)", EXACT_MAX_ROWS["knn"])},
+        search=_search_knn,
+        describe=_describe_knn,
     ),
 }
 

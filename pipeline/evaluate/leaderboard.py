@@ -87,6 +87,14 @@ def cv_tests(scores: dict[str, np.ndarray], ranking: list[str], *, test_fraction
     return {"best": best, "pairs": pairs, "best_per_backbone": best_of, "backbones": backbones}
 
 
+def method_label(method: dict[str, Any] | None) -> str:
+    """Which algorithm ran, in words: "exact search", "IVF index, recall@21 0.974", "nystroem 1000 + linear SVM"."""
+    if not method:
+        return "–"
+    details = [f"{key.replace('_at_', '@')} {value}" for key, value in method.items() if key.startswith("recall_at")]
+    return ", ".join([method.get("name", "–"), *details])
+
+
 def leaderboard(metrics: dict[str, dict[str, Any]], predictions: dict[str, pd.DataFrame],
                 folds: dict[str, pd.DataFrame], shared: list[tuple[np.ndarray, np.ndarray]],
                 backbones: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, dict]:
@@ -109,7 +117,7 @@ def leaderboard(metrics: dict[str, dict[str, Any]], predictions: dict[str, pd.Da
         vs_best = tests["pairs"].get(name, {})
         meta = backbones.get(backbone, {})
         rows.append({
-            "rank": rank, "backbone": backbone, "classifier": classifier,
+            "rank": rank, "backbone": backbone, "classifier": classifier, "method": method_label(m.get("method")),
             "cv_accuracy": cv["accuracy_mean"], "cv_accuracy_std": cv["accuracy_std"],
             "cv_accuracy_ci95_low": cv["accuracy_ci95"]["low"], "cv_accuracy_ci95_high": cv["accuracy_ci95"]["high"],
             "cv_p_vs_best": vs_best.get("p", np.nan), "cv_p_vs_best_holm": vs_best.get("p_holm", np.nan),
@@ -187,14 +195,14 @@ def render_markdown(table: pd.DataFrame, tests: dict[str, Any]) -> str:
         "p-values are exact McNemar tests on the same test images (against the same backbone's head, and the "
         f"best against the runner-up); *(n.s.)* marks p ≥ {ALPHA}: the data do not support a difference.", "",
         *in_words(table, tests), "",
-        "| # | backbone | classifier | grouped CV acc. | 95% CI | p vs best (Holm) | leaky CV acc. "
+        "| # | backbone | classifier | method | grouped CV acc. | 95% CI | p vs best (Holm) | leaky CV acc. "
         "| test acc. [95% CI] | test bal. acc. | test macro-F1 | log loss | ECE | p vs head | p vs runner-up "
         "| dim | extract img/s |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table.itertuples():
         lines.append(
-            f"| {r.rank} | {r.backbone} | {r.classifier} | {r.cv_accuracy:.3f} ± {r.cv_accuracy_std:.3f} | "
+            f"| {r.rank} | {r.backbone} | {r.classifier} | {r.method} | {r.cv_accuracy:.3f} ± {r.cv_accuracy_std:.3f} | "
             f"[{r.cv_accuracy_ci95_low:.3f}, {r.cv_accuracy_ci95_high:.3f}] | {_p(r.cv_p_vs_best_holm)} | "
             f"{r.cv_leaky_accuracy:.3f} | "
             f"{r.test_accuracy:.3f} [{r.test_accuracy_ci95_low:.3f}, {r.test_accuracy_ci95_high:.3f}] | "

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from pipeline.common.params import CVParams, LearningCurveParams, ParamsError
 from pipeline.embed.features import Features
 from pipeline.evaluate.classifiers import get_classifier
+from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.protocol import cv_scores
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold, check_cv_fits
 from pipeline.evaluate.statistics import corrected_cv_interval
@@ -99,7 +100,7 @@ def curve_folds(y: np.ndarray, groups: np.ndarray, *, fractions: list[float], dr
 
 
 def learning_curve_scores(name: str, params: Any, *, features: Features, groups: np.ndarray, cv: CVParams,
-                          use_views: bool, curve: LearningCurveParams) -> pd.DataFrame:
+                          use_views: bool, curve: LearningCurveParams, engine: Engine | None = None) -> pd.DataFrame:
     """Per-fold grouped-CV scores of classifier ``name`` at each fraction below 100% and each draw.
 
     For each drawn subset the classifier selects its hyperparameters as in the train
@@ -120,7 +121,7 @@ def learning_curve_scores(name: str, params: Any, *, features: Features, groups:
                               f"({point.pictures}): {err}") from err
         sub_views = None if views is None else np.asarray(views)[:, rows]
         scores = cv_scores(selection.fit_fold, train.X[rows], train.y[rows], groups[rows], point.splits,
-                           views=sub_views, n_jobs=cv.n_jobs)
+                           views=sub_views, n_jobs=cv.n_jobs, engine=engine)
         frames.append(scores.assign(draw=point.draw, fraction=point.fraction, pictures=point.pictures,
                                     images=len(rows)))
         log.info("%s at %g of the pictures (%d, draw %d): grouped CV %.3f, selected %s", name, point.fraction,

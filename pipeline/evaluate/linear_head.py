@@ -38,7 +38,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, *, n_classes: int | None = None, dropout: float = 0.2, lr: float = 1e-3,
                  weight_decay: float = 1e-2, batch_size: int = 64, max_epochs: int = 300,
-                 patience: int = 30, seed: int = 0) -> None:
+                 patience: int = 30, seed: int = 0, device: str = "cpu") -> None:
         self.n_classes = n_classes
         self.dropout = dropout
         self.lr = lr
@@ -47,6 +47,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.patience = patience
         self.seed = seed
+        self.device = device  # where it trains; the fitted head is kept on the CPU, where it predicts
 
     def fit(self, X: np.ndarray, y: np.ndarray, *, X_valid: np.ndarray | None = None,
             y_valid: np.ndarray | None = None) -> LinearHeadClassifier:
@@ -54,20 +55,21 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = np.arange(n_classes)
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
-        head = make_head(X.shape[1], n_classes, self.dropout)
+        device = torch.device(self.device)
+        head = make_head(X.shape[1], n_classes, self.dropout).to(device)
         optimiser = torch.optim.AdamW(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = nn.CrossEntropyLoss()
-        X_t, y_t = _tensor(X), torch.as_tensor(np.array(y), dtype=torch.long)
+        X_t, y_t = _tensor(X).to(device), torch.as_tensor(np.array(y), dtype=torch.long).to(device)
         has_valid = X_valid is not None
         if has_valid:
-            Xv = _tensor(X_valid)
-            yv = torch.as_tensor(np.array(y_valid), dtype=torch.long)
+            Xv = _tensor(X_valid).to(device)
+            yv = torch.as_tensor(np.array(y_valid), dtype=torch.long).to(device)
         best_loss, best_state, best_epoch, waited = float("inf"), None, self.max_epochs, 0
         history = []
         for epoch in range(1, self.max_epochs + 1):
             head.train()
             total = 0.0
-            for batch in torch.randperm(len(X_t), generator=generator).split(self.batch_size):
+            for batch in torch.randperm(len(X_t), generator=generator).to(device).split(self.batch_size):
                 optimiser.zero_grad()
                 loss = loss_fn(head(X_t[batch].clone()), y_t[batch])
                 loss.backward()
@@ -89,7 +91,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
                 break
         if best_state is not None:
             head.load_state_dict(best_state)
-        self.head_ = head.eval()
+        self.head_ = head.cpu().eval()
         self.best_epoch_ = best_epoch
         self.history_ = history
         log.info("linear head: %d epochs run, best epoch %d", len(history), best_epoch)

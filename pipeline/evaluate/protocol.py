@@ -24,6 +24,7 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 from pipeline.common.params import CVParams, EvaluationParams
 from pipeline.data.dataset import HELD_OUT
 from pipeline.embed.features import Features
+from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.statistics import corrected_cv_interval, held_out_metrics, macro_f1
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,19 @@ def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndar
 
 def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
               splits: Iterable[tuple[np.ndarray, np.ndarray]], *, views: np.ndarray | None = None,
-              n_jobs: int | None = None) -> pd.DataFrame:
+              n_jobs: int | None = None, engine: Engine | None = None) -> pd.DataFrame:
     """Score ``fit_fold`` on every (train, test) split: accuracy, balanced accuracy, macro-F1.
 
     Training folds get their images' augmented views too; test folds score originals only.
+    The folds run in parallel on ``n_jobs`` local processes (memory-mapped arrays are handed
+    over by reference, larger ones dumped once), or as Ray tasks with ``engine``.
     """
-    rows = Parallel(n_jobs=n_jobs)(delayed(_score_fold)(fit_fold, X, y, groups, views, train, test)
-                                   for train, test in splits)
+    splits = list(splits)
+    if engine is not None and engine.kind == "ray":
+        rows = engine.map(_score_fold, fit_fold, X, y, groups, views, splits, n_jobs=n_jobs)
+    else:
+        rows = Parallel(n_jobs=n_jobs)(delayed(_score_fold)(fit_fold, X, y, groups, views, train, test)
+                                       for train, test in splits)
     return pd.DataFrame(rows).rename_axis("fold").reset_index()
 
 
@@ -108,7 +115,8 @@ def probability_columns(proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
 
 def evaluate_classifier(*, model: Any, fit_fold: FitFold, fit_fixed: FitFold, features: Features,
                         groups: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], cv: CVParams,
-                        evaluation: EvaluationParams, views: np.ndarray | None = None) -> Evaluation:
+                        evaluation: EvaluationParams, views: np.ndarray | None = None,
+                        engine: Engine | None = None) -> Evaluation:
     """Run the whole protocol for one classifier; ``model`` is the final fit on train.
 
     ``fit_fold`` repeats the whole fitting procedure, hyperparameter selection
@@ -120,9 +128,10 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold, fit_fixed: FitFold, fe
     train = features["train"]
     X, y = train.X, train.y
     leaky_splits = RepeatedStratifiedKFold(n_splits=cv.folds, n_repeats=cv.repeats, random_state=cv.seed).split(X, y)
-    grouped = cv_scores(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs)
+    grouped = cv_scores(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs, engine=engine)
     # every image its own group: inner selection (if any) is as leaky as the outer split
-    leaky = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs)
+    leaky = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs,
+                      engine=engine)
     metrics: dict[str, Any] = {
         "cv": {**summarise_cv(grouped, n_samples=len(train.y)), "n_groups": int(len(np.unique(groups))),
                "train_views": 0 if views is None else len(views)},

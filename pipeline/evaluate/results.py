@@ -60,6 +60,7 @@ def write_results(trained: Trained, *, backbone: str, classes: list[str], featur
         out.write_csv(paths.selection, trained.selection.record)
         out.write_json(paths.metrics, {"backbone": backbone, "classifier": trained.name, **evaluation.metrics,
                                        "selected": trained.selection.selected,
+                                       "method": trained.selection.method,
                                        "pretrained": features_meta.get("pretrained"),
                                        "fit_seconds": round(trained.fit_seconds, 3)})
 

@@ -20,6 +20,7 @@ from pipeline.common.params import CVParams, EvaluationParams
 from pipeline.data.dataset import HELD_OUT
 from pipeline.embed.features import Features
 from pipeline.evaluate.classifiers import Selection, TrainingData, get_classifier
+from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.protocol import Evaluation, evaluate_classifier, with_views
 from pipeline.evaluate.splits import check_cv_fits
 
@@ -54,18 +55,18 @@ def check_classes(features: Features) -> None:
 
 
 def training_data(features: Features, groups: np.ndarray, *, views: np.ndarray | None,
-                  rows: np.ndarray | None = None) -> TrainingData:
+                  rows: np.ndarray | None = None, device: str = "cpu") -> TrainingData:
     """What a classifier's selection learns from: train's ``rows`` (all by default) and their views, and valid."""
     train, valid = features["train"], features["valid"]
     rows = np.arange(len(train.y)) if rows is None else rows
     X, y, g = with_views(train.X, train.y, groups, views, rows)
     return TrainingData(X=X, y=y, groups=g, X_valid=valid.X, y_valid=valid.y, n_classes=len(features.classes),
-                        n_images=len(rows), copies=1 if views is None else len(views) + 1)
+                        n_images=len(rows), copies=1 if views is None else len(views) + 1, device=device)
 
 
 def train_classifier(name: str, params: Any, *, features: Features, groups: np.ndarray,
                      folds: list[tuple[np.ndarray, np.ndarray]], cv: CVParams, evaluation: EvaluationParams,
-                     use_views: bool) -> Trained:
+                     use_views: bool, engine: Engine | None = None, device: str = "cpu") -> Trained:
     """Select, fit and evaluate classifier ``name`` (its params already validated by the registry) on the shared
     grouped ``folds``."""
     spec = get_classifier(name)
@@ -74,11 +75,14 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
     check_cv_fits(train.y, groups, folds=cv.folds, repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed,
                   splits=folds)
     views = train.views if use_views else None
-    data = training_data(features, groups, views=views)
+    data = training_data(features, groups, views=views, device=device)
+    if device != "cpu":  # one process owns the accelerator: the folds take turns on it
+        cv, engine = dataclasses.replace(cv, n_jobs=1), None
     start = time.perf_counter()
     selection = spec.select(params, data, cv)
     fit_seconds = time.perf_counter() - start
     log.info("%s: selected %s in %.1f s", name, selection.selected, fit_seconds)
     result = evaluate_classifier(model=selection.model, fit_fold=selection.fit_fold, fit_fixed=selection.fit_fixed,
-                                 features=features, groups=groups, folds=folds, cv=cv, evaluation=evaluation, views=views)
+                                 features=features, groups=groups, folds=folds, cv=cv, evaluation=evaluation, views=views,
+                                 engine=engine)
     return Trained(name=name, selection=selection, evaluation=result, fit_seconds=fit_seconds)

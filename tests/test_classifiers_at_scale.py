@@ -1,0 +1,144 @@
+"""The classifiers' paths for many rows: kNN's one search per fold and its IVF index, the SVM's Nystroem map,
+and the Ray engine for the CV fits; each checked against the exact, cell-by-cell, local way."""
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+
+from pipeline.common.params import CVParams, ParamsError
+from pipeline.evaluate import knn
+from pipeline.evaluate.classifiers import _GRIDS, CLASSIFIERS, TrainingData, parse_classifier_params
+from pipeline.evaluate.protocol import cv_scores
+from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
+from pipeline.evaluate.statistics import corrected_cv_interval
+
+
+def pictures(n_pictures: int, *, copies: int = 3, dim: int = 48, spread: float = 0.6, seed: int = 0):
+    """Rows in pictures of near-identical copies around 4 class centres (like augmented copies of a photo)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, dim)) * spread
+    labels = rng.integers(0, 4, size=n_pictures)
+    picture = centres[labels] + rng.normal(size=(n_pictures, dim))
+    groups = np.repeat(np.arange(n_pictures), copies)
+    X = picture[groups] + 0.2 * rng.normal(size=(len(groups), dim))
+    return X.astype(np.float32), labels[groups], groups
+
+
+GRID = {"clf__n_neighbors": [1, 4, 9, 15], "clf__weights": ["uniform", "distance"]}
+
+
+def test_one_search_per_fold_gives_grid_search_cv_scores_ranks_and_choice():
+    X, y, groups = pictures(160)
+    X[7] = X[300]  # an exact duplicate: distance ties and a zero distance for distance weighting
+    X[8] = X[300]
+    search = GridSearchCV(knn.build_knn(knn.EXACT), GRID, scoring="accuracy",
+                          cv=StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=0)).fit(X, y, groups=groups)
+    chosen, record = knn.grid_search(GRID, X, y, groups, inner_folds=3, seed=0, search=knn.EXACT)
+    np.testing.assert_array_equal(record["mean_accuracy"], search.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(record["std_accuracy"], search.cv_results_["std_test_score"])
+    np.testing.assert_array_equal(record["rank"], search.cv_results_["rank_test_score"])
+    assert record["n_neighbors"].tolist() == list(search.cv_results_["param_clf__n_neighbors"])
+    assert {f"clf__{k}": v for k, v in chosen.items()} == search.best_params_
+    model, _ = knn.select_knn(GRID, X, y, groups, inner_folds=3, seed=0, search=knn.EXACT)
+    queries = pictures(20, seed=1)[0]
+    np.testing.assert_array_equal(model.predict_proba(queries), search.best_estimator_.predict_proba(queries))
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_votes_follow_scikit_learn_rules_ties_and_zero_distances_included(weights):
+    X, y, _ = pictures(60)
+    X[5] = X[100]
+    fitted = knn.build_knn(knn.EXACT).set_params(clf__n_neighbors=6, clf__weights=weights).fit(X, y)
+    queries = np.concatenate([X[100:110], pictures(10, seed=3)[0]])  # some at distance 0 from a training row
+    dist, ind = fitted[-1].kneighbors(fitted[0].transform(queries), 6)
+    proba, predicted = knn.votes(dist, ind, y, k=6, weights=weights, n_classes=4)
+    np.testing.assert_allclose(proba, fitted.predict_proba(queries), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(predicted, fitted.predict(queries))
+
+
+def test_ivf_index_finds_almost_every_exact_neighbour_and_survives_pickling():
+    X, y, groups = pictures(1500, dim=32, copies=1, spread=1.0)
+    recall = knn.ivf_recall(X, 15, queries=150)
+    assert recall.queries == 150 and recall.recall > 0.9
+    model = knn.build_knn(knn.IVF).set_params(clf__n_neighbors=5).fit(X, y)
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(again.predict_proba(X[:200]), model.predict_proba(X[:200]))
+    exact = knn.build_knn(knn.EXACT).set_params(clf__n_neighbors=5).fit(X, y)
+    assert (model.predict(X[:300]) == exact.predict(X[:300])).mean() > 0.95
+
+
+def test_ivf_probing_every_list_is_exact_search():
+    X, y, _ = pictures(400, dim=16, copies=1)
+    ivf = knn.IVFKNeighborsClassifier(n_neighbors=7).fit(knn.Normalizer().fit_transform(X), y)
+    ivf.index_.nprobe = ivf.index_.nlist
+    queries = knn.Normalizer().fit_transform(pictures(50, dim=16, copies=1, seed=5)[0])
+    _, found = ivf.kneighbors(queries)
+    _, expected = knn.neighbours(knn.Normalizer().fit_transform(X), queries, 7, knn.EXACT)
+    assert (np.sort(found, axis=1) == np.sort(expected, axis=1)).mean() > 0.99  # float ties aside
+
+
+def data_of(X, y, groups):
+    return TrainingData(X=X, y=y, groups=groups, X_valid=X[:8], y_valid=y[:8], n_classes=4, n_images=len(y), copies=1)
+
+
+CV = CVParams(folds=3, repeats=1, inner_folds=3, seed=0, n_jobs=1)
+
+
+def test_knn_above_exact_max_rows_uses_the_index_and_reports_its_recall():
+    X, y, groups = pictures(400, copies=3)
+    exact = CLASSIFIERS["knn"].select(parse_classifier_params("knn", {"n_neighbors": [5, 9], "weights": ["uniform"]}),
+                                      data_of(X, y, groups), CV)
+    assert exact.method == {"name": "exact search"}
+    params = parse_classifier_params("knn", {"n_neighbors": [5, 9], "weights": ["uniform"], "exact_max_rows": 600})
+    approximate = CLASSIFIERS["knn"].select(params, data_of(X, y, groups), CV)
+    assert approximate.method["name"] == "IVF index" and approximate.method["recall_at_9"] > 0.8
+    assert isinstance(approximate.model[-1], knn.IVFKNeighborsClassifier)
+    assert isinstance(approximate.fit_fold(X[:900], y[:900], groups[:900])[-1], knn.IVFKNeighborsClassifier)
+    queries, truth, _ = pictures(50, seed=9)
+    assert (approximate.model.predict(queries) == exact.model.predict(queries)).mean() > 0.9
+
+
+def test_exact_max_rows_below_the_number_of_classes_is_refused_by_name():
+    X, y, groups = pictures(30)
+    params = parse_classifier_params("svm", {"C": [1.0], "exact_max_rows": 3})
+    with pytest.raises(ParamsError, match=r"classifiers.svm.exact_max_rows=3 is below the number of classes \(4\)"):
+        CLASSIFIERS["svm"].select(params, data_of(X, y, groups), CV)
+
+
+def test_nystroem_svm_lands_within_the_exact_svms_grouped_cv_interval():
+    X, y, groups = pictures(240, dim=64, spread=0.35)
+    folds = list(RepeatedStratifiedGroupKFold(n_splits=5, n_repeats=2, random_state=0).split(X, y, groups))
+    scores = {}
+    for name, exact_max_rows in [("exact", 10**6), ("nystroem", 10)]:
+        params = parse_classifier_params("svm", {"C": [0.1, 1.0, 10.0], "exact_max_rows": exact_max_rows,
+                                                 "n_components": 300})
+        selection = CLASSIFIERS["svm"].select(params, data_of(X, y, groups), CV)
+        assert selection.method["name"] == ("exact RBF SVC" if name == "exact" else "nystroem 300 + linear SVM")
+        np.testing.assert_allclose(selection.model.predict_proba(X[:20]).sum(1), 1)  # calibrated (grouped folds)
+        scores[name] = cv_scores(selection.fit_fold, X, y, groups, folds)["accuracy"]
+    low, high = corrected_cv_interval(scores["exact"], test_fraction=0.2)
+    assert 0.4 < scores["exact"].mean() < 0.95  # a task with room to differ
+    assert low <= scores["nystroem"].mean() <= high
+
+
+def test_the_ray_engine_gives_the_local_engines_scores_byte_for_byte():
+    pytest.importorskip("ray")
+    from pipeline.evaluate.engine import Engine
+
+    X, y, groups = pictures(60, dim=16)
+    folds = list(RepeatedStratifiedGroupKFold(n_splits=3, n_repeats=1, random_state=0).split(X, y, groups))
+    for name, grid in [("logreg", {"C": [0.1, 1.0]}), ("knn", {"n_neighbors": [3, 5], "weights": ["distance"]})]:
+        selection = CLASSIFIERS[name].select(parse_classifier_params(name, grid), data_of(X, y, groups), CV)
+        local = cv_scores(selection.fit_fold, X, y, groups, folds, n_jobs=2)
+        remote = cv_scores(selection.fit_fold, X, y, groups, folds, n_jobs=2, engine=Engine("ray"))
+        assert local.to_csv() == remote.to_csv()
+
+
+def test_unfitted_pipelines_switch_at_exact_max_rows():
+    svm = _GRIDS["svm"]
+    grid = parse_classifier_params("svm", {"C": [1.0], "exact_max_rows": 100, "n_components": 50})
+    assert svm.build(grid, 100)[1] == "exact RBF SVC"
+    pipeline, method = svm.build(grid, 101)
+    assert method == "nystroem 50 + linear SVM" and pipeline.named_steps["nystroem"].n_components == 50
