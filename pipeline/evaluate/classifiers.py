@@ -39,7 +39,7 @@ from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
 
 # Training rows up to which the exact algorithm runs (defaults of classifiers.<name>.exact_max_rows);
 # above them the approximate one, whose cost grows about linearly (benchmarks/README.md has the measurements).
-EXACT_MAX_ROWS = {"svm": 8000, "knn": 20000}
+EXACT_MAX_ROWS = {"svm": 2000, "knn": 10000}
 NYSTROEM_COMPONENTS = 1000
 
 
@@ -288,7 +288,7 @@ def _build_svm(grid: Grid, rows: int) -> tuple[Pipeline, str]:
         return Pipeline([*steps, ("clf", SVC(kernel="rbf", random_state=0))]), "exact RBF SVC"
     components = grid.options["n_components"]
     nystroem = Nystroem(kernel="rbf", n_components=min(components, rows), random_state=0)
-    return (Pipeline([*steps, ("nystroem", nystroem), ("clf", LinearSVC(random_state=0))]),
+    return (Pipeline([*steps, ("nystroem", nystroem), ("clf", LinearSVC(dual=True, random_state=0))]),
             f"nystroem {components} + linear SVM")
 
 
