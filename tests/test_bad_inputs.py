@@ -4,9 +4,10 @@ Each case copies a small finished project, breaks one thing, runs one stage's CL
 (or predict) exactly as dvc.yaml does, and checks: status 2, a single ``error:``
 line naming the file or key, no traceback, and no output file created or changed.
 
-The table holds 98 cases (59 before issue 21, whose kinds the added 39 cover: odd files, FIFOs and sockets,
+The table holds 116 cases (59 before issue 21, whose kinds the next ones cover: odd files, FIFOs and sockets,
 stray files and folders, extreme aspect ratios, size bounds, an unanswering Ray address, outputs blocked
-by a file or a folder, swapped or replaced split files, malformed reuse files); with the four full-disk
+by a file or a folder, swapped or replaced split files, malformed reuse files; then the classifiers at
+scale: cv.engine, exact_max_rows, n_components, the CV fits' Ray address); with the four full-disk
 runs (a file-size limit on extract, train, compare and report) none ends in a traceback.
 """
 
@@ -366,6 +367,18 @@ CASES = [
     ("Ray address where nothing listens", "extract", None,
      lambda r: edit_params(r, extract__engine="ray", extract__ray_address=f"127.0.0.1:{PORT}",
                            extract__ray_timeout_s=5), f"No Ray cluster answers at '127.0.0.1:{PORT}'"),
+    ("Ray address for the CV fits where nothing listens", "train", "logreg",
+     lambda r: edit_params(r, cv__engine="ray", extract__ray_address=f"127.0.0.1:{PORT}", extract__ray_timeout_s=5),
+     f"No Ray cluster answers at '127.0.0.1:{PORT}'"),
+    # the classifiers at scale (issue 19)
+    ("unknown cv engine", "train", "logreg", lambda r: edit_params(r, cv__engine="spark"), "cv.engine"),
+    ("svm exact_max_rows below the number of classes", "train", "svm",
+     lambda r: edit_params(r, classifiers__svm__exact_max_rows=3),
+     "classifiers.svm.exact_max_rows=3 is below the number of classes (4)"),
+    ("knn exact_max_rows of zero", "prepare", None, lambda r: edit_params(r, classifiers__knn__exact_max_rows=0),
+     "classifiers.knn.exact_max_rows=0 is invalid"),
+    ("Nystroem with no components", "prepare", None, lambda r: edit_params(r, classifiers__svm__n_components=0),
+     "classifiers.svm.n_components=0 is invalid"),
     # writes that fail: the outputs of a stage change together or not at all (each run here would change them)
     ("prepare's last output blocked by a folder", "prepare", None,
      lambda r: (shutil.copy(first_image(r), first_image(r).with_name("zz-copy.jpg")),

@@ -108,11 +108,11 @@ def test_exact_max_rows_below_the_number_of_classes_is_refused_by_name():
 
 
 def test_nystroem_svm_lands_within_the_exact_svms_grouped_cv_interval():
-    X, y, groups = pictures(240, dim=64, spread=0.35)
+    X, y, groups = pictures(200, dim=64, spread=0.35)
     folds = list(RepeatedStratifiedGroupKFold(n_splits=5, n_repeats=2, random_state=0).split(X, y, groups))
     scores = {}
     for name, exact_max_rows in [("exact", 10**6), ("nystroem", 10)]:
-        params = parse_classifier_params("svm", {"C": [0.1, 1.0, 10.0], "exact_max_rows": exact_max_rows,
+        params = parse_classifier_params("svm", {"C": [1.0], "exact_max_rows": exact_max_rows,
                                                  "n_components": 300})
         selection = CLASSIFIERS["svm"].select(params, data_of(X, y, groups), CV)
         assert selection.method["name"] == ("exact RBF SVC" if name == "exact" else "nystroem 300 + linear SVM")
