@@ -4,9 +4,9 @@ Each case copies a small finished project, breaks one thing, runs one stage's CL
 (or predict) exactly as dvc.yaml does, and checks: status 2, a single ``error:``
 line naming the file or key, no traceback, and no output file created or changed.
 
-The table holds 128 cases (59 before issue 21, whose kinds the added 39 cover: odd files, FIFOs and sockets,
+The table holds 129 cases (59 before issue 21, whose kinds the added 39 cover: odd files, FIFOs and sockets,
 stray files and folders, extreme aspect ratios, size bounds, an unanswering Ray address, outputs blocked
-by a file or a folder, swapped or replaced split files, malformed reuse files; issue 22's 17 cover split
+by a file or a folder, swapped or replaced split files, malformed reuse files; issue 22's 18 cover split
 folders under unknown or doubled names, CSV lists, carving shares, unpinned handles, damaged split records);
 with the four full-disk runs (a file-size limit on extract, train, compare and report) none ends in a traceback.
 """
@@ -482,6 +482,9 @@ CASES = [
     ("handle without a version", "prepare", None,
      lambda r: edit_params(r, data__handle="anshtanwar/pets-facial-expression-dataset"),
      "data.handle='anshtanwar/pets-facial-expression-dataset' is not pinned to a version"),
+    ("manifest names an unknown split", "audit", None,
+     lambda r: edit_csv(r / "artifacts/data/manifest.csv", lambda d: d.assign(split=d["split"].replace("valid", "dev"))),
+     "names split(s) ['dev']"),
     ("source.json with damaged splits", "audit", None,
      lambda r: rewrite_json(r / "artifacts/data/source.json", lambda s: s.update(splits=["train"])), 'has "splits"'),
     ("splits.csv without its why", "compare", None,
@@ -694,7 +697,8 @@ def test_ctrl_c_prints_one_line_and_leaves_no_output(tmp_path):
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.batch_size": 2,
                                                      "extract.num_workers": 2, "views.count": 16})
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
+    for before in ("prepare", "audit"):
+        subprocess.run(stage_process(before, params), cwd=tmp_path, env=env, check=True, capture_output=True)
     # As from a terminal: a shell starts background jobs (`pytest &`) with SIGINT ignored, and children inherit it.
     proc = subprocess.Popen(stage_process("extract", params), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,

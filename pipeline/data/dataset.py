@@ -317,6 +317,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise DatasetError(f"Manifest {path} lacks column(s) {missing}.")
+    unknown = sorted(set(frame["split"]) - set(SPLITS))
+    if unknown:
+        raise DatasetError(f"Manifest {path} names split(s) {unknown}; the splits are {list(SPLITS)}: {fix}")
     return frame
 
 
