@@ -140,11 +140,12 @@ def stages(n: int, size: tuple[int, int], worker_counts: list[int], extract: boo
             line = out.splitlines()[0]
             wall_a, rss_a, out_a = run_stage(work, "pipeline.audit", [
                 "--manifest", a + "manifest.csv", "--source", a + "source.json", "--report", "artifacts/audit.json",
-                "--summary", "artifacts/audit.md", "--groups", a + "groups.csv"])
+                "--summary", "artifacts/audit.md", "--groups", a + "groups.csv", "--splits", a + "splits.csv",
+                "--split-manifest", a + "split_manifest.csv"])
             print(f"prepare workers={workers}: {wall_p:.1f} s, {n / wall_p:.0f} img/s, peak RSS {rss_p:.0f} MiB "
                   f"({line})", flush=True)
             print(f"audit (after prepare, workers={workers}): {wall_a:.1f} s, peak RSS {rss_a:.0f} MiB "
-                  f"({out_a.strip().splitlines()[-1]})", flush=True)
+                  f"({next(x for x in out_a.splitlines() if x.startswith('pictures per split'))})", flush=True)
             print(f"prepare+audit workers={workers}: {wall_p + wall_a:.1f} s, {n / (wall_p + wall_a):.0f} img/s",
                   flush=True)
             manifests[workers] = (work / a / "manifest.csv").read_bytes()
@@ -161,7 +162,8 @@ def stages(n: int, size: tuple[int, int], worker_counts: list[int], extract: boo
             params["backbones"]["efficientnet_b1"]["weights"] = None
             (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
             wall_e, rss_e, out = run_stage(work, "pipeline.extract", [
-                "--backbone", "efficientnet_b1", "--manifest", "artifacts/data/manifest.csv", "--source", "artifacts/data/source.json",
+                "--backbone", "efficientnet_b1", "--manifest", "artifacts/data/split_manifest.csv",
+                "--source", "artifacts/data/source.json",
                 "--out", "features/efficientnet_b1", "--scratch", ".extract-shards/efficientnet_b1"])
             print(f"extract (random backbone, shipped params): {wall_e:.1f} s, {n / wall_e:.0f} img/s, "
                   f"peak RSS {rss_e:.0f} MiB", flush=True)

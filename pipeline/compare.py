@@ -18,6 +18,7 @@ from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import output_set, read_csv, read_json, writing
 from pipeline.common.params import DEFAULT_PARAMS, backbones_section, classifiers_section
+from pipeline.data.carving import read_splits, split_origins
 from pipeline.embed.features import META, read_meta
 from pipeline.evaluate.leaderboard import leaderboard, pair_name, render_markdown
 from pipeline.evaluate.splits import read_folds
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cv-folds", type=Path, default=Path("artifacts/data/folds.csv"),
                         help="the shared grouped fold assignment")
     parser.add_argument("--models-dir", type=Path, required=True)
+    parser.add_argument("--splits", type=Path, default=None,
+                        help="the audit's splits.csv: how valid and test were made (omitted: not said)")
     parser.add_argument("--markdown", type=Path, required=True)
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--json", type=Path, required=True)
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.models_dir / f"{best}.joblib").is_file():
         raise PipelineError(f"Model file {args.models_dir / f'{best}.joblib'} not found; re-run its train stage "
                             f"(dvc repro train@{best.replace('/', '-')}).")
-    text = render_markdown(table, tests)
+    text = render_markdown(table, tests, splits=split_origins(read_splits(args.splits)) if args.splits else None)
     with output_set() as out:  # the four change together or not at all
         with writing(args.best_model):
             shutil.copyfile(args.models_dir / f"{best}.joblib", out.path(args.best_model))

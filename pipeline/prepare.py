@@ -2,8 +2,11 @@
 
 The manifest (path, split, label, sha256, width, height, and the perceptual hashes
 the audit groups by) is the only thing later stages depend on for the images' content:
-each image is read and decoded once, here, on ``data.num_workers`` processes.
-``source.json`` says where the files were found; ``skipped.csv`` lists files left out under ``data.on_bad_image: skip``.
+each image is read and decoded once, here, on ``data.num_workers`` processes. Its split
+is the one each image came with (split folders, or a list's split column; train for
+class folders without splits); the audit carves the splits the data lacks.
+``source.json`` says where the files were found and how each split was given;
+``skipped.csv`` lists files left out under ``data.on_bad_image: skip``.
 Every section of params.yaml is validated here first, so a typo in the last
 stage's params fails in seconds, not after extraction.
 """
@@ -16,7 +19,7 @@ from pathlib import Path
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.io import output_set
 from pipeline.common.params import DEFAULT_PARAMS, backbones_section, classifiers_section, load_section, validate_all
-from pipeline.data.dataset import build_manifest, resolve_root
+from pipeline.data.dataset import build_manifest, resolve_layout
 from pipeline.data.pool import resolve_workers
 from pipeline.embed.backbone import check_backbones, parse_backbone, resize_of
 from pipeline.evaluate.classifiers import check_classifiers
@@ -38,15 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     # refuse what extract would refuse: the largest resize any backbone makes
     resize = max(resize_of(parse_backbone(name, raw), extract.resize_size) for name, raw in backbones.items())
     data = load_section("data", args.params)
-    root = resolve_root(data)
+    layout = resolve_layout(data)
+    root = layout.root
     workers = resolve_workers(data.num_workers)
     start = time.perf_counter()
-    manifest, skipped = build_manifest(root, on_bad_image=data.on_bad_image, workers=workers, resize=resize)
+    manifest, skipped = build_manifest(layout, on_bad_image=data.on_bad_image, workers=workers, resize=resize)
     seconds = time.perf_counter() - start
+    given = {split: layout.origin(split) for split in manifest["split"].unique()}  # the audit carves the others
     with output_set() as out:  # the three change together or not at all
         out.write_csv(args.manifest, manifest)
         out.write_csv(args.skipped, skipped)
-        out.write_json(args.source, {"root": str(root.resolve()), "handle": data.handle})
+        out.write_json(args.source, {"root": str(root.resolve()), "handle": data.handle, "splits": given})
     counts = manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
     print(f"{len(manifest)} images from {root}; {len(skipped)} skipped; {workers} worker(s), "
           f"{seconds:.1f} s ({(len(manifest) + len(skipped)) / seconds:.0f} img/s)\n{counts}")

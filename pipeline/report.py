@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.io import read_csv, read_json, write_text
+from pipeline.data.carving import read_splits, split_origins
 from pipeline.data.dataset import read_source
 from pipeline.embed import features as features_io
 from pipeline.reporting.page import build_report, check_history, check_leaderboard, check_predictions
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the learning_curve stages' curves, <backbone>/<classifier>.csv (omitted: no section)")
     parser.add_argument("--learning-summaries", type=Path, default=None,
                         help="folder of the learning_curve stages' readings, <backbone>/<classifier>.json")
+    parser.add_argument("--splits", type=Path, default=None,
+                        help="the audit's splits.csv: how each split was made (omitted: not said)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -76,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                 readings[pair] = read_json(args.learning_summaries / f"{pair}.json", what="Learning curve summary",
                                            fix=fix).get("sentence", "")
     source = read_source(args.source)
+    splits = split_origins(read_splits(args.splits)) if args.splits else None
     text = build_report(leaderboard=leaderboard, predictions=predictions, feats=feats, histories=histories,
                         image_root=Path(source["root"]), source=source, code_version=code_version(),
-                        learning_curves=curves, learning_readings=readings)
+                        learning_curves=curves, learning_readings=readings, splits=splits)
     write_text(args.out, text)
     print(f"report: {args.out} ({len(text) / 1e6:.1f} MB)")
     return 0

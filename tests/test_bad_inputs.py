@@ -4,11 +4,12 @@ Each case copies a small finished project, breaks one thing, runs one stage's CL
 (or predict) exactly as dvc.yaml does, and checks: status 2, a single ``error:``
 line naming the file or key, no traceback, and no output file created or changed.
 
-The table holds 116 cases (59 before issue 21, whose kinds the next ones cover: odd files, FIFOs and sockets,
+The table holds 134 cases (59 before issue 21, whose kinds the added 39 cover: odd files, FIFOs and sockets,
 stray files and folders, extreme aspect ratios, size bounds, an unanswering Ray address, outputs blocked
-by a file or a folder, swapped or replaced split files, malformed reuse files; then the classifiers at
-scale: cv.engine, exact_max_rows, n_components, the CV fits' Ray address); with the four full-disk
-runs (a file-size limit on extract, train, compare and report) none ends in a traceback.
+by a file or a folder, swapped or replaced split files, malformed reuse files; issue 22's cover split
+folders under unknown or doubled names, CSV lists, carving shares, unpinned handles, damaged split records;
+issue 19's the classifiers at scale: cv.engine, exact_max_rows, n_components, the CV fits' Ray address);
+with the four full-disk runs (a file-size limit on extract, train, compare and report) none ends in a traceback.
 """
 
 from __future__ import annotations
@@ -209,8 +210,10 @@ CASES = [
      lambda r: shutil.copytree(held_out_image(r).parent, held_out_image(r).parent.with_name("Bored")), "['Bored']"),
     ("empty class folder", "prepare", None,
      lambda r: [p.unlink() for p in first_image(r, "valid").parent.iterdir()], "is empty"),
-    ("missing split folder", "prepare", None,
-     lambda r: shutil.rmtree(r / DATA / "Master Folder" / "valid"), "Split folder"),
+    ("missing split folder named in data.splits", "prepare", None,
+     lambda r: (shutil.rmtree(r / DATA / "Master Folder" / "valid"),
+                edit_params(r, data__splits={"train": "train", "valid": "valid", "test": "test"})),
+     "data.splits.valid='valid': there is no folder"),
     ("data.root not a folder", "prepare", None, lambda r: edit_params(r, data__root="no/such/folder"), "data.root"),
     ("image above the pixel limit", "prepare", None,
      lambda r: Image.new("L", (9500, 9500)).save(first_image(r).parent / "huge.png"), "huge.png is too large"),
@@ -282,10 +285,10 @@ CASES = [
      "cv.inner_folds=12"),
     ("classifier not in params", "train", "forest", lambda r: None, "no classifiers.forest entry"),
     ("features from another manifest", "train", "logreg",
-     lambda r: (r / "artifacts/data/manifest.csv").write_text(
-         (r / "artifacts/data/manifest.csv").read_text() + "\n"), "extracted from another manifest"),
-    ("manifest missing (train)", "train", "logreg", lambda r: (r / "artifacts/data/manifest.csv").unlink(),
-     "Manifest artifacts/data/manifest.csv not found"),
+     lambda r: (r / "artifacts/data/split_manifest.csv").write_text(
+         (r / "artifacts/data/split_manifest.csv").read_text() + "\n"), "extracted from another manifest"),
+    ("manifest missing (train)", "train", "logreg", lambda r: (r / "artifacts/data/split_manifest.csv").unlink(),
+     "Manifest artifacts/data/split_manifest.csv not found"),
     ("groups.csv empty", "train", "logreg", lambda r: (r / "artifacts/data/groups.csv").write_text(""),
      "groups.csv is not a readable CSV file"),
     # learning_curve
@@ -454,7 +457,63 @@ CASES = [
      "efficientnet_b1.csv has train_loss=nan"),
     ("report predictions lack a probability", "report", None,
      lambda r: edit_csv(r / "artifacts/predictions/efficientnet_b1/logreg.csv", lambda d: d.drop(columns="p_Angry")), "['p_Angry']"),
+    # issue 22: split folders under other names, a CSV list instead of folders, splits carved from train
+    ("split folder of an unknown name", "prepare", None,
+     lambda r: (r / DATA / "Master Folder" / "valid").rename(r / DATA / "Master Folder" / "holdout"),
+     "Master Folder/holdout sits next to the split folders ['train', 'test']"),
+    ("two folders of one split", "prepare", None,
+     lambda r: shutil.copytree(r / DATA / "Master Folder" / "valid", r / DATA / "Master Folder" / "val"),
+     "several valid folders ['val', 'valid']"),
+    ("split folder named in data.splits not there", "prepare", None,
+     lambda r: edit_params(r, data__splits={"train": "train", "valid": "validation", "test": "test"}),
+     "data.splits.valid='validation': there is no folder"),
+    ("unknown key under data.splits", "prepare", None,
+     lambda r: edit_params(r, data__splits={"train": "train", "validation": "valid"}), "data.splits.validation"),
+    ("a CSV list and folders both given", "prepare", None, lambda r: edit_params(r, data__list="images.csv"),
+     "data.list='images.csv' and data.layout_dir='Master Folder' are both set"),
+    ("CSV list not there", "prepare", None, lambda r: edit_params(r, data__list="nope.csv", data__layout_dir=None),
+     "data.list='nope.csv'"),
+    ("CSV list without a label column", "prepare", None, lambda r: image_list(r, lambda d: d.drop(columns="label")),
+     "images.csv lacks column(s) ['label']"),
+    ("CSV list names a file that does not exist", "prepare", None,
+     lambda r: image_list(r, lambda d: pd.concat([d, pd.DataFrame([{"path": "gone/x.jpg", "label": "Sad",
+                                                                    "split": "train"}])])),
+     "gone/x.jpg does not exist"),
+    ("CSV list with an unknown split name", "prepare", None,
+     lambda r: image_list(r, lambda d: d.assign(split=d["split"].replace("valid", "holdout"))),
+     "split 'holdout' is not a split name"),
+    ("CSV list with a class only in test", "prepare", None,
+     lambda r: image_list(r, lambda d: d.assign(label=d["label"].where(d["split"] != "test", "Bored"))), "['Bored']"),
+    ("CSV list with an empty label", "prepare", None,
+     lambda r: image_list(r, lambda d: d.assign(label=d["label"].where(d.index != 3, ""))), "line 5: the label is empty"),
+    ("carve share that leaves a class without a test picture", "audit", None,
+     lambda r: (shutil.rmtree(r / DATA / "Master Folder" / "test"), edit_params(r, data__carve__test=0.05),
+                stage_main("prepare")), "data.carve.test=0.05 leaves class 'Angry' with no picture in test"),
+    ("carve share of zero", "prepare", None, lambda r: edit_params(r, data__carve__valid=0), "data.carve.valid=0"),
+    ("carve shares that leave train nothing", "prepare", None,
+     lambda r: edit_params(r, data__carve__valid=0.6, data__carve__test=0.5), "add up to 1.1"),
+    ("handle without a version", "prepare", None,
+     lambda r: edit_params(r, data__handle="anshtanwar/pets-facial-expression-dataset"),
+     "data.handle='anshtanwar/pets-facial-expression-dataset' is not pinned to a version"),
+    ("manifest names an unknown split", "audit", None,
+     lambda r: edit_csv(r / "artifacts/data/manifest.csv", lambda d: d.assign(split=d["split"].replace("valid", "dev"))),
+     "names split(s) ['dev']"),
+    ("source.json with damaged splits", "audit", None,
+     lambda r: rewrite_json(r / "artifacts/data/source.json", lambda s: s.update(splits=["train"])), 'has "splits"'),
+    ("splits.csv without its why", "compare", None,
+     lambda r: edit_csv(r / "artifacts/data/splits.csv", lambda d: d.drop(columns="why")),
+     "splits.csv lacks column(s) ['why']"),
 ]
+
+
+def image_list(root: Path, change) -> None:
+    """The dataset as a CSV list (path relative to it, label, split), changed by ``change``, and the params to
+    read it instead of the folders."""
+    base = root / DATA
+    rows = [{"path": p.relative_to(base).as_posix(), "label": p.parent.name, "split": p.parent.parent.name}
+            for p in sorted((base / "Master Folder").rglob("*.jpg"))]
+    change(pd.DataFrame(rows)).to_csv(base / "images.csv", index=False)
+    edit_params(root, data__list="images.csv", data__layout_dir=None)
 
 
 def exported_entry(root: Path, file: str) -> None:
@@ -651,7 +710,8 @@ def test_ctrl_c_prints_one_line_and_leaves_no_output(tmp_path):
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.batch_size": 2,
                                                      "extract.num_workers": 2, "views.count": 16})
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
+    for before in ("prepare", "audit"):
+        subprocess.run(stage_process(before, params), cwd=tmp_path, env=env, check=True, capture_output=True)
     # As from a terminal: a shell starts background jobs (`pytest &`) with SIGINT ignored, and children inherit it.
     proc = subprocess.Popen(stage_process("extract", params), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,

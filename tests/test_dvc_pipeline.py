@@ -1,5 +1,6 @@
 """A real ``dvc repro`` of the whole project in a temporary git repository."""
 
+import html
 import io
 import json
 import os
@@ -254,3 +255,37 @@ def test_with_a_skipped_file_a_second_repro_changes_nothing_in_git(tmp_path):
     run(["git", "commit", "-qm", "first repro"], root, ENV)
     run([*DVC, "repro", "prepare"], root, ENV)
     assert run(["git", "status", "--porcelain"], root, ENV).strip() == ""
+
+
+def test_train_and_val_folders_only_give_a_carved_test_split_that_the_leaderboard_names(tmp_path):
+    """The ImageFolder convention, no test folder: the audit carves test from train by whole picture, every
+    later stage reads that split, and the leaderboard and the report say how test was made."""
+    data = make_dataset(tmp_path / "data", train_per_class=5, held_out_per_class=2, augs=1)
+    shutil.rmtree(data / "Master Folder" / "test")
+    (data / "Master Folder" / "valid").rename(data / "Master Folder" / "val")
+    root = tmp_path / "project"
+    root.mkdir()
+    init_project(root, data)
+    write_params(root / "params.yaml", {**SMALL_RUN, "data.root": str(data), "data.layout_dir": None,
+                                        "views.count": 0, "learning_curve.enabled": False})
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["classifiers"] = {name: params["classifiers"][name] for name in ("head", "logreg")}  # a faster run
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert {"prepare", "audit", "folds", f"extract@{B}", f"train@{B}-logreg", "compare",
+            "report"} <= ran(run([*DVC, "repro"], root, ENV))
+
+    carved = "carved from train: 15% of each class's pictures (whole pictures), seed 0"
+    splits = pd.read_csv(root / "artifacts" / "data" / "splits.csv")
+    assert set(splits.loc[splits["split"] == "test", "why"]) == {carved}
+    assert set(splits.loc[splits["split"] == "valid", "why"]) == {"folder val/"}
+    groups = pd.read_csv(root / "artifacts" / "data" / "groups.csv")
+    assert groups.groupby("group")["split"].nunique().max() == 1  # no picture on two sides
+    test = sorted(splits.loc[splits["split"] == "test", "path"])
+    assert len(test) == 8 and all(p.startswith("train/") for p in test)  # 1 of 5 pictures a class, 2 images each
+    for name in ("head", "logreg"):  # every classifier scored on the carved test images, and only on them
+        predictions = pd.read_csv(root / "artifacts" / "predictions" / B / f"{name}.csv")
+        assert sorted(predictions.loc[predictions["split"] == "test", "image"]) == test
+    board = (root / "artifacts" / "comparison.md").read_text()
+    assert f"Held-out images: **valid**: 8 images, folder val/; **test**: 8 images, {carved}." in board
+    about = (root / "artifacts" / "report.html").read_text()
+    assert f"test: {html.escape(carved)}" in about and "valid: folder val/" in about

@@ -36,7 +36,8 @@ def test_killed_extract_leaves_no_features_and_the_rerun_recovers(tmp_path):
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.batch_size": 2})
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     stage = stage_process("extract", params)
-    subprocess.run(stage_process("prepare", params), cwd=tmp_path, env=env, check=True, capture_output=True)
+    for before in ("prepare", "audit"):
+        subprocess.run(stage_process(before, params), cwd=tmp_path, env=env, check=True, capture_output=True)
     proc = subprocess.Popen(stage, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not any(tmp_path.glob(".extract-shards/*/*/.rows-*.tmp-*")) and time.monotonic() < deadline:

@@ -37,6 +37,7 @@ def runs(tmp_path_factory):
                                               "extract.ray_actors": actors, "extract.batch_size": 4,
                                               "extract.shard_rows": 8, "views.count": 2})
         stage("prepare", folder)
+        stage("audit", folder)
         folders[engine] = (folder, stage("extract", folder))
     return data, folders
 
@@ -143,6 +144,7 @@ def test_a_ray_address_that_does_not_answer_ends_in_one_line_within_the_timeout(
                                                 "extract.ray_address": f"127.0.0.1:{port}",
                                                 "extract.ray_timeout_s": 3})
         stage("prepare", tmp_path)
+        stage("audit", tmp_path)
         started = time.monotonic()
         result = stage("extract", tmp_path, check=False)
         seconds = time.monotonic() - started

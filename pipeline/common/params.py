@@ -28,17 +28,72 @@ class ParamsError(PipelineError):
     """A parameter in params.yaml is missing, unknown, mistyped or out of range."""
 
 
+# A Kaggle handle pinned to one version: owner/dataset/versions/<n>.
+PINNED_HANDLE = re.compile(r"[^/\s]+/[^/\s]+/versions/\d+")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitNames:
+    """``data.splits``: the name of each split's folder (or, with ``data.list``, its value in the split column).
+    A split left out, or null, is not in the data: the audit carves it from train."""
+
+    train: str
+    valid: str | None = None
+    test: str | None = None
+
+    def check(self, name: str) -> None:
+        names = {split: value for split, value in dataclasses.asdict(self).items() if value is not None}
+        for split, value in names.items():
+            if not value.strip() or "/" in value or "\\" in value or value in (".", ".."):
+                raise ParamsError(f"{name}.{split}={value!r} must be one folder name (no slashes), or null when "
+                                  "the data has no such split.")
+        if len(set(names.values())) < len(names):
+            raise ParamsError(f"{name}={names} gives two splits the same name; each split needs its own.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CarveParams:
+    """``data.carve``: the share of train's pictures, per class, moved to each split the data lacks, and the seed."""
+
+    valid: float
+    test: float
+    seed: int
+
+    def check(self, name: str) -> None:
+        for split in ("valid", "test"):
+            value = getattr(self, split)
+            if not 0 < value < 1:  # NaN too
+                raise ParamsError(f"{name}.{split}={value!r} is out of range: it must be above 0 and below 1 "
+                                  "(a share of train's pictures per class).")
+        if self.valid + self.test >= 1:
+            raise ParamsError(f"{name}.valid={self.valid!r} and {name}.test={self.test!r} add up to "
+                              f"{self.valid + self.test:g}: they must leave train some pictures (sum below 1).")
+        check_seed(name, "seed", self.seed)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataParams:
     handle: str
     root: str | None
-    layout_dir: str
+    layout_dir: str | None
     on_bad_image: Literal["error", "skip"]
     num_workers: int | Literal["auto"]
+    carve: CarveParams
+    splits: SplitNames | None = None  # absent or null: the common names are recognised
+    list: str | None = None  # absent or null: the images are in folders
 
     def check(self, name: str) -> None:
         if self.num_workers != "auto":
             in_range(name, "num_workers", self.num_workers, 1, None)
+        if not PINNED_HANDLE.fullmatch(self.handle):
+            raise ParamsError(f"{name}.handle={self.handle!r} is not pinned to a version: write "
+                              "<owner>/<dataset>/versions/<n>, so the data cannot change under a result.")
+        if self.list is not None and not self.list.strip():
+            raise ParamsError(f"{name}.list={self.list!r} is empty: name a CSV file, or write null for folders.")
+        if self.list is not None and self.layout_dir is not None:
+            raise ParamsError(f"{name}.list={self.list!r} and {name}.layout_dir={self.layout_dir!r} are both set: "
+                              "the images come either from a CSV list or from folders. Set data.layout_dir: null "
+                              "to use the list, or data.list: null to use the folders.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +260,12 @@ def in_range(section: str, key: str, value: float, low: float | None, high: floa
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Return ``value`` if it fits ``annotation`` (ints accepted for floats), else raise."""
     origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):  # a nested mapping: its own keys, types and checks
+        return parse_section(annotation, value, key)
     if origin in (typing.Union, types.UnionType):
+        nested = [option for option in typing.get_args(annotation) if dataclasses.is_dataclass(option)]
+        if nested and isinstance(value, dict):  # its own message names the nested key at fault
+            return _check_type(key, value, nested[0])
         for option in typing.get_args(annotation):
             try:
                 return _check_type(key, value, option)
@@ -241,6 +301,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
 
 
 def _describe(annotation: Any) -> str:
+    if dataclasses.is_dataclass(annotation):
+        return f"a mapping with keys {[f.name for f in dataclasses.fields(annotation)]}"
     if typing.get_origin(annotation) is list:
         return f"list of {_describe(typing.get_args(annotation)[0])}"
     args = typing.get_args(annotation)
@@ -252,7 +314,8 @@ def _describe(annotation: Any) -> str:
 def parse_section(cls: type, raw: Any, name: str) -> Any:
     """Build dataclass ``cls`` from the mapping ``raw`` found at ``name`` in params.yaml."""
     if not isinstance(raw, dict):
-        raise ParamsError(f"params section '{name}' must be a mapping, got {raw!r}.")
+        what = f"{name}" if "." in name else f"params section '{name}'"
+        raise ParamsError(f"{what} must be a mapping, got {raw!r}.")
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(fields))

@@ -11,41 +11,38 @@ import functools
 import hashlib
 import logging
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.common.errors import PipelineError
 from pipeline.common.io import read_csv, read_json
-from pipeline.common.params import DataParams
+from pipeline.common.params import DataParams, SplitNames
 from pipeline.data.grouping import Hashes, image_hashes
 from pipeline.data.images import ImageError, load_rgb, read_image_bytes, resized_too_large
+from pipeline.data.layouts import (
+    IMAGE_SUFFIXES,
+    SPLITS,
+    DatasetError,
+    Layout,
+    find_root,
+    is_clutter,
+    read_list,
+    split_folders,
+)
 from pipeline.data.pool import ordered_map
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
 HELD_OUT = ("valid", "test")  # scored, never fitted on
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
-# Files that operating systems drop into folders; skipped with a log line, never read.
-OS_CLUTTER = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
-
-
-def is_clutter(path: Path) -> bool:
-    """Operating-system metadata: .DS_Store, Thumbs.db, desktop.ini, and macOS's ``._<name>`` resource forks."""
-    return path.name.lower() in OS_CLUTTER or path.name.startswith("._")
 
 
 MANIFEST_COLUMNS = ["path", "split", "label", "sha256", "width", "height"]
 # What the audit needs from the pixels, computed by prepare in the same decode: the 64-bit
 # difference hash (16 hex digits), that of the mirror image, and whether it carries information.
 HASH_COLUMNS = ["dhash", "dhash_mirrored", "informative"]
-
-
-class DatasetError(PipelineError):
-    """The dataset on disk does not have the expected layout or content."""
 
 
 class BadImage(DatasetError):
@@ -56,46 +53,73 @@ class BadImage(DatasetError):
         self.why = why
 
 
-def resolve_root(data: DataParams) -> Path:
-    """Return the folder holding ``<split>/<class>/`` image folders.
-
-    ``data.root`` (a local copy) wins; otherwise kagglehub fetches the pinned
-    handle, or reuses its cache (``KAGGLEHUB_CACHE``) without network.
-    """
+def dataset_folder(data: DataParams) -> Path:
+    """The dataset as it came: ``data.root`` (a local copy) wins; otherwise kagglehub fetches the pinned
+    handle, or reuses its cache (``KAGGLEHUB_CACHE``) without network."""
     if data.root is not None:
         base = Path(data.root).expanduser()
         if not base.is_dir():
             raise DatasetError(f"data.root={data.root!r} is not a folder; point it at a copy of the dataset.")
-    else:
-        import kagglehub
+        return base
+    import kagglehub
 
-        try:
-            base = Path(kagglehub.dataset_download(data.handle))
-        except Exception as err:  # kagglehub raises requests/HTTP errors of many kinds
-            raise DatasetError(
-                f"kagglehub could not fetch {data.handle!r} ({type(err).__name__}: {err}). "
-                "Offline, set data.root to a local copy in Kaggle's layout, or pre-seed the "
-                "kagglehub cache (KAGGLEHUB_CACHE) as the README describes."
-            ) from err
-    layout = base / data.layout_dir if data.layout_dir else base
-    if not layout.is_dir():
+    try:
+        return Path(kagglehub.dataset_download(data.handle))
+    except Exception as err:  # kagglehub raises requests/HTTP errors of many kinds
         raise DatasetError(
-            f"{layout} does not exist: expected data.layout_dir={data.layout_dir!r} inside {base}."
-        )
-    return layout
+            f"kagglehub could not fetch {data.handle!r} ({type(err).__name__}: {err}). "
+            "Offline, set data.root to a local copy in Kaggle's layout, or pre-seed the "
+            "kagglehub cache (KAGGLEHUB_CACHE) as the README describes."
+        ) from err
+
+
+def resolve_layout(data: DataParams) -> Layout:
+    """Where the images are and how their splits are given: a CSV list (``data.list``), or folders under
+    ``data.layout_dir`` (found under the dataset when it is null)."""
+    if data.list is not None:
+        listed = Path(data.list).expanduser()
+        csv = listed if listed.is_absolute() else dataset_folder(data) / listed
+        if not csv.is_file():
+            raise DatasetError(f"data.list={data.list!r}: {csv} is not a file; point data.list at the CSV that lists "
+                               "the images (relative to the dataset folder, or absolute).")
+        return Layout(root=csv.parent, folders={}, list_file=csv, names=data.splits)
+    base = dataset_folder(data)
+    if data.layout_dir is None:
+        root = find_root(base, data.splits)
+    else:
+        root = base / data.layout_dir
+        if not root.is_dir():
+            raise DatasetError(
+                f"{root} does not exist: expected data.layout_dir={data.layout_dir!r} inside {base}; set it to "
+                "the folder that holds the split (or class) folders, or to null to have it found."
+            )
+    return Layout(root=root, folders=split_folders(root, data.splits))
+
+
+def resolve_root(data: DataParams) -> Path:
+    """The folder the manifest's paths are relative to (see ``resolve_layout``)."""
+    return resolve_layout(data).root
 
 
 def classes_of(split_dir: Path) -> list[str]:
-    """Class names of a split: its sub-folders, sorted."""
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    """Class names of a split: its sub-folders (clutter left out), sorted."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not is_clutter(p))
 
 
-def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
+def as_layout(root: Path, splits: Mapping[str, str] | Sequence[str] = SPLITS) -> Layout:
+    """A folder layout under ``root``: ``splits`` maps each split to its folder, or lists folders named as the splits."""
+    folders = dict(splits) if isinstance(splits, Mapping) else {name: name for name in splits}
+    return Layout(root=Path(root), folders=folders)
+
+
+def scan_layout(root: Path, splits: Mapping[str, str] | Sequence[str] = SPLITS, *,
                 skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
-    """List ``root/<split>/<class>/<image>`` files as rows of (path, split, label).
+    """List ``root/<split folder>/<class>/<image>`` files as rows of (path, split, label); with no split
+    folders (``splits`` empty), ``root/<class>/<image>``, every image train.
 
     A non-image file is an error, or, when a ``skipped`` list is given, recorded there.
     """
+    folders = as_layout(root, splits).folders
     rows = []
     classes_by_split: dict[str, list[str]] = {}
 
@@ -105,20 +129,20 @@ def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
             raise DatasetError(message)
         skipped.append((entry.relative_to(root).as_posix(), reason))
 
-    for stray in sorted(p for p in root.iterdir() if p.name not in splits and not is_clutter(p)):
+    names = list(folders.values())
+    for stray in sorted(p for p in root.iterdir() if folders and p.name not in names and not is_clutter(p)):
         kind = "folder" if stray.is_dir() else "file"
-        bad_entry(stray, f"Stray {kind} {stray} sits next to the split folders {list(splits)}; move it away, or set "
-                  "data.on_bad_image: skip.", f"a {kind} next to the split folders")
-    for split in splits:
-        split_dir = root / split
+        bad_entry(stray, f"Stray {kind} {stray} sits next to the split folders {names}; move it away, name the "
+                  "split folders in data.splits, or set data.on_bad_image: skip.", f"a {kind} next to the split folders")
+    for split, split_dir in ({s: root / name for s, name in folders.items()} or {"train": root}).items():
         if not split_dir.is_dir():
-            raise DatasetError(f"Split folder {split_dir} is missing; expected {list(splits)} under {root}.")
+            raise DatasetError(f"Split folder {split_dir} is missing; expected {names} under {root}.")
         for stray in sorted(p for p in split_dir.iterdir() if not p.is_dir() and not is_clutter(p)):
             bad_entry(stray, f"Stray file {stray} sits outside any class folder; move it into one, or away, or set "
                       "data.on_bad_image: skip.", "outside any class folder")
         classes_by_split[split] = classes_of(split_dir)
         if not classes_by_split[split]:
-            raise DatasetError(f"Split folder {split_dir} has no class folders.")
+            raise DatasetError(f"{'Split folder' if folders else 'Dataset folder'} {split_dir} has no class folders.")
         for class_dir in (split_dir / name for name in classes_by_split[split]):
             images = []
             for file in sorted(class_dir.iterdir()):
@@ -139,6 +163,31 @@ def scan_layout(root: Path, splits: tuple[str, ...] = SPLITS, *,
             rows += [(f.relative_to(root).as_posix(), split, class_dir.name) for f in images]
     _check_classes(classes_by_split)
     return pd.DataFrame(rows, columns=["path", "split", "label"])
+
+
+def scan_list(list_file: Path, root: Path, *, skipped: list[tuple[str, str]] | None = None,
+              names: SplitNames | None = None) -> pd.DataFrame:
+    """The images of a CSV list (``layouts.read_list``) as rows of (path, split, label), ordered by split,
+    class, path; a listed file that is missing or not an image is an error naming its line, or, when a
+    ``skipped`` list is given, recorded there."""
+    listed = read_list(list_file, names)
+    keep = []
+    for path, line in zip(listed["path"], listed["line"]):
+        file = root / path
+        problem = ("does not exist" if not (file.exists() or file.is_symlink()) else
+                   f"is not an image file (allowed: {sorted(IMAGE_SUFFIXES)})" if file.suffix.lower() not in
+                   IMAGE_SUFFIXES else None)
+        if problem and skipped is None:
+            raise DatasetError(f"Image list {list_file} line {line}: {path} {problem} (looked for {file}); fix the "
+                               "row, or set data.on_bad_image: skip.")
+        if problem:
+            skipped.append((path, f"{problem.split(' (')[0]} (listed on line {line})"))
+        keep.append(not problem)
+    frame = listed[keep].drop(columns="line")
+    order = frame["split"].map(SPLITS.index)
+    frame = frame.assign(order=order).sort_values(["order", "label", "path"], kind="stable").drop(columns="order")
+    _check_classes({split: sorted(set(part["label"])) for split, part in frame.groupby("split", sort=False)})
+    return frame.reset_index(drop=True)
 
 
 def _check_classes(classes_by_split: dict[str, list[str]]) -> None:
@@ -189,18 +238,26 @@ def _inspect_or_why(path: Path, resize: int | None = None) -> tuple | str:
         return err.why
 
 
-def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *, on_bad_image: str = "error", workers: int = 1,
+def build_manifest(source: Path | Layout, splits: Mapping[str, str] | Sequence[str] = SPLITS, *,
+                   on_bad_image: str = "error", workers: int = 1,
                    resize: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scan ``root`` and describe every image; rows ordered by split, class, file name. ``resize``: the
-    extraction's resize size, so an image extract would refuse is caught here, before extraction.
+    """Scan ``source`` (a ``Layout``, or a folder holding ``splits``) and describe every image; rows ordered by
+    split, class, path. ``resize``: the extraction's resize size, so an image extract would refuse is caught
+    here, before extraction.
 
     Each image is read and decoded once, on ``workers`` processes; the results are taken
     in manifest order, so the output (and the first bad file reported) does not depend
     on the worker count. Returns the manifest and the files skipped (path, reason):
     with ``on_bad_image="error"`` the first bad file raises instead, so none are.
     """
+    layout = source if isinstance(source, Layout) else as_layout(source, splits)
+    root = layout.root
     skipped: list[tuple[str, str]] | None = [] if on_bad_image == "skip" else None
-    frame = scan_layout(root, splits, skipped=skipped)
+    if layout.list_file is not None:
+        frame = scan_list(layout.list_file, root, skipped=skipped, names=layout.names)
+    else:
+        frame = scan_layout(root, layout.folders, skipped=skipped)
+    scanned = frame[["split", "label"]].drop_duplicates()
     described, keep = [], []
     # closing: an error, Ctrl-C or the first bad file stops the workers before it is reported
     inspect = functools.partial(_inspect_or_why, resize=resize)
@@ -218,10 +275,9 @@ def build_manifest(root: Path, splits: tuple[str, ...] = SPLITS, *, on_bad_image
     columns = ["sha256", "width", "height", *HASH_COLUMNS]
     frame[columns] = pd.DataFrame(described, index=frame.index, columns=columns, dtype=object)
     present = set(zip(frame["split"], frame["label"]))
-    for split in splits:
-        for label in classes_of(root / split):
-            if (split, label) not in present:
-                raise DatasetError(f"Class folder {root / split / label} has no readable image left after skipping.")
+    for split, label in scanned.itertuples(index=False):
+        if (split, label) not in present:
+            raise DatasetError(f"{layout.place(split, label)} has no readable image left after skipping.")
     skipped_frame = pd.DataFrame(skipped or [], columns=["path", "reason"])
     if len(skipped_frame):
         warnings.warn(f"Skipped {len(skipped_frame)} bad file(s) (data.on_bad_image: skip): "
@@ -253,20 +309,29 @@ def manifest_hashes(manifest: pd.DataFrame) -> Hashes:
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    """Load a manifest written by ``prepare``, checking its columns."""
-    frame = read_csv(path, what="Manifest", fix="run the prepare stage (dvc repro prepare).", error=DatasetError,
+    """Load a manifest written by ``prepare`` (or the audit's, with the final splits), checking its columns."""
+    fix = "run the stages that write it (dvc repro audit: prepare, then audit)."
+    frame = read_csv(path, what="Manifest", fix=fix, error=DatasetError,
                      dtype={"path": str, "split": str, "label": str, "sha256": str, "dhash": str,
                             "dhash_mirrored": str}, keep_default_na=False)
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise DatasetError(f"Manifest {path} lacks column(s) {missing}.")
+    unknown = sorted(set(frame["split"]) - set(SPLITS))
+    if unknown:
+        raise DatasetError(f"Manifest {path} names split(s) {unknown}; the splits are {list(SPLITS)}: {fix}")
     return frame
 
 
 def read_source(path: Path) -> dict:
-    """``source.json``, written by prepare: where the images are (``root``) and the dataset handle."""
+    """``source.json``, written by prepare: where the images are (``root``), the dataset handle and how each
+    split the data came with was found (``splits``: split -> "folder val/", ...)."""
     source = read_json(path, what="Source file", fix="run the prepare stage (dvc repro prepare).", error=DatasetError)
     if not isinstance(source, dict) or not isinstance(source.get("root"), str):
         raise DatasetError(f"Source file {path} has no \"root\" (the folder holding the split folders); "
                            "run the prepare stage (dvc repro prepare).")
+    splits = source.get("splits", {})
+    if not isinstance(splits, dict) or not all(k in SPLITS and isinstance(v, str) for k, v in splits.items()):
+        raise DatasetError(f"Source file {path} has \"splits\" {splits!r}; it maps each of {list(SPLITS)} the "
+                           "data came with to how it was found. Run the prepare stage (dvc repro prepare).")
     return source

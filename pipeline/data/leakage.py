@@ -1,6 +1,8 @@
-"""What is in the dataset: duplicates, original pictures, leaks between splits, balance.
+"""What is in the dataset: duplicates, original pictures, the split of each, leaks between splits, balance.
 
 Pure functions over the manifest and perceptual hashes; ``pipeline.audit`` does the I/O.
+The splits the data lacks are carved here, from the picture groups (``carving``), so the
+leak check and every count below are of the splits the later stages use.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.common.params import CarveParams
+from pipeline.data.carving import assign_splits, split_manifest
 from pipeline.data.dataset import HELD_OUT
 from pipeline.data.grouping import Hashes, components, near_duplicate_pairs, picture_groups
 
@@ -19,16 +23,20 @@ from pipeline.data.grouping import Hashes, components, near_duplicate_pairs, pic
 class Audit:
     report: dict[str, Any]
     groups: pd.DataFrame  # path, split, label, group
+    splits: pd.DataFrame  # path, split, why: one row per image, in the order of ``manifest``
+    manifest: pd.DataFrame  # the manifest with each image's final split, rows train, valid, test
 
     @property
     def leaks(self) -> list[dict[str, Any]]:
         return self.report["cross_split_leaks"]
 
 
-def audit_dataset(manifest: pd.DataFrame, hashes: Hashes, *, near_duplicate_bits: int) -> Audit:
-    """Find exact and near duplicates, group images into pictures, and flag cross-split leaks."""
+def audit_dataset(manifest: pd.DataFrame, hashes: Hashes, *, near_duplicate_bits: int,
+                  carve: CarveParams | None = None, given: dict[str, str] | None = None) -> Audit:
+    """Find exact and near duplicates, group images into pictures, carve the splits the data lacks (with
+    ``carve``; without it the splits stay as given) and flag cross-split leaks. ``given``: how each split
+    the data has was found (source.json's ``splits``)."""
     paths = manifest["path"].tolist()
-    splits = manifest["split"].to_numpy()
 
     exact = [sorted(g["path"]) for _, g in manifest.groupby("sha256") if len(g) > 1]
     pairs = near_duplicate_pairs(hashes, near_duplicate_bits)
@@ -39,19 +47,31 @@ def audit_dataset(manifest: pd.DataFrame, hashes: Hashes, *, near_duplicate_bits
     group_of = picture_groups(paths, all_pairs)
 
     groups = manifest[["path", "split", "label"]].assign(group=group_of)
+    if carve is not None:
+        assignment = assign_splits(groups, carve=carve, given=given or {})
+        groups = groups.assign(split=assignment.split)
+        manifest = manifest.assign(split=assignment.split.to_numpy())
+        origins = assignment.origins
+    else:
+        origins = {s: (given or {}).get(s, "as given") for s in dict.fromkeys(manifest["split"])}
     leaks = []
     for group, members in groups.groupby("group", sort=True):
         member_splits = sorted(set(members["split"]))
         if len(member_splits) > 1:
             leaks.append({"group": group, "splits": member_splits, "paths": sorted(members["path"])})
 
-    sizes = manifest.groupby("split")[["width", "height"]]
+    final = split_manifest(manifest, manifest["split"])
+    sizes = final.groupby("split")[["width", "height"]]
+    images = _ordered(final.groupby("split").size(), final["split"].to_numpy())
+    pictures = _ordered(groups.groupby("split")["group"].nunique(), final["split"].to_numpy())
     report = {
-        "images_per_split": _ordered(manifest.groupby("split").size(), splits),
-        "groups_per_split": _ordered(groups.groupby("split")["group"].nunique(), splits),
+        "images_per_split": images,
+        "groups_per_split": pictures,
+        # how each split was made: as the data came (a folder, a list) or carved from train by picture
+        "splits": {s: {"how": origins[s], "images": images[s], "pictures": pictures[s]} for s in images},
         "class_balance": {
             split: frame.groupby("label").size().astype(int).to_dict()
-            for split, frame in manifest.groupby("split", sort=False)
+            for split, frame in final.groupby("split", sort=False)
         },
         "image_size": {
             split: {
@@ -71,7 +91,8 @@ def audit_dataset(manifest: pd.DataFrame, hashes: Hashes, *, near_duplicate_bits
         "leaks_into_held_out": sum(1 for leak in leaks if set(leak["splits"]) & set(HELD_OUT)),
         "unreadable": [],  # prepare refuses unreadable files, so none reach the audit
     }
-    return Audit(report=report, groups=groups)
+    why = final[["path", "split"]].assign(why=final["split"].map(origins))
+    return Audit(report=report, groups=groups, splits=why, manifest=final)
 
 
 def _ordered(series: pd.Series, splits: np.ndarray) -> dict[str, int]:
@@ -91,9 +112,10 @@ def render_markdown(report: dict[str, Any], *, max_listed: int = 20) -> str:
         lines.append("")
     else:
         lines += ["No picture appears in more than one split.", ""]
-    lines += ["| split | images | original pictures |", "|---|---:|---:|"]
+    lines += ["| split | images | original pictures | how |", "|---|---:|---:|---|"]
+    hows = {split: entry["how"] for split, entry in report.get("splits", {}).items()}
     for split, n in report["images_per_split"].items():
-        lines.append(f"| {split} | {n} | {report['groups_per_split'][split]} |")
+        lines.append(f"| {split} | {n} | {report['groups_per_split'][split]} | {hows.get(split, '–')} |")
     lines += ["", "## Class balance", ""]
     classes = sorted({c for counts in report["class_balance"].values() for c in counts})
     lines += ["| split | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]

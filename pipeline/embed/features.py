@@ -126,7 +126,8 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
     meta = read_meta(directory / META)
     if manifest is not None:
         if not Path(manifest).is_file():
-            raise FeaturesError(f"Manifest {manifest} not found; run the prepare stage (dvc repro prepare).")
+            raise FeaturesError(f"Manifest {manifest} not found; run the stages that write it "
+                                "(dvc repro audit: prepare, then audit).")
         digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
         if meta.get("manifest_sha256") != digest:
             raise FeaturesError(f"{directory} was extracted from another manifest than {manifest} "

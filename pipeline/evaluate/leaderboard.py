@@ -181,7 +181,15 @@ def in_words(table: pd.DataFrame, tests: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_markdown(table: pd.DataFrame, tests: dict[str, Any]) -> str:
+def held_out_line(splits: dict[str, dict[str, Any]]) -> str:
+    """How valid and test were made (from the audit's splits.csv): a folder, a list, or carved from train."""
+    parts = [f"**{s}**: {entry['images']} images, {entry['how']}" for s, entry in splits.items() if s != "train"]
+    return "Held-out images: " + "; ".join(parts) + "."
+
+
+def render_markdown(table: pd.DataFrame, tests: dict[str, Any], *,
+                    splits: dict[str, dict[str, Any]] | None = None) -> str:
+    """The leaderboard for people; ``splits``: how each split was made (``carving.split_origins``)."""
     lines = ["# Backbone and classifier comparison", ""]
     if not table["pretrained"].fillna(False).astype(bool).all():
         lines += ["> **RANDOM OR UNVERIFIED BACKBONE WEIGHTS (pretrained: false).** These numbers test the "
@@ -194,6 +202,7 @@ def render_markdown(table: pd.DataFrame, tests: dict[str, Any]) -> str:
         "both sides: shown only to make the inflation visible. Test accuracy has a Wilson 95% interval; test "
         "p-values are exact McNemar tests on the same test images (against the same backbone's head, and the "
         f"best against the runner-up); *(n.s.)* marks p ≥ {ALPHA}: the data do not support a difference.", "",
+        *([held_out_line(splits), ""] if splits else []),
         *in_words(table, tests), "",
         "| # | backbone | classifier | method | grouped CV acc. | 95% CI | p vs best (Holm) | leaky CV acc. "
         "| test acc. [95% CI] | test bal. acc. | test macro-F1 | log loss | ECE | p vs head | p vs runner-up "

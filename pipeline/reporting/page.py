@@ -85,9 +85,10 @@ def misclassified_gallery(predictions: pd.DataFrame, image_root: Path) -> str:
 
 
 def about_table(*, metas: dict[str, dict], source: dict, code_version: str,
-                counts: dict[str, int] | None = None) -> str:
-    """What the report is a report of: data, each backbone with its weights and extraction, code. Features
-    written by another producer (no backbone keys in meta.json) are said to be so, with only what they record."""
+                counts: dict[str, int] | None = None, splits: dict[str, dict] | None = None) -> str:
+    """What the report is a report of: data, how each split was made (``splits``), each backbone with its
+    weights and extraction, code. Features written by another producer (no backbone keys in meta.json) are
+    said to be so, with only what they record."""
     first = next(iter(metas.values()))
     counts = first.get("splits") or counts or {}
     views = (first.get("views") or {}).get("count", 0) if isinstance(first.get("views"), dict) else 0
@@ -97,6 +98,8 @@ def about_table(*, metas: dict[str, dict], source: dict, code_version: str,
         "Images": ", ".join(f"{html.escape(str(split))} {n}" for split, n in counts.items())
                   + (f"; {views} augmented view(s) of each train image" if views else ""),
     }
+    if splits:
+        rows["Splits"] = "; ".join(f"{html.escape(s)}: {html.escape(str(entry['how']))}" for s, entry in splits.items())
     for name, meta in metas.items():
         pretrained = {True: "pretrained: true", False: "<b>pretrained: false</b>"}.get(meta.get("pretrained"),
                                                                                         "pretrained: not recorded")
@@ -149,16 +152,17 @@ def backbone_section(name: str, feats: features_io.Features, history: pd.DataFra
 def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFrame],
                  feats: dict[str, features_io.Features], histories: dict[str, pd.DataFrame], image_root: Path,
                  source: dict, code_version: str, learning_curves: dict[str, pd.DataFrame] | None = None,
-                 learning_readings: dict[str, str] | None = None) -> str:
+                 learning_readings: dict[str, str] | None = None, splits: dict[str, dict] | None = None) -> str:
     """The report page as HTML text; ``predictions``, ``learning_curves`` and ``learning_readings`` keyed by
-    ``<backbone>/<classifier>``, ``feats`` and ``histories`` by backbone."""
+    ``<backbone>/<classifier>``, ``feats`` and ``histories`` by backbone; ``splits``: how each split was made."""
     classes = next(iter(feats.values())).classes
     top = leaderboard.sort_values("rank").iloc[0]
     best = f"{top['backbone']}/{top['classifier']}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Backbone and classifier report</title>"
              f"<style>{STYLE}</style></head><body><h1>Frozen-embedding backbones and classifiers: report</h1>",
              about_table(metas={name: f.meta for name, f in feats.items()}, source=source, code_version=code_version,
-                         counts={split: len(f.paths) for split, f in next(iter(feats.values())).splits.items()})]
+                         counts={split: len(f.paths) for split, f in next(iter(feats.values())).splits.items()},
+                         splits=splits)]
     if not leaderboard["pretrained"].fillna(False).astype(bool).all():
         parts.append("<p class='warn'><b>Random or unverified backbone weights (pretrained: false).</b> "
                      "These results test the machinery only.</p>")

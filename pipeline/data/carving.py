@@ -1,0 +1,130 @@
+"""The split of every image: the one it came with, or, for a split the data lacks, carved from train.
+
+Carving moves whole pictures (the audit's groups: an original with its augmented copies and
+near-duplicates), stratified by class, drawn with a seed: the same share of each class's
+train pictures goes to each missing split, so no copy of a picture ever sits on two sides.
+Pure functions over the audit's groups; ``pipeline.audit`` writes the result
+(``splits.csv``: path, split, why) and the manifest with these splits, which every later stage
+reads. Cost: a sort of the pictures of each class, O(n log n) in the images; no image is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+
+from pipeline.common.errors import PipelineError
+from pipeline.common.io import read_csv
+from pipeline.common.params import CarveParams
+from pipeline.data.layouts import SPLITS
+
+CARVED_FIRST = ("test", "valid")  # the order in which each class's shuffled pictures are dealt out
+SPLITS_COLUMNS = ["path", "split", "why"]
+
+
+class CarveError(PipelineError):
+    """``data.carve`` cannot be met by the pictures there are."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    split: pd.Series  # the final split of each row of the groups table, same index
+    origins: dict[str, str]  # split -> how its images were made, for people; in SPLITS order
+
+    def why(self) -> pd.Series:
+        return self.split.map(self.origins)
+
+
+def carved_origin(fraction: float, seed: int) -> str:
+    return f"carved from train: {fraction * 100:g}% of each class's pictures (whole pictures), seed {seed}"
+
+
+def assign_splits(groups: pd.DataFrame, *, carve: CarveParams, given: dict[str, str]) -> Assignment:
+    """The final split of each row of ``groups`` (path, split, label, group; split as the data gave it).
+
+    Each of valid and test the data lacks is carved from the pictures wholly in train: per class (a
+    picture's class is that of most of its images, the first name on a tie), round(fraction x the class's
+    pictures), shuffled with ``carve.seed``. A class that would be left with no picture in a split, train
+    included, is an error naming the key to change. ``given``: how each given split was found (prepare's).
+    """
+    present = [s for s in SPLITS if s in set(groups["split"])]
+    missing = [s for s in CARVED_FIRST if s not in present]
+    split = groups["split"]
+    origins = {s: given.get(s, "as given") for s in present}
+    if missing:
+        if "train" not in present:
+            raise CarveError("The manifest has no train images to carve "
+                             f"{' and '.join(missing)} from; run the prepare stage (dvc repro prepare).")
+        fractions = {s: getattr(carve, s) for s in missing}
+        carved = groups["group"].map(_carve(groups, fractions=fractions, seed=carve.seed))
+        split = carved.where(carved.notna(), split)
+        origins.update({s: carved_origin(fractions[s], carve.seed) for s in missing})
+    return Assignment(split=split, origins={s: origins[s] for s in SPLITS if s in origins})
+
+
+def _carve(groups: pd.DataFrame, *, fractions: dict[str, float], seed: int) -> dict[str, str]:
+    """Picture -> carved split, for the pictures dealt out of train."""
+    sides = groups.groupby("group", sort=True)["split"].agg(lambda s: set(s) == {"train"})
+    in_train = groups[groups["group"].isin(sides.index[sides])]  # a picture also in valid/test stays where it is
+    label_of = in_train.groupby("group", sort=True)["label"].agg(_majority)
+    rng = np.random.default_rng(seed)
+    out: dict[str, str] = {}
+    for label in sorted(label_of.unique()):
+        pictures = label_of.index[label_of == label].to_numpy()
+        n = len(pictures)
+        counts = {s: math.floor(fractions[s] * n + 0.5) for s in CARVED_FIRST if s in fractions}
+        for s, count in counts.items():
+            if count == 0:
+                raise CarveError(f"data.carve.{s}={fractions[s]:g} leaves class {label!r} with no picture in {s}: "
+                                 f"train has {n} picture(s) of it, and {fractions[s]:g} x {n} rounds to 0. Raise "
+                                 f"data.carve.{s} to at least {math.ceil(50 / n) / 100:g}, or add pictures of {label!r}.")
+        if n - sum(counts.values()) < 1:
+            keys = " and ".join(f"data.carve.{s}={fractions[s]:g}" for s in counts)
+            raise CarveError(f"{keys} leave class {label!r} with no picture in train: it has {n} picture(s), "
+                             f"{', '.join(f'{c} to {s}' for s, c in counts.items())}. Lower them, or add pictures "
+                             f"of {label!r}.")
+        order = pictures[rng.permutation(n)]
+        start = 0
+        for s, count in counts.items():
+            out.update(dict.fromkeys(order[start : start + count], s))
+            start += count
+    return out
+
+
+def _majority(labels: pd.Series) -> str:
+    counts = labels.value_counts()
+    return sorted(counts.index[counts == counts.max()])[0]
+
+
+def split_manifest(manifest: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
+    """The manifest with each image's final split, rows ordered train, valid, test (manifest order within
+    each): the order of the features. With the splits as given, the manifest itself."""
+    final = manifest.assign(split=split.to_numpy())
+    order = final["split"].map(SPLITS.index).to_numpy()
+    return final.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
+
+
+def read_splits(path) -> pd.DataFrame:
+    """``splits.csv`` as the audit wrote it (path, split, why)."""
+    fix = "run the audit stage (dvc repro audit)."
+    table = read_csv(path, what="Splits file", fix=fix, error=PipelineError, dtype=str, keep_default_na=False)
+    missing = [c for c in SPLITS_COLUMNS if c not in table.columns]
+    if missing:
+        raise PipelineError(f"Splits file {path} lacks column(s) {missing}; {fix}")
+    unknown = sorted(set(table["split"]) - set(SPLITS))
+    if unknown:
+        raise PipelineError(f"Splits file {path} names split(s) {unknown}; the splits are {list(SPLITS)}. {fix}")
+    return table
+
+
+def split_origins(splits: pd.DataFrame) -> dict[str, dict[str, object]]:
+    """Split -> {how: how its images were made, images: how many}, in SPLITS order, from ``splits.csv``."""
+    out: dict[str, dict[str, object]] = {}
+    for s in SPLITS:
+        rows = splits[splits["split"] == s]
+        if len(rows):
+            out[s] = {"how": str(rows["why"].iloc[0]), "images": len(rows)}
+    return out
