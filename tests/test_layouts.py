@@ -164,7 +164,7 @@ def test_every_layout_reaches_the_same_manifest_columns_and_three_whole_splits(t
     whys = splits.groupby("split")["why"].unique()
     assert all(len(w) == 1 for w in whys)
     for split in carved:
-        assert whys[split][0] == f"carved from train: 25% of each class's pictures (whole pictures), seed 0"
+        assert whys[split][0] == "carved from train: 25% of each class's pictures (whole pictures), seed 0"
     for split in given:
         assert not whys[split][0].startswith("carved")
     # no picture on two sides, and each class in every split

@@ -80,7 +80,8 @@ def _carve(groups: pd.DataFrame, *, fractions: dict[str, float], seed: int) -> d
             if count == 0:
                 raise CarveError(f"data.carve.{s}={fractions[s]:g} leaves class {label!r} with no picture in {s}: "
                                  f"train has {n} picture(s) of it, and {fractions[s]:g} x {n} rounds to 0. Raise "
-                                 f"data.carve.{s} to at least {math.ceil(50 / n) / 100:g}, or add pictures of {label!r}.")
+                                 f"data.carve.{s} to at least {math.ceil(50 / n) / 100:g}, or add pictures of "
+                                 f"{label!r}.")
         if n - sum(counts.values()) < 1:
             keys = " and ".join(f"data.carve.{s}={fractions[s]:g}" for s in counts)
             raise CarveError(f"{keys} leave class {label!r} with no picture in train: it has {n} picture(s), "

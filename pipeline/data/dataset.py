@@ -107,7 +107,8 @@ def classes_of(split_dir: Path) -> list[str]:
 
 
 def as_layout(root: Path, splits: Mapping[str, str] | Sequence[str] = SPLITS) -> Layout:
-    """A folder layout under ``root``: ``splits`` maps each split to its folder, or lists folders named as the splits."""
+    """A folder layout under ``root``: ``splits`` maps each split to its folder, or lists folders named as the
+    splits."""
     folders = dict(splits) if isinstance(splits, Mapping) else {name: name for name in splits}
     return Layout(root=Path(root), folders=folders)
 
@@ -133,7 +134,8 @@ def scan_layout(root: Path, splits: Mapping[str, str] | Sequence[str] = SPLITS, 
     for stray in sorted(p for p in root.iterdir() if folders and p.name not in names and not is_clutter(p)):
         kind = "folder" if stray.is_dir() else "file"
         bad_entry(stray, f"Stray {kind} {stray} sits next to the split folders {names}; move it away, name the "
-                  "split folders in data.splits, or set data.on_bad_image: skip.", f"a {kind} next to the split folders")
+                  "split folders in data.splits, or set data.on_bad_image: skip.",
+                  f"a {kind} next to the split folders")
     for split, split_dir in ({s: root / name for s, name in folders.items()} or {"train": root}).items():
         if not split_dir.is_dir():
             raise DatasetError(f"Split folder {split_dir} is missing; expected {names} under {root}.")

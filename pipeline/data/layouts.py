@@ -76,7 +76,8 @@ class Layout:
 
 
 def split_names(names: SplitNames | None) -> dict[str, tuple[str, ...]]:
-    """The names each split goes by: the one data.splits gives (none for a split it leaves out), else the common ones."""
+    """The names each split goes by: the one data.splits gives (none for a split it leaves out), else the
+    common ones."""
     if names is None:
         return SPLIT_NAMES
     return {split: (value,) if value is not None else () for split, value in dataclasses.asdict(names).items()}
@@ -119,7 +120,8 @@ def split_folders(root: Path, names: SplitNames | None) -> dict[str, str]:
         if absent:
             split, value = next(iter(absent.items()))
             raise DatasetError(f"data.splits.{split}={value!r}: there is no folder {root / value}; the folders there "
-                              f"are {found}. Name an existing folder, or write null when the data has no {split} split.")
+                               f"are {found}. Name an existing folder, or write null when the data has no {split} "
+                               "split.")
         return folders
     matched: dict[str, list[str]] = {}
     for name in found:
@@ -133,8 +135,9 @@ def split_folders(root: Path, names: SplitNames | None) -> dict[str, str]:
     if not matched:
         if found and not any(_holds_images(root / name) for name in found):
             raise DatasetError(f"{root} holds neither split folders ({_recognised(None)}) nor class folders of images: "
-                              f"its folders {found} hold folders. Name the split folders in data.splits (e.g. "
-                              f"data.splits.train: {found[0]}), or point data.layout_dir at the folder that holds them.")
+                               f"its folders {found} hold folders. Name the split folders in data.splits (e.g. "
+                               f"data.splits.train: {found[0]}), or point data.layout_dir at the folder that holds "
+                               "them.")
         return {}
     if "train" not in matched:
         raise DatasetError(f"{root} has split folders {sorted(n for f in matched.values() for n in f)} but no train "
