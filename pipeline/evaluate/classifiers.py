@@ -38,7 +38,7 @@ from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
 
 
 # Training rows up to which the exact algorithm runs (defaults of classifiers.<name>.exact_max_rows);
-# above them the approximate one, whose cost grows about linearly (benchmarks/README.md has the measurements).
+# above them the approximate one, whose cost grows more slowly with the rows (benchmarks/README.md measures both).
 EXACT_MAX_ROWS = {"svm": 2000, "knn": 10000}
 NYSTROEM_COMPONENTS = 1000
 
@@ -192,8 +192,7 @@ class GridClassifier:
             check_grid_fits(grid, smallest * data.copies)
         if "exact_max_rows" in grid.options and grid.options["exact_max_rows"] < data.n_classes:
             raise ParamsError(f"{grid.name}.exact_max_rows={grid.options['exact_max_rows']} is below the number of "
-                              f"classes "
-                              f"({data.n_classes}): no training set is that small; use a larger value.")
+                              f"classes ({data.n_classes}): no training set is that small; use a larger value.")
         pipeline, method = self.build(grid, len(data.X))
         search = self.search or select_and_fit
 
