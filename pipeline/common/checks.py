@@ -50,6 +50,13 @@ def known_labels(frame: pd.DataFrame, path: Path, columns: Iterable[str], classe
                              f"{classes}; {fix}")
 
 
+def known_splits(frame: pd.DataFrame, path: Path, splits: Iterable[str], *, fix: str) -> None:
+    """Every value of the ``split`` column one of ``splits`` (a hand-edited manifest or splits file)."""
+    unknown = sorted(set(frame["split"].astype(str)) - set(splits))
+    if unknown:
+        raise ReuseError(f"{path} names split(s) {unknown}; the splits are {list(splits)}: {fix}")
+
+
 def finite_number(mapping: Mapping[str, Any], dotted: str, path: Path, *, fix: str) -> float:
     """The number at ``dotted`` (``cv.accuracy_mean``) of a JSON object: present, a number, finite."""
     value: Any = mapping

@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from pipeline.common.checks import known_splits, require_columns
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import read_csv
 from pipeline.common.params import CarveParams
@@ -112,12 +113,8 @@ def read_splits(path) -> pd.DataFrame:
     """``splits.csv`` as the audit wrote it (path, split, why)."""
     fix = "run the audit stage (dvc repro audit)."
     table = read_csv(path, what="Splits file", fix=fix, error=PipelineError, dtype=str, keep_default_na=False)
-    missing = [c for c in SPLITS_COLUMNS if c not in table.columns]
-    if missing:
-        raise PipelineError(f"Splits file {path} lacks column(s) {missing}; {fix}")
-    unknown = sorted(set(table["split"]) - set(SPLITS))
-    if unknown:
-        raise PipelineError(f"Splits file {path} names split(s) {unknown}; the splits are {list(SPLITS)}. {fix}")
+    require_columns(table, path, SPLITS_COLUMNS, fix=fix)
+    known_splits(table, path, SPLITS, fix=fix)
     return table
 
 

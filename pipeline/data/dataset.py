@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline.common.checks import known_splits, require_columns
 from pipeline.common.io import read_csv, read_json
 from pipeline.common.params import DataParams, SplitNames
 from pipeline.data.grouping import Hashes, image_hashes
@@ -316,12 +317,8 @@ def read_manifest(path: Path) -> pd.DataFrame:
     frame = read_csv(path, what="Manifest", fix=fix, error=DatasetError,
                      dtype={"path": str, "split": str, "label": str, "sha256": str, "dhash": str,
                             "dhash_mirrored": str}, keep_default_na=False)
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DatasetError(f"Manifest {path} lacks column(s) {missing}.")
-    unknown = sorted(set(frame["split"]) - set(SPLITS))
-    if unknown:
-        raise DatasetError(f"Manifest {path} names split(s) {unknown}; the splits are {list(SPLITS)}: {fix}")
+    require_columns(frame, path, MANIFEST_COLUMNS, fix=fix)
+    known_splits(frame, path, SPLITS, fix=fix)
     return frame
 
 
