@@ -122,15 +122,15 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
             self.index_.nprobe = probed
         return np.sqrt(np.maximum(squared, 0)), ind
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def _votes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dist, ind = self.kneighbors(X)
-        return votes(dist, ind, self._y, k=self.n_neighbors, weights=self.weights, n_classes=len(self.classes_))[0]
+        return votes(dist, ind, self._y, k=self.n_neighbors, weights=self.weights, n_classes=len(self.classes_))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self._votes(X)[0]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        dist, ind = self.kneighbors(X)
-        predicted = votes(dist, ind, self._y, k=self.n_neighbors, weights=self.weights,
-                          n_classes=len(self.classes_))[1]
-        return self.classes_[predicted]
+        return self.classes_[self._votes(X)[1]]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
