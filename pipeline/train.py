@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     use_views = load_section("views", args.params).use
     extract = load_section("extract", args.params)
     engine = engine_of(cv, extract)
-    # the head trains where extraction runs (extract.device); the scikit-learn classifiers on the CPU
-    device = str(resolve_device(extract.device)) if args.classifier == "head" else "cpu"
+    device = str(resolve_device(extract.device))  # where a torch classifier (the head) trains
     # memory-mapped: parallel fold fits read the file, none gets a copy of it
     feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
     groups = read_groups(args.groups, feats["train"].paths)

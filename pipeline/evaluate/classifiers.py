@@ -73,6 +73,7 @@ class Selection:
 class ClassifierSpec:
     parse: Callable[[Any, str], Any]  # (raw params, dotted name) -> validated params
     select: Callable[[Any, TrainingData, CVParams], Selection]
+    uses_device: bool = False  # trains with torch, on the extraction's device (the others: scikit-learn, CPU)
 
 
 # ----------------------------------------------------------------------------- the linear head
@@ -330,7 +331,8 @@ _GRIDS = {
 }
 
 CLASSIFIERS: dict[str, ClassifierSpec] = {
-    "head": ClassifierSpec(parse=lambda raw, name: parse_section(HeadParams, raw, name), select=_select_head),
+    "head": ClassifierSpec(parse=lambda raw, name: parse_section(HeadParams, raw, name), select=_select_head,
+                           uses_device=True),
     **{name: ClassifierSpec(parse=grid.parse, select=grid.select) for name, grid in _GRIDS.items()},
 }
 

@@ -75,6 +75,7 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
     check_cv_fits(train.y, groups, folds=cv.folds, repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed,
                   splits=folds)
     views = train.views if use_views else None
+    device = device if spec.uses_device else "cpu"
     data = training_data(features, groups, views=views, device=device)
     if device != "cpu":  # one process owns the accelerator: the folds take turns on it
         cv, engine = dataclasses.replace(cv, n_jobs=1), None
