@@ -5,10 +5,13 @@ import pickle
 
 import numpy as np
 import pytest
+from sklearn.kernel_approximation import Nystroem
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
 
 from pipeline.common.params import CVParams, ParamsError
-from pipeline.evaluate import knn
+from pipeline.evaluate import knn, svm
 from pipeline.evaluate.classifiers import _GRIDS, CLASSIFIERS, TrainingData, parse_classifier_params
 from pipeline.evaluate.protocol import cv_scores
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
@@ -71,12 +74,14 @@ def test_ivf_index_finds_almost_every_exact_neighbour_and_survives_pickling():
 
 def test_ivf_probing_every_list_is_exact_search():
     X, y, _ = pictures(400, dim=16, copies=1)
-    ivf = knn.IVFKNeighborsClassifier(n_neighbors=7).fit(knn.Normalizer().fit_transform(X), y)
-    ivf.index_.nprobe = ivf.index_.nlist
+    ivf = knn.IVFKNeighborsClassifier(n_neighbors=7, nprobe=10**6).fit(knn.Normalizer().fit_transform(X), y)
     queries = knn.Normalizer().fit_transform(pictures(50, dim=16, copies=1, seed=5)[0])
-    _, found = ivf.kneighbors(queries)
-    _, expected = knn.neighbours(knn.Normalizer().fit_transform(X), queries, 7, knn.EXACT)
+    dist, found = ivf.kneighbors(queries)
+    exact_dist, expected = knn.neighbours(knn.Normalizer().fit_transform(X), queries, 7, knn.EXACT)
     assert (np.sort(found, axis=1) == np.sort(expected, axis=1)).mean() > 0.99  # float ties aside
+    np.testing.assert_allclose(dist, exact_dist, atol=1e-5)
+    few = knn.IVFKNeighborsClassifier(n_neighbors=7, nprobe=1).fit(knn.Normalizer().fit_transform(X), y)
+    assert (few.kneighbors(queries)[1] >= 0).all()  # a list shorter than k: those queries scan every row
 
 
 def data_of(X, y, groups):
@@ -121,6 +126,32 @@ def test_nystroem_svm_lands_within_the_exact_svms_grouped_cv_interval():
     low, high = corrected_cv_interval(scores["exact"], test_fraction=0.2)
     assert 0.4 < scores["exact"].mean() < 0.95  # a task with room to differ
     assert low <= scores["nystroem"].mean() <= high
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_newton_linear_svc_finds_linear_svcs_optimum(classes):
+    X, y, _ = pictures(200, dim=64, spread=0.35)
+    y = y % classes
+    F = Nystroem(n_components=300, random_state=0).fit_transform(StandardScaler().fit_transform(X))
+    warm = svm.NewtonLinearSVC(warm_start=True)
+    for C in [0.1, 1.0, 10.0]:
+        reference = LinearSVC(C=C, dual=False, tol=1e-8, max_iter=100_000).fit(F, y)
+        for model in [svm.NewtonLinearSVC(C=C).fit(F, y), warm.set_params(C=C).fit(F, y)]:
+            np.testing.assert_array_equal(model.predict(F), reference.predict(F))
+            np.testing.assert_allclose(model.decision_function(F), reference.decision_function(F), atol=2e-3)
+
+
+def test_svm_search_sharing_one_map_per_fold_scores_as_grid_search_cv():
+    X, y, groups = pictures(200, dim=64, spread=0.35)
+    params = parse_classifier_params("svm", {"C": [10.0, 0.1, 1.0], "exact_max_rows": 10, "n_components": 200})
+    pipeline, _ = _GRIDS["svm"].build(params, len(X))
+    search = GridSearchCV(pipeline, params.values, scoring="accuracy",
+                          cv=StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=0)).fit(X, y, groups=groups)
+    chosen, record = svm.grid_search(pipeline, params.values, X, y, groups, inner_folds=3, seed=0)
+    np.testing.assert_array_equal(record["mean_accuracy"], search.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(record["rank"], search.cv_results_["rank_test_score"])
+    assert record["C"].tolist() == list(search.cv_results_["param_clf__C"])
+    assert {f"clf__{k}": v for k, v in chosen.items()} == search.best_params_
 
 
 def test_the_ray_engine_gives_the_local_engines_scores_byte_for_byte():

@@ -28,10 +28,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.kernel_approximation import Nystroem
-from sklearn.svm import SVC, LinearSVC
+from sklearn.svm import SVC
 
 from pipeline.common.params import CVParams, ParamsError, check_seed, in_range, number_from_text, parse_section
-from pipeline.evaluate import knn
+from pipeline.evaluate import knn, svm
 from pipeline.evaluate.linear_head import LinearHeadClassifier
 from pipeline.evaluate.protocol import FitFold
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
@@ -288,8 +288,13 @@ def _build_svm(grid: Grid, rows: int) -> tuple[Pipeline, str]:
         return Pipeline([*steps, ("clf", SVC(kernel="rbf", random_state=0))]), "exact RBF SVC"
     components = grid.options["n_components"]
     nystroem = Nystroem(kernel="rbf", n_components=min(components, rows), random_state=0)
-    return (Pipeline([*steps, ("nystroem", nystroem), ("clf", LinearSVC(dual=True, random_state=0))]),
-            f"nystroem {components} + linear SVM")
+    return Pipeline([*steps, ("nystroem", nystroem), ("clf", svm.NewtonLinearSVC())]), f"nystroem {components} + linear SVM"
+
+
+def _search_svm(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *, inner_folds: int,
+                seed: int) -> tuple[Pipeline, pd.DataFrame]:
+    search = svm.select_svm if isinstance(pipeline[-1], svm.NewtonLinearSVC) else select_and_fit
+    return search(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
 
 
 def _build_knn(grid: Grid, rows: int) -> tuple[Pipeline, str]:
@@ -318,6 +323,7 @@ _GRIDS = {
         keys={"C": (_positive, "positive numbers")},
         options={"exact_max_rows": Option(_positive_int, "an integer >= 1 (training rows)", EXACT_MAX_ROWS["svm"]),
                  "n_components": Option(_positive_int, "an integer >= 1", NYSTROEM_COMPONENTS)},
+        search=_search_svm,
         finalize=calibrate_grouped,
     ),
     "knn": GridClassifier(

@@ -8,9 +8,9 @@ the selection and the final model are those ``GridSearchCV`` gives.
 
 Up to ``exact_max_rows`` training rows the search is exact (scikit-learn's brute force, the
 final model a ``KNeighborsClassifier``); above it the cost of exact search grows with the
-square of the rows, so an inverted-file index (FAISS ``IndexIVFFlat``, about ``sqrt(n)``
-lists, a fixed share of them probed) finds the neighbours, and its recall against exact
-search is measured on a subsample and reported.
+square of the rows, so an inverted file finds the neighbours: k-means (FAISS) cuts the rows
+into about ``sqrt(n)`` lists, each query scans only the ``PROBES`` lists nearest to it, and its
+recall against exact search is measured on a subsample and reported.
 """
 
 from __future__ import annotations
@@ -22,22 +22,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import accuracy_score
-from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer
 from sklearn.utils.extmath import weighted_mode
 
 from pipeline.common.errors import PipelineError
+from pipeline.evaluate.grid_scores import grid_cells, grid_record
 
 log = logging.getLogger(__name__)
 
 EXACT, IVF = "exact", "ivf"
-PROBE_SHARE = 8  # an IVF search probes 1/PROBE_SHARE of the lists (at least PROBE_MIN)
-PROBE_MIN = 16
+PROBES = 16  # lists an IVF query scans: a fixed number, so a query's cost grows as sqrt(n), not n
+KMEANS_ITERATIONS = 10
+KMEANS_SAMPLE = 64  # rows per list that k-means learns the lists from (FAISS subsamples to this many)
 RECALL_QUERIES = 500  # rows of the subsample whose neighbours are compared with exact search
 
 
@@ -83,44 +84,89 @@ def ivf_lists(n: int) -> int:
     return max(1, min(n // 39, int(round(math.sqrt(n)))))  # FAISS wants 39 training rows per list
 
 
-class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
-    """kNN on an inverted-file index (FAISS ``IndexIVFFlat``, L2): each query scans the lists nearest to it.
+def _smallest(values: np.ndarray, k: int, *, ordered: bool) -> np.ndarray:
+    """Column indices of the ``k`` smallest values of each row (smallest first when ``ordered``)."""
+    if k < values.shape[1]:
+        top = np.argpartition(values, k - 1, axis=1)[:, :k]
+    else:
+        top = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    if not ordered:
+        return top
+    return np.take_along_axis(top, np.argsort(np.take_along_axis(values, top, axis=1), axis=1, kind="stable"), axis=1)
 
-    The rows are expected L2-normalised (the pipeline's ``Normalizer`` does it). Built with
-    a fixed seed and picklable (the index is serialised), so a fitted model is a file like any other.
+
+class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
+    """kNN on an inverted file (Euclidean): each query scans the ``nprobe`` lists whose centres are nearest to it.
+
+    FAISS's own ``IndexIVFFlat`` scans a list once per query, one distance at a time; on this
+    machine that ran at 4 GFLOP/s, slower than exact search by matrix products (175 GFLOP/s),
+    until fewer than a fortieth of the rows are scanned. So the scan here goes list by list:
+    the queries probing a list are scored against all its rows in one matrix product, and
+    each query keeps its best ``k`` of every list it probed. FAISS learns the lists (k-means,
+    seeded). The model holds its rows as scikit-learn's kNN does, and pickles like it.
     """
 
-    def __init__(self, *, n_neighbors: int = 5, weights: str = "uniform", seed: int = 0) -> None:
+    def __init__(self, *, n_neighbors: int = 5, weights: str = "uniform", nprobe: int = PROBES,
+                 seed: int = 0) -> None:
         self.n_neighbors = n_neighbors
         self.weights = weights
+        self.nprobe = nprobe
         self.seed = seed
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> IVFKNeighborsClassifier:
-        faiss = _faiss()
         X = np.ascontiguousarray(X, dtype=np.float32)
         self.classes_ = np.unique(y)
-        self._y = np.searchsorted(self.classes_, y)
         lists = ivf_lists(len(X))
-        quantizer = faiss.IndexFlatL2(X.shape[1])
-        index = faiss.IndexIVFFlat(quantizer, X.shape[1], lists)
-        index.cp.seed = self.seed
-        index.train(X)
-        index.add(X)
-        index.nprobe = min(lists, max(PROBE_MIN, lists // PROBE_SHARE))
-        self.index_ = index
+        kmeans = _faiss().Kmeans(X.shape[1], lists, niter=KMEANS_ITERATIONS, seed=self.seed,
+                                 max_points_per_centroid=KMEANS_SAMPLE, min_points_per_centroid=1)
+        kmeans.train(X)
+        self.centres_ = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+        owner = self._probe(X, 1)[:, 0]  # each row's list
+        order = np.argsort(owner, kind="stable")
+        self.rows_ = X[order]  # grouped by list
+        self.ids_ = order  # the training row of each of them
+        self.norms_ = np.einsum("ij,ij->i", self.rows_, self.rows_)
+        self.bounds_ = np.searchsorted(owner[order], np.arange(lists + 1))
+        self._y = np.searchsorted(self.classes_, y)  # in training-row order, as kneighbors' indices
         return self
 
+    def _probe(self, X: np.ndarray, n: int) -> np.ndarray:
+        """The ``n`` lists whose centres are nearest to each row (in no order)."""
+        centres = self.centres_
+        return _smallest(np.einsum("ij,ij->i", centres, centres) - 2 * X @ centres.T, n, ordered=False)
+
     def kneighbors(self, X: np.ndarray, n_neighbors: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, indices), nearest first; distances are Euclidean, as scikit-learn's."""
+        """(distances, indices into the training rows), nearest first; distances are Euclidean, as scikit-learn's."""
         k = n_neighbors or self.n_neighbors
         X = np.ascontiguousarray(X, dtype=np.float32)
-        squared, ind = self.index_.search(X, k)
-        short = (ind < 0).any(axis=1)  # the probed lists held fewer than k rows: search those rows in every list
+        lists = len(self.bounds_) - 1
+        probes = self._probe(X, min(self.nprobe, lists))
+        # per query, per probed list, that list's best k by |r|^2 - 2 x.r (the squared distance less |x|^2)
+        found = np.full((len(X), probes.shape[1], k), np.inf, dtype=np.float32)
+        where = np.full(found.shape, -1, dtype=np.int64)
+        pairs = np.argsort(probes.ravel(), kind="stable")
+        starts = np.searchsorted(probes.ravel()[pairs], np.arange(lists + 1))
+        for lst in range(lists):
+            low, high = self.bounds_[lst], self.bounds_[lst + 1]
+            query, slot = np.divmod(pairs[starts[lst]:starts[lst + 1]], probes.shape[1])
+            if high == low or len(query) == 0:
+                continue
+            scores = X[query] @ self.rows_[low:high].T
+            scores *= -2
+            scores += self.norms_[low:high]
+            best = _smallest(scores, min(k, high - low), ordered=False)
+            found[query, slot, : best.shape[1]] = np.take_along_axis(scores, best, axis=1)
+            where[query, slot, : best.shape[1]] = low + best
+        found, where = found.reshape(len(X), -1), where.reshape(len(X), -1)
+        best = _smallest(found, k, ordered=True)
+        scores, rows = np.take_along_axis(found, best, axis=1), np.take_along_axis(where, best, axis=1)
+        short = (rows < 0).any(axis=1)  # the probed lists held fewer than k rows: scan every row for those
         if short.any():
-            probed, self.index_.nprobe = self.index_.nprobe, self.index_.nlist
-            squared[short], ind[short] = self.index_.search(X[short], k)
-            self.index_.nprobe = probed
-        return np.sqrt(np.maximum(squared, 0)), ind
+            everything = self.norms_ - 2 * X[short] @ self.rows_.T
+            rows[short] = _smallest(everything, k, ordered=True)
+            scores[short] = np.take_along_axis(everything, rows[short], axis=1)
+        squared = np.einsum("ij,ij->i", X, X)[:, None] + scores
+        return np.sqrt(np.maximum(squared, 0)), self.ids_[rows]
 
     def _votes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dist, ind = self.kneighbors(X)
@@ -131,17 +177,6 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.classes_[self._votes(X)[1]]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        if "index_" in state:
-            state["index_"] = _faiss().serialize_index(state["index_"])
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if "index_" in state:
-            state["index_"] = _faiss().deserialize_index(state["index_"])
-        self.__dict__.update(state)
 
 
 # ----------------------------------------------------------------------------- the grid, one search per fold
@@ -171,7 +206,7 @@ def grid_search(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups
     Returns the chosen cell and the record (one row per cell: values, mean and std of the
     accuracy, rank), computed as ``GridSearchCV`` computes them; the first best cell wins.
     """
-    cells = list(ParameterGrid({key.removeprefix("clf__"): values for key, values in grid.items()}))
+    cells = grid_cells(grid)
     defaults = KNeighborsClassifier().get_params()  # for a key the grid leaves out
     largest = max(cell.get("n_neighbors", defaults["n_neighbors"]) for cell in cells)
     classes, y_codes = np.unique(y, return_inverse=True)
@@ -184,13 +219,7 @@ def grid_search(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups
                                                                     k=cell.get("n_neighbors", defaults["n_neighbors"]),
                                                                     weights=cell.get("weights", defaults["weights"]))[1]])
                        for cell in cells])
-    scores = np.array(scores, dtype=np.float64).T  # (cells, splits)
-    means = np.average(scores, axis=1)
-    stds = np.sqrt(np.average((scores - means[:, None]) ** 2, axis=1))
-    ranks = rankdata(-means, method="min").astype(np.int32)
-    record = pd.DataFrame(cells)[[key.removeprefix("clf__") for key in sorted(grid)]]
-    record = record.assign(mean_accuracy=means, std_accuracy=stds, rank=ranks)
-    return cells[int(np.argmin(ranks))], record
+    return grid_record(cells, scores, [key.removeprefix("clf__") for key in grid])
 
 
 def select_knn(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, inner_folds: int,
