@@ -133,10 +133,10 @@ def test_newton_linear_svc_finds_linear_svcs_optimum(classes):
     X, y, _ = pictures(200, dim=64, spread=0.35)
     y = y % classes
     F = Nystroem(n_components=300, random_state=0).fit_transform(StandardScaler().fit_transform(X))
-    warm = svm.NewtonLinearSVC(warm_start=True)
-    for C in [0.1, 1.0, 10.0]:
+    path = svm.NewtonLinearSVC().fit_path(F, y, [0.1, 1.0, 10.0])  # each C from the last one's solution
+    for C, warm in zip([0.1, 1.0, 10.0], path):
         reference = LinearSVC(C=C, dual=False, tol=1e-8, max_iter=100_000).fit(F, y)
-        for model in [svm.NewtonLinearSVC(C=C).fit(F, y), warm.set_params(C=C).fit(F, y)]:
+        for model in [svm.NewtonLinearSVC(C=C).fit(F, y), warm]:
             np.testing.assert_array_equal(model.predict(F), reference.predict(F))
             np.testing.assert_allclose(model.decision_function(F), reference.decision_function(F), atol=2e-3)
 
