@@ -103,7 +103,7 @@ class NewtonLinearSVC(LinearClassifierMixin, BaseEstimator):
     on the float32 rows instead of liblinear's coordinate steps on a sparse double copy of them.
     """
 
-    def __init__(self, C: float = 1.0, *, tol: float = 1e-6, max_iter: int = 100) -> None:
+    def __init__(self, C: float = 1.0, *, tol: float = 1e-5, max_iter: int = 100) -> None:
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
