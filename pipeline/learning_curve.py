@@ -20,6 +20,7 @@ from pipeline.common.io import output_set, read_json
 from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
 from pipeline.data.grouping import read_groups
 from pipeline.embed import features as features_io
+from pipeline.embed.embedding import resolve_device
 from pipeline.evaluate.classifiers import parse_classifier_params
 from pipeline.evaluate.engine import engine_of
 from pipeline.evaluate.learning_curve import curve_points, full_point, learning_curve_scores, reading
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                section_name=CLASSIFIERS_SECTION, path=args.params))
     curve, cv = load_section("learning_curve", args.params), load_section("cv", args.params)
     use_views = load_section("views", args.params).use
-    engine = engine_of(cv, load_section("extract", args.params))
+    extract = load_section("extract", args.params)
+    engine = engine_of(cv, extract)
+    device = str(resolve_device(extract.device))  # where a torch classifier (the head) trains, as in train
     feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
     groups = read_groups(args.groups, feats["train"].paths)
     fix = f"re-run its train stage (dvc repro train@{args.backbone}-{args.classifier})."
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     scores = (learning_curve_scores(args.classifier, params, features=feats, groups=groups, cv=cv,
-                                    use_views=use_views, curve=curve, engine=engine) if curve.enabled else None)
+                                    use_views=use_views, curve=curve, engine=engine, device=device)
+              if curve.enabled else None)
     seconds = time.perf_counter() - start
     full = full_point(args.classifier, metrics, n_images=len(feats["train"].y))
     points = curve_points(args.classifier, scores, full)

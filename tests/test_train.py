@@ -87,3 +87,15 @@ def test_compare_ranks_only_the_classifiers_in_params(tmp_path, monkeypatch):
     params.write_text(yaml.safe_dump(settings))
     assert run_stage("compare", params, without=("--splits",)) == 0  # foreign features: no audit
     assert sorted(pd.read_csv(tmp_path / "artifacts" / "comparison.csv")["classifier"]) == ["knn", "logreg"]
+
+
+def test_only_the_head_goes_to_the_accelerator_and_its_folds_take_turns_there():
+    from pipeline.common.params import CVParams
+    from pipeline.evaluate.classifiers import get_classifier
+    from pipeline.evaluate.engine import Engine
+    from pipeline.evaluate.training import placement
+
+    cv, ray = CVParams(folds=3, repeats=1, inner_folds=2, seed=0, n_jobs=-1), Engine("ray")
+    assert placement(get_classifier("head"), "cuda", cv, ray) == ("cuda", CVParams(3, 1, 2, 0, n_jobs=1), None)
+    assert placement(get_classifier("head"), "cpu", cv, ray) == ("cpu", cv, ray)
+    assert placement(get_classifier("logreg"), "cuda", cv, ray) == ("cpu", cv, ray)

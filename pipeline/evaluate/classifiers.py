@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
@@ -34,7 +34,7 @@ from pipeline.common.params import CVParams, ParamsError, check_seed, in_range, 
 from pipeline.evaluate import knn, svm
 from pipeline.evaluate.linear_head import LinearHeadClassifier
 from pipeline.evaluate.protocol import FitFold
-from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
+from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold, inner_splitter
 
 
 # Training rows up to which the exact algorithm runs (defaults of classifiers.<name>.exact_max_rows);
@@ -220,7 +220,7 @@ def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, inner_folds: int, see
     one picture sit on both sides; grouped folds keep the calibration honest.
     With ``ensemble=False`` the classifier itself is refitted on all the data.
     """
-    splits = list(StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed).split(X, y, groups))
+    splits = list(inner_splitter(inner_folds, seed).split(X, y, groups))
     return CalibratedClassifierCV(clone(pipeline), method="sigmoid", cv=splits, ensemble=False).fit(X, y)
 
 
@@ -235,7 +235,7 @@ def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, g
         record = pd.DataFrame([{k.removeprefix("clf__"): v for k, v in chosen.items()}])
         return clone(pipeline).set_params(**chosen).fit(X, y), record
     search = GridSearchCV(pipeline, param_grid, scoring="accuracy", error_score="raise",
-                          cv=StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed))
+                          cv=inner_splitter(inner_folds, seed))
     search.fit(X, y, groups=groups)
     results = search.cv_results_
     record = pd.DataFrame({k.removeprefix("param_clf__"): list(results[k]) for k in results
@@ -256,7 +256,7 @@ def smallest_training_fold(y, groups, *, folds: int, repeats: int, inner_folds: 
     smallest = len(y)
     for outer, _ in RepeatedStratifiedGroupKFold(n_splits=folds, n_repeats=repeats,
                                                  random_state=seed).split(y, y, groups):
-        inner = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
+        inner = inner_splitter(inner_folds, seed)
         for train, _ in inner.split(outer, y[outer], groups[outer]):
             smallest = min(smallest, len(train))
     return smallest

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import accuracy_score
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer
@@ -32,6 +31,7 @@ from sklearn.utils.extmath import weighted_mode
 
 from pipeline.common.errors import PipelineError
 from pipeline.evaluate.grid_scores import grid_cells, grid_record
+from pipeline.evaluate.splits import inner_splitter
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def grid_search(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups
     defaults = KNeighborsClassifier().get_params()  # for a key the grid leaves out
     largest = max(cell.get("n_neighbors", defaults["n_neighbors"]) for cell in cells)
     classes, y_codes = np.unique(y, return_inverse=True)
-    splits = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed).split(X, y, groups)
+    splits = inner_splitter(inner_folds, seed).split(X, y, groups)
     scores = []
     for train, test in splits:
         normaliser = Normalizer()

@@ -31,7 +31,7 @@ from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.protocol import cv_scores
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold, check_cv_fits
 from pipeline.evaluate.statistics import corrected_cv_interval
-from pipeline.evaluate.training import training_data
+from pipeline.evaluate.training import placement, training_data
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +100,17 @@ def curve_folds(y: np.ndarray, groups: np.ndarray, *, fractions: list[float], dr
 
 
 def learning_curve_scores(name: str, params: Any, *, features: Features, groups: np.ndarray, cv: CVParams,
-                          use_views: bool, curve: LearningCurveParams, engine: Engine | None = None) -> pd.DataFrame:
+                          use_views: bool, curve: LearningCurveParams, engine: Engine | None = None,
+                          device: str = "cpu") -> pd.DataFrame:
     """Per-fold grouped-CV scores of classifier ``name`` at each fraction below 100% and each draw.
 
     For each drawn subset the classifier selects its hyperparameters as in the train
     stage (early stopping on valid for the head, nested grouped CV for the grids), and
-    that whole procedure is cross-validated on the subset's grouped folds.
+    that whole procedure is cross-validated on the subset's grouped folds. The head trains on
+    ``device``, as in the train stage.
     """
     spec = get_classifier(name)
+    device, cv, engine = placement(spec, device, cv, engine)
     train = features["train"]
     views = train.views if use_views else None
     frames = []
@@ -115,7 +118,8 @@ def learning_curve_scores(name: str, params: Any, *, features: Features, groups:
     for point in tqdm(plan, desc=f"learning curve {name}", unit="point"):
         rows = point.rows
         try:
-            selection = spec.select(params, training_data(features, groups, views=views, rows=rows), point.cv)
+            selection = spec.select(params, training_data(features, groups, views=views, rows=rows, device=device),
+                                    point.cv)
         except ParamsError as err:
             raise ParamsError(f"learning_curve.fractions: at {point.fraction:g} of the pictures "
                               f"({point.pictures}): {err}") from err

@@ -22,10 +22,10 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.metrics import accuracy_score
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 
 from pipeline.evaluate.grid_scores import grid_cells, grid_record
+from pipeline.evaluate.splits import inner_splitter
 
 
 class _SquaredHinge:
@@ -46,12 +46,19 @@ class _SquaredHinge:
         self.inside = np.ones(targets.shape, dtype=bool)  # at w = 0 every row is inside the margin
         gram = (self.A.T @ self.A).astype(np.float64)
         self.gram = [gram.copy() for _ in range(targets.shape[1])]  # A_S'A_S per column
+        self.factors: list[tuple[float, Any] | None] = [None] * targets.shape[1]  # (C, Cholesky of I + 2C A_S'A_S)
 
     def _slack(self, scores: np.ndarray) -> np.ndarray:
         return np.maximum(1 - self.targets * scores, 0)
 
     def objective(self, W: np.ndarray, slack: np.ndarray, C: float) -> np.ndarray:
         return 0.5 * np.square(W).sum(axis=0) + C * np.square(slack, dtype=np.float64).sum(axis=0)
+
+    def _factor(self, c: int, C: float) -> Any:
+        """The Cholesky factor of column ``c``'s Hessian, kept while its rows inside the margin and C stay the same."""
+        if self.factors[c] is None or self.factors[c][0] != C:
+            self.factors[c] = (C, cho_factor(np.eye(len(self.gram[c])) + 2 * C * self.gram[c]))
+        return self.factors[c][1]
 
     def solve(self, C: float, *, tol: float, max_iter: int) -> int:
         """Minimise for ``C`` from the current solution; returns the Newton steps taken (``max_iter``: gave up).
@@ -68,14 +75,15 @@ class _SquaredHinge:
             settled = full_step and np.array_equal(inside, self.inside)
             for c in range(self.W.shape[1]):
                 entered, left = A[inside[:, c] & ~self.inside[:, c]], A[~inside[:, c] & self.inside[:, c]]
-                self.gram[c] += (entered.T @ entered).astype(np.float64) - (left.T @ left).astype(np.float64)
+                if len(entered) or len(left):
+                    self.gram[c] += (entered.T @ entered).astype(np.float64) - (left.T @ left).astype(np.float64)
+                    self.factors[c] = None
             self.inside = inside
             grad = self.W - 2 * C * (A.T @ (self.targets * slack)).astype(np.float64)
             first = np.abs(grad).max() if first is None else first
             if settled or np.abs(grad).max() <= tol * first:
                 return step
-            direction = np.column_stack([
-                cho_solve(cho_factor(np.eye(len(gram)) + 2 * C * gram), grad[:, c]) for c, gram in enumerate(self.gram)])
+            direction = np.column_stack([cho_solve(self._factor(c, C), grad[:, c]) for c in range(self.W.shape[1])])
             moved = A @ direction.astype(np.float32)
             before = self.objective(self.W, slack, C)
             decrease = np.einsum("ij,ij->j", grad, direction)
@@ -144,7 +152,7 @@ def grid_search(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y
     cells = grid_cells(grid)
     upwards = sorted(range(len(cells)), key=lambda i: cells[i]["C"])
     scores = []
-    for train, test in StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed).split(X, y, groups):
+    for train, test in inner_splitter(inner_folds, seed).split(X, y, groups):
         features = clone(pipeline[:-1])
         fitted, held_out = features.fit_transform(X[train]), features.transform(X[test])
         models = pipeline[-1].fit_path(fitted, y[train], [cells[i]["C"] for i in upwards])

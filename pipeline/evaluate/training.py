@@ -19,7 +19,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.params import CVParams, EvaluationParams
 from pipeline.data.dataset import HELD_OUT
 from pipeline.embed.features import Features
-from pipeline.evaluate.classifiers import Selection, TrainingData, get_classifier
+from pipeline.evaluate.classifiers import ClassifierSpec, Selection, TrainingData, get_classifier
 from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.protocol import Evaluation, evaluate_classifier, with_views
 from pipeline.evaluate.splits import check_cv_fits
@@ -64,6 +64,16 @@ def training_data(features: Features, groups: np.ndarray, *, views: np.ndarray |
                         n_images=len(rows), copies=1 if views is None else len(views) + 1, device=device)
 
 
+def placement(spec: ClassifierSpec, device: str, cv: CVParams,
+              engine: Engine | None) -> tuple[str, CVParams, Engine | None]:
+    """Where the classifier trains (``device`` if it trains with torch, else the CPU) and how its CV folds run there:
+    on an accelerator, one process owns it, so the folds take turns (``n_jobs`` 1, no Ray)."""
+    device = device if spec.uses_device else "cpu"
+    if device != "cpu":
+        cv, engine = dataclasses.replace(cv, n_jobs=1), None
+    return device, cv, engine
+
+
 def train_classifier(name: str, params: Any, *, features: Features, groups: np.ndarray,
                      folds: list[tuple[np.ndarray, np.ndarray]], cv: CVParams, evaluation: EvaluationParams,
                      use_views: bool, engine: Engine | None = None, device: str = "cpu") -> Trained:
@@ -75,10 +85,8 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
     check_cv_fits(train.y, groups, folds=cv.folds, repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed,
                   splits=folds)
     views = train.views if use_views else None
-    device = device if spec.uses_device else "cpu"
+    device, cv, engine = placement(spec, device, cv, engine)
     data = training_data(features, groups, views=views, device=device)
-    if device != "cpu":  # one process owns the accelerator: the folds take turns on it
-        cv, engine = dataclasses.replace(cv, n_jobs=1), None
     start = time.perf_counter()
     selection = spec.select(params, data, cv)
     fit_seconds = time.perf_counter() - start
