@@ -2,9 +2,11 @@
 and the Ray engine for the CV fits; each checked against the exact, cell-by-cell, local way."""
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_approximation import Nystroem
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
@@ -80,8 +82,13 @@ def test_ivf_probing_every_list_is_exact_search():
     exact_dist, expected = knn.neighbours(knn.Normalizer().fit_transform(X), queries, 7, knn.EXACT)
     assert (np.sort(found, axis=1) == np.sort(expected, axis=1)).mean() > 0.99  # float ties aside
     np.testing.assert_allclose(dist, exact_dist, atol=1e-5)
-    few = knn.IVFKNeighborsClassifier(n_neighbors=7, nprobe=1).fit(knn.Normalizer().fit_transform(X), y)
-    assert (few.kneighbors(queries)[1] >= 0).all()  # a list shorter than k: those queries scan every row
+    # one probed list (about 40 rows here) holds fewer than k = 60: those queries scan every row, exactly
+    few = knn.IVFKNeighborsClassifier(n_neighbors=60, nprobe=1).fit(knn.Normalizer().fit_transform(X), y)
+    assert (np.diff(few.bounds_) < 60).all()
+    dist, found = few.kneighbors(queries)
+    exact_dist, expected = knn.neighbours(knn.Normalizer().fit_transform(X), queries, 60, knn.EXACT)
+    assert (np.sort(found, axis=1) == np.sort(expected, axis=1)).mean() > 0.99
+    np.testing.assert_allclose(dist, exact_dist, atol=1e-5)
 
 
 def data_of(X, y, groups):
@@ -133,8 +140,11 @@ def test_newton_linear_svc_finds_linear_svcs_optimum(classes):
     X, y, _ = pictures(200, dim=64, spread=0.35)
     y = y % classes
     F = Nystroem(n_components=300, random_state=0).fit_transform(StandardScaler().fit_transform(X))
-    path = svm.NewtonLinearSVC().fit_path(F, y, [0.1, 1.0, 10.0])  # each C from the last one's solution
-    for C, warm in zip([0.1, 1.0, 10.0], path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # every solve converges, warm ones included
+        path = svm.NewtonLinearSVC().fit_path(F, y, [0.1, 1.0, 10.0, 100.0])  # each C from the last one's solution
+    assert all(model.n_iter_ < model.max_iter for model in path)
+    for C, warm in zip([0.1, 1.0, 10.0, 100.0], path):
         reference = LinearSVC(C=C, dual=False, tol=1e-8, max_iter=100_000).fit(F, y)
         for model in [svm.NewtonLinearSVC(C=C).fit(F, y), warm]:
             np.testing.assert_array_equal(model.predict(F), reference.predict(F))

@@ -85,3 +85,9 @@ def test_our_stratified_group_kfold_makes_scikit_learns_folds(n_splits, n_classe
         for (train, test), (train_ref, test_ref) in itertools.zip_longest(ours, theirs):
             np.testing.assert_array_equal(test, test_ref)
             np.testing.assert_array_equal(train, train_ref)
+
+
+def test_the_step_our_splitter_overrides_still_exists_in_scikit_learn():
+    from sklearn import model_selection
+
+    assert callable(getattr(model_selection.StratifiedGroupKFold, "_find_best_fold", None))  # else silently slow

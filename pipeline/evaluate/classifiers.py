@@ -32,6 +32,7 @@ from sklearn.svm import SVC
 
 from pipeline.common.params import CVParams, ParamsError, check_seed, in_range, number_from_text, parse_section
 from pipeline.evaluate import knn, svm
+from pipeline.evaluate.grid_scores import choose, fit_chosen
 from pipeline.evaluate.linear_head import LinearHeadClassifier
 from pipeline.evaluate.protocol import FitFold
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold, inner_splitter
@@ -230,19 +231,18 @@ def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, g
 
     Also returns the grid's scores (one row per candidate; no scores for a grid of one).
     """
-    if all(len(v) == 1 for v in param_grid.values()):
-        chosen = {k: v[0] for k, v in param_grid.items()}
-        record = pd.DataFrame([{k.removeprefix("clf__"): v for k, v in chosen.items()}])
-        return clone(pipeline).set_params(**chosen).fit(X, y), record
-    search = GridSearchCV(pipeline, param_grid, scoring="accuracy", error_score="raise",
-                          cv=inner_splitter(inner_folds, seed))
-    search.fit(X, y, groups=groups)
-    results = search.cv_results_
-    record = pd.DataFrame({k.removeprefix("param_clf__"): list(results[k]) for k in results
-                           if k.startswith("param_clf__")})
-    record = record.assign(mean_accuracy=results["mean_test_score"], std_accuracy=results["std_test_score"],
-                           rank=results["rank_test_score"])
-    return search.best_estimator_, record
+    def search() -> tuple[dict[str, Any], pd.DataFrame]:
+        grid = GridSearchCV(pipeline, param_grid, scoring="accuracy", error_score="raise", refit=False,
+                            cv=inner_splitter(inner_folds, seed)).fit(X, y, groups=groups)
+        results = grid.cv_results_
+        record = pd.DataFrame({k.removeprefix("param_clf__"): list(results[k]) for k in results
+                               if k.startswith("param_clf__")})
+        record = record.assign(mean_accuracy=results["mean_test_score"], std_accuracy=results["std_test_score"],
+                               rank=results["rank_test_score"])
+        return {k.removeprefix("clf__"): v for k, v in grid.best_params_.items()}, record
+
+    chosen, record = choose(param_grid, search)
+    return fit_chosen(pipeline, chosen, X, y), record
 
 
 def selected_params(model: Pipeline, param_grid: dict[str, list[Any]]) -> dict[str, Any]:

@@ -8,12 +8,15 @@ lowest rank, the first best cell chosen.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
+from sklearn.base import clone
 from sklearn.model_selection import ParameterGrid
+from sklearn.pipeline import Pipeline
 
 
 def grid_cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -33,3 +36,17 @@ def grid_record(cells: list[dict[str, Any]], scores: list[list[float]],
     ranks = rankdata(-means, method="min").astype(np.int32)
     record = pd.DataFrame(cells)[sorted(keys)].assign(mean_accuracy=means, std_accuracy=stds, rank=ranks)
     return cells[int(np.argmin(ranks))], record
+
+
+def choose(grid: dict[str, list[Any]],
+           search: Callable[[], tuple[dict[str, Any], pd.DataFrame]]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The chosen cell and the record: a grid of one cell is its own choice (no search, no scores), else ``search()``."""
+    if all(len(values) == 1 for values in grid.values()):
+        chosen = {key.removeprefix("clf__"): values[0] for key, values in grid.items()}
+        return chosen, pd.DataFrame([chosen])
+    return search()
+
+
+def fit_chosen(pipeline: Pipeline, chosen: dict[str, Any], X: np.ndarray, y: np.ndarray) -> Pipeline:
+    """The pipeline with the chosen cell's values, fitted on all of (X, y)."""
+    return clone(pipeline).set_params(**{f"clf__{key}": value for key, value in chosen.items()}).fit(X, y)

@@ -30,7 +30,7 @@ from sklearn.preprocessing import Normalizer
 from sklearn.utils.extmath import weighted_mode
 
 from pipeline.common.errors import PipelineError
-from pipeline.evaluate.grid_scores import grid_cells, grid_record
+from pipeline.evaluate.grid_scores import choose, fit_chosen, grid_cells, grid_record
 from pipeline.evaluate.splits import inner_splitter
 
 log = logging.getLogger(__name__)
@@ -225,13 +225,9 @@ def grid_search(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups
 def select_knn(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, inner_folds: int,
                seed: int, search: str) -> tuple[Pipeline, pd.DataFrame]:
     """Pick (k, weighting) by grouped CV on (X, y) alone, then fit on all of it (``select_and_fit`` for kNN)."""
-    if all(len(v) == 1 for v in grid.values()):
-        chosen = {key.removeprefix("clf__"): v[0] for key, v in grid.items()}
-        record = pd.DataFrame([chosen])
-    else:
-        chosen, record = grid_search(grid, X, y, groups, inner_folds=inner_folds, seed=seed, search=search)
-    model = build_knn(search).set_params(**{f"clf__{key}": value for key, value in chosen.items()})
-    return model.fit(X, y), record
+    chosen, record = choose(grid, lambda: grid_search(grid, X, y, groups, inner_folds=inner_folds, seed=seed,
+                                                      search=search))
+    return fit_chosen(build_knn(search), chosen, X, y), record
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,8 +24,11 @@ from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.metrics import accuracy_score
 from sklearn.pipeline import Pipeline
 
-from pipeline.evaluate.grid_scores import grid_cells, grid_record
+from pipeline.evaluate.grid_scores import choose, fit_chosen, grid_cells, grid_record
 from pipeline.evaluate.splits import inner_splitter
+
+
+SETTLED = 1e-4  # a gradient this small (of its size at w = 0) is done once the rows stop moving
 
 
 class _SquaredHinge:
@@ -40,19 +43,38 @@ class _SquaredHinge:
     """
 
     def __init__(self, X: np.ndarray, targets: np.ndarray) -> None:
-        self.A = np.hstack([X, np.ones((len(X), 1), dtype=np.float32)])
+        self.A = np.hstack([X, np.ones((len(X), 1), dtype=np.float32)])  # a copy of the rows: memory of one X more
         self.targets = targets
         self.W = np.zeros((self.A.shape[1], targets.shape[1]))
         self.inside = np.ones(targets.shape, dtype=bool)  # at w = 0 every row is inside the margin
         gram = (self.A.T @ self.A).astype(np.float64)
-        self.gram = [gram.copy() for _ in range(targets.shape[1])]  # A_S'A_S per column
+        self.gram = [gram.copy() for _ in range(targets.shape[1])]  # A_S'A_S per column (float64, m x m each)
         self.factors: list[tuple[float, Any] | None] = [None] * targets.shape[1]  # (C, Cholesky of I + 2C A_S'A_S)
+        # the gradient at w = 0 is -2C A't: tolerances are shares of it, so a warm start is held to the same bar
+        self.scale = float(np.abs(self.A.T @ targets).astype(np.float64).max())
 
     def _slack(self, scores: np.ndarray) -> np.ndarray:
         return np.maximum(1 - self.targets * scores, 0)
 
     def objective(self, W: np.ndarray, slack: np.ndarray, C: float) -> np.ndarray:
         return 0.5 * np.square(W).sum(axis=0) + C * np.square(slack, dtype=np.float64).sum(axis=0)
+
+    def _update_gram(self, inside: np.ndarray) -> None:
+        """Each column's ``A_S'A_S`` for the rows now inside its margin: updated by the rows that moved, or
+        recomputed when more moved than stay inside (cheaper, and it sheds the updates' rounding)."""
+        A = self.A
+        for c in range(self.W.shape[1]):
+            entered, left = inside[:, c] & ~self.inside[:, c], ~inside[:, c] & self.inside[:, c]
+            moved = int(entered.sum() + left.sum())
+            if moved == 0:
+                continue
+            if moved > inside[:, c].sum():
+                rows = A[inside[:, c]]
+                self.gram[c] = (rows.T @ rows).astype(np.float64)
+            else:
+                self.gram[c] += (A[entered].T @ A[entered]).astype(np.float64) - (A[left].T @ A[left]).astype(np.float64)
+            self.factors[c] = None
+        self.inside = inside
 
     def _factor(self, c: int, C: float) -> Any:
         """The Cholesky factor of column ``c``'s Hessian, kept while its rows inside the margin and C stay the same."""
@@ -63,25 +85,21 @@ class _SquaredHinge:
     def solve(self, C: float, *, tol: float, max_iter: int) -> int:
         """Minimise for ``C`` from the current solution; returns the Newton steps taken (``max_iter``: gave up).
 
-        Done when a full step left every row on its side of the margin (the minimiser of that
-        quadratic piece), when no step lowers the objective any more in float32, or when the
-        gradient fell below ``tol`` times its size at the start.
+        Done when the gradient is below ``tol`` of its size at w = 0; or, within ``SETTLED`` of
+        it, when a full step left every row on its side of the margin (the minimiser of that
+        quadratic piece) or no step lowers the objective any more in float32.
         """
         A, scores = self.A, self.A @ self.W.astype(np.float32)
-        full_step, first = False, None
+        origin = 2 * C * self.scale
+        full_step = False
         for step in range(max_iter):
             slack = self._slack(scores)
             inside = slack > 0
             settled = full_step and np.array_equal(inside, self.inside)
-            for c in range(self.W.shape[1]):
-                entered, left = A[inside[:, c] & ~self.inside[:, c]], A[~inside[:, c] & self.inside[:, c]]
-                if len(entered) or len(left):
-                    self.gram[c] += (entered.T @ entered).astype(np.float64) - (left.T @ left).astype(np.float64)
-                    self.factors[c] = None
-            self.inside = inside
+            self._update_gram(inside)
             grad = self.W - 2 * C * (A.T @ (self.targets * slack)).astype(np.float64)
-            first = np.abs(grad).max() if first is None else first
-            if settled or np.abs(grad).max() <= tol * first:
+            size_of = np.abs(grad).max() / origin
+            if size_of <= tol or (settled and size_of <= SETTLED):
                 return step
             direction = np.column_stack([cho_solve(self._factor(c, C), grad[:, c]) for c in range(self.W.shape[1])])
             moved = A @ direction.astype(np.float32)
@@ -94,10 +112,10 @@ class _SquaredHinge:
                 if not short.any():
                     break
                 size[short] /= 2
-            else:  # no step lowers these columns' objective in float32: they are at their optimum
+            else:  # no step lowers these columns' objective in float32 any more
                 size[short] = 0
                 if not size.any():
-                    return step
+                    return step if size_of <= SETTLED else max_iter
             full_step = bool((size == 1).all())
             self.W -= size * direction
             scores = A @ self.W.astype(np.float32)
@@ -111,7 +129,7 @@ class NewtonLinearSVC(LinearClassifierMixin, BaseEstimator):
     on the float32 rows instead of liblinear's coordinate steps on a sparse double copy of them.
     """
 
-    def __init__(self, C: float = 1.0, *, tol: float = 1e-5, max_iter: int = 100) -> None:
+    def __init__(self, C: float = 1.0, *, tol: float = 1e-6, max_iter: int = 100) -> None:
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
@@ -166,9 +184,5 @@ def grid_search(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y
 def select_svm(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
                inner_folds: int, seed: int) -> tuple[Pipeline, pd.DataFrame]:
     """Pick C by grouped CV on (X, y) alone, then fit on all of it (``select_and_fit`` for the Nystroem SVM)."""
-    if all(len(v) == 1 for v in grid.values()):
-        chosen = {key.removeprefix("clf__"): v[0] for key, v in grid.items()}
-        record = pd.DataFrame([chosen])
-    else:
-        chosen, record = grid_search(pipeline, grid, X, y, groups, inner_folds=inner_folds, seed=seed)
-    return clone(pipeline).set_params(**{f"clf__{key}": value for key, value in chosen.items()}).fit(X, y), record
+    chosen, record = choose(grid, lambda: grid_search(pipeline, grid, X, y, groups, inner_folds=inner_folds, seed=seed))
+    return fit_chosen(pipeline, chosen, X, y), record
