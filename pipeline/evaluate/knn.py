@@ -98,9 +98,9 @@ def _smallest(values: np.ndarray, k: int, *, ordered: bool) -> np.ndarray:
 class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
     """kNN on an inverted file (Euclidean): each query scans the ``nprobe`` lists whose centres are nearest to it.
 
-    FAISS's own ``IndexIVFFlat`` scans a list once per query, one distance at a time; on this
-    machine that ran at 4 GFLOP/s, slower than exact search by matrix products (175 GFLOP/s),
-    until fewer than a fortieth of the rows are scanned. So the scan here goes list by list:
+    FAISS's own ``IndexIVFFlat`` scans a list once per query, one distance at a time: on 34,000
+    rows of 1280-d features, 16 of 184 lists probed, its search took 14.2 s against 8.4 s for
+    exact search by one matrix product (benchmarks/knn_search.py). So the scan here goes list by list:
     the queries probing a list are scored against all its rows in one matrix product, and
     each query keeps its best ``k`` of every list it probed. FAISS learns the lists (k-means,
     seeded). The model holds its rows as scikit-learn's kNN does, and pickles like it.
