@@ -29,10 +29,6 @@ from train import CLASSES, DIM, synthetic_split
 K = 21
 
 
-def recall(exact: np.ndarray, found: np.ndarray) -> float:
-    return float(np.mean([len(np.intersect1d(a, b)) / K for a, b in zip(exact, found)]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", required=True, metavar="N")
@@ -61,7 +57,7 @@ def main() -> None:
         start = time.perf_counter()
         _, found = ivf.search(queries, K)
         print(f"rows={rows:,} FAISS IndexIVFFlat ({lists} lists, {knn.PROBES} probed): build {built:.2f} s, "
-              f"search {time.perf_counter() - start:.2f} s, recall@{K} {recall(exact, found):.3f}")
+              f"search {time.perf_counter() - start:.2f} s, recall@{K} {knn.recall_of(exact, found):.3f}")
 
         start = time.perf_counter()
         ours = knn.IVFKNeighborsClassifier(n_neighbors=K).fit(X, np.zeros(rows, dtype=np.int64))
@@ -69,7 +65,7 @@ def main() -> None:
         start = time.perf_counter()
         _, found = ours.kneighbors(queries)
         print(f"rows={rows:,} list by list ({lists} lists, {knn.PROBES} probed): build {built:.2f} s, "
-              f"search {time.perf_counter() - start:.2f} s, recall@{K} {recall(exact, found):.3f}", flush=True)
+              f"search {time.perf_counter() - start:.2f} s, recall@{K} {knn.recall_of(exact, found):.3f}", flush=True)
 
 
 if __name__ == "__main__":

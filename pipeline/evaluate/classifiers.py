@@ -154,7 +154,7 @@ class GridClassifier:
     options: dict[str, Option] = dataclasses.field(default_factory=dict)
     # turns the selected pipeline into the final model, when that needs more than a refit
     finalize: Callable[..., Any] | None = None
-    # replaces ``select_and_fit`` where the grid can be searched faster than cell by cell (same results)
+    # replaces ``select_and_fit`` where the grid can be searched faster than cell by cell (the same choice and scores)
     search: Callable[..., tuple[Pipeline, pd.DataFrame]] | None = None
     # (grid, training data) -> what the method needs said beside the scores (e.g. an index's recall)
     describe: Callable[[Grid, TrainingData], dict[str, Any]] | None = None

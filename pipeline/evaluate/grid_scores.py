@@ -24,8 +24,7 @@ def grid_cells(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return list(ParameterGrid({key.removeprefix("clf__"): values for key, values in grid.items()}))
 
 
-def grid_record(cells: list[dict[str, Any]], scores: list[list[float]],
-                keys: list[str]) -> tuple[dict[str, Any], pd.DataFrame]:
+def grid_record(cells: list[dict[str, Any]], scores: list[list[float]]) -> tuple[dict[str, Any], pd.DataFrame]:
     """The chosen cell and the record (one row per cell: values, mean and std of the accuracy, rank).
 
     ``scores``: one list per fold, one accuracy per cell in ``cells``' order.
@@ -34,7 +33,7 @@ def grid_record(cells: list[dict[str, Any]], scores: list[list[float]],
     means = np.average(table, axis=1)
     stds = np.sqrt(np.average((table - means[:, None]) ** 2, axis=1))
     ranks = rankdata(-means, method="min").astype(np.int32)
-    record = pd.DataFrame(cells)[sorted(keys)].assign(mean_accuracy=means, std_accuracy=stds, rank=ranks)
+    record = pd.DataFrame(cells)[sorted(cells[0])].assign(mean_accuracy=means, std_accuracy=stds, rank=ranks)
     return cells[int(np.argmin(ranks))], record
 
 

@@ -84,6 +84,14 @@ def ivf_lists(n: int) -> int:
     return max(1, min(n // 39, int(round(math.sqrt(n)))))  # FAISS wants 39 training rows per list
 
 
+def _distance_less_norm(X: np.ndarray, rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """``|r|^2 - 2 x.r`` for every query x and row r: the squared distance less ``|x|^2`` (same order per query)."""
+    scores = X @ rows.T
+    scores *= -2
+    scores += norms
+    return scores
+
+
 def _smallest(values: np.ndarray, k: int, *, ordered: bool) -> np.ndarray:
     """Column indices of the ``k`` smallest values of each row (smallest first when ``ordered``)."""
     if k < values.shape[1]:
@@ -132,8 +140,8 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
 
     def _probe(self, X: np.ndarray, n: int) -> np.ndarray:
         """The ``n`` lists whose centres are nearest to each row (in no order)."""
-        centres = self.centres_
-        return _smallest(np.einsum("ij,ij->i", centres, centres) - 2 * X @ centres.T, n, ordered=False)
+        return _smallest(_distance_less_norm(X, self.centres_, np.einsum("ij,ij->i", self.centres_, self.centres_)), n,
+                         ordered=False)
 
     def kneighbors(self, X: np.ndarray, n_neighbors: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, indices into the training rows), nearest first; distances are Euclidean, as scikit-learn's."""
@@ -151,9 +159,7 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
             query, slot = np.divmod(pairs[starts[lst]:starts[lst + 1]], probes.shape[1])
             if high == low or len(query) == 0:
                 continue
-            scores = X[query] @ self.rows_[low:high].T
-            scores *= -2
-            scores += self.norms_[low:high]
+            scores = _distance_less_norm(X[query], self.rows_[low:high], self.norms_[low:high])
             best = _smallest(scores, min(k, high - low), ordered=False)
             found[query, slot, : best.shape[1]] = np.take_along_axis(scores, best, axis=1)
             where[query, slot, : best.shape[1]] = low + best
@@ -162,7 +168,7 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         scores, rows = np.take_along_axis(found, best, axis=1), np.take_along_axis(where, best, axis=1)
         short = (rows < 0).any(axis=1)  # the probed lists held fewer than k rows: scan every row for those
         if short.any():
-            everything = self.norms_ - 2 * X[short] @ self.rows_.T
+            everything = _distance_less_norm(X[short], self.rows_, self.norms_)
             rows[short] = _smallest(everything, k, ordered=True)
             scores[short] = np.take_along_axis(everything, rows[short], axis=1)
         squared = np.einsum("ij,ij->i", X, X)[:, None] + scores
@@ -219,7 +225,7 @@ def grid_search(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups
                                                                     k=cell.get("n_neighbors", defaults["n_neighbors"]),
                                                                     weights=cell.get("weights", defaults["weights"]))[1]])
                        for cell in cells])
-    return grid_record(cells, scores, [key.removeprefix("clf__") for key in grid])
+    return grid_record(cells, scores)
 
 
 def select_knn(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, inner_folds: int,
@@ -246,5 +252,9 @@ def ivf_recall(X: np.ndarray, k: int, *, seed: int = 0, queries: int = RECALL_QU
     fit, query = X[~chosen], X[chosen]
     _, exact = neighbours(fit, query, k, EXACT)
     _, approximate = neighbours(fit, query, k, IVF)
-    found = sum(len(np.intersect1d(a, b)) for a, b in zip(exact, approximate))
-    return Recall(k=k, queries=int(chosen.sum()), recall=found / exact.size)
+    return Recall(k=k, queries=int(chosen.sum()), recall=recall_of(exact, approximate))
+
+
+def recall_of(exact: np.ndarray, found: np.ndarray) -> float:
+    """Share of the exact neighbours (one row of indices per query) that ``found`` holds."""
+    return sum(len(np.intersect1d(a, b)) for a, b in zip(exact, found)) / exact.size

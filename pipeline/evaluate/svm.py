@@ -135,30 +135,32 @@ class NewtonLinearSVC(LinearClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> NewtonLinearSVC:
-        fitted = self.fit_path(X, y, [self.C])[0]
-        self.classes_, self.coef_, self.intercept_, self.n_iter_ = (fitted.classes_, fitted.coef_, fitted.intercept_,
-                                                                    fitted.n_iter_)
+        [(self.classes_, self.coef_, self.intercept_, self.n_iter_)] = self._solve(X, y, [self.C])
         return self
 
     def fit_path(self, X: np.ndarray, y: np.ndarray, Cs: list[float]) -> list[NewtonLinearSVC]:
         """One fitted copy per C, in the order given; each solve starts from the previous one's solution."""
+        fitted = []
+        for C, (classes, coef, intercept, steps) in zip(Cs, self._solve(X, y, Cs)):
+            model = clone(self).set_params(C=C)
+            model.classes_, model.coef_, model.intercept_, model.n_iter_ = classes, coef, intercept, steps
+            fitted.append(model)
+        return fitted
+
+    def _solve(self, X: np.ndarray, y: np.ndarray, Cs: list[float]):
+        """(classes, coef, intercept, Newton steps) for each C in turn, from one problem."""
         X = np.ascontiguousarray(X, dtype=np.float32)
         classes = np.unique(y)
         if len(classes) < 2:
             raise ValueError(f"NewtonLinearSVC needs two classes at least; the data holds {list(classes)}.")
         positive = classes[1:] if len(classes) == 2 else classes  # binary: one column, as LinearSVC
         problem = _SquaredHinge(X, np.where(np.asarray(y)[:, None] == positive[None, :], 1.0, -1.0).astype(np.float32))
-        fitted = []
         for C in Cs:
             steps = problem.solve(float(C), tol=self.tol, max_iter=self.max_iter)
             if steps >= self.max_iter:
                 warnings.warn(f"NewtonLinearSVC (C={C}) stopped after max_iter={self.max_iter} Newton steps before "
-                              "converging.", ConvergenceWarning, stacklevel=2)
-            model = clone(self).set_params(C=C)
-            model.classes_, model.coef_, model.intercept_ = classes, problem.W[:-1].T.copy(), problem.W[-1].copy()
-            model.n_iter_ = steps
-            fitted.append(model)
-        return fitted
+                              "converging.", ConvergenceWarning, stacklevel=3)
+            yield classes, problem.W[:-1].T.copy(), problem.W[-1].copy(), steps
 
 
 def grid_search(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
@@ -178,7 +180,7 @@ def grid_search(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y
         for i, model in zip(upwards, models):
             fold[i] = accuracy_score(y[test], model.predict(held_out))
         scores.append(fold)
-    return grid_record(cells, scores, [key.removeprefix("clf__") for key in grid])
+    return grid_record(cells, scores)
 
 
 def select_svm(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
