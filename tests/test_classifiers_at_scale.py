@@ -151,6 +151,15 @@ def test_newton_linear_svc_finds_linear_svcs_optimum(classes):
             np.testing.assert_allclose(model.decision_function(F), reference.decision_function(F), atol=2e-3)
 
 
+def test_the_float32_nystroem_map_is_scikit_learns():
+    X = StandardScaler().fit_transform(pictures(300, dim=64)[0])
+    ours, theirs = svm.RBFNystroem(n_components=200, random_state=0).fit(X), Nystroem(n_components=200, random_state=0).fit(X)
+    np.testing.assert_array_equal(ours.component_indices_, theirs.component_indices_)  # the same basis rows
+    queries = X[:40] + 0.1
+    assert ours.transform(queries).dtype == np.float32
+    np.testing.assert_allclose(ours.transform(queries), theirs.transform(queries), atol=1e-5)
+
+
 def test_svm_search_sharing_one_map_per_fold_scores_as_grid_search_cv():
     X, y, groups = pictures(200, dim=64, spread=0.35)
     params = parse_classifier_params("svm", {"C": [10.0, 0.1, 1.0], "exact_max_rows": 10, "n_components": 200})

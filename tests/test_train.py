@@ -99,3 +99,33 @@ def test_only_the_head_goes_to_the_accelerator_and_its_folds_take_turns_there():
     assert placement(get_classifier("head"), "cuda", cv, ray) == ("cuda", CVParams(3, 1, 2, 0, n_jobs=1), None)
     assert placement(get_classifier("head"), "cpu", cv, ray) == ("cpu", cv, ray)
     assert placement(get_classifier("logreg"), "cuda", cv, ray) == ("cpu", cv, ray)
+
+
+def test_the_final_selection_beside_the_folds_gives_what_it_gives_before_them(tmp_path):
+    """With n_jobs 2 the grids' final selection runs in a worker beside the grouped folds (one thread there);
+    with n_jobs 1 in this process first: the same model, scores and record, byte for byte."""
+    import pickle
+
+    from pipeline.common.params import CVParams, EvaluationParams
+    from pipeline.data.grouping import read_groups
+    from pipeline.evaluate.classifiers import parse_classifier_params
+    from pipeline.evaluate.splits import read_folds
+    from pipeline.evaluate.training import train_classifier
+
+    directory, groups_path = foreign_features(tmp_path / "features")
+    feats = features.load(directory)
+    groups = read_groups(groups_path, feats["train"].paths)
+    folds = read_folds(groups_path.parent / "folds.csv", feats["train"].paths)
+    evaluation = EvaluationParams(n_bootstrap=50, ece_bins=10, seed=0)
+    for name, grid in [("logreg", {"C": [0.01, 1.0]}), ("svm", {"C": [0.1, 1.0]}),
+                       ("knn", {"n_neighbors": [3, 7], "weights": ["uniform", "distance"]})]:
+        runs = [train_classifier(name, parse_classifier_params(name, grid), features=feats, groups=groups, folds=folds,
+                                 cv=CVParams(folds=3, repeats=1, inner_folds=2, seed=0, n_jobs=n_jobs),
+                                 evaluation=evaluation, use_views=False) for n_jobs in (1, 2)]
+        first, beside = (run.evaluation for run in runs)
+        assert first.metrics == beside.metrics, name
+        assert first.predictions.to_csv() == beside.predictions.to_csv(), name
+        assert first.folds.to_csv() == beside.folds.to_csv(), name
+        assert runs[0].selection.record.to_csv() == runs[1].selection.record.to_csv(), name
+        X = feats["test"].X
+        assert pickle.dumps(runs[0].selection.model.predict_proba(X)) == pickle.dumps(runs[1].selection.model.predict_proba(X))

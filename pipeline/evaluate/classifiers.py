@@ -27,7 +27,6 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.kernel_approximation import Nystroem
 from sklearn.svm import SVC
 
 from pipeline.common.params import CVParams, ParamsError, check_seed, in_range, number_from_text, parse_section
@@ -74,6 +73,9 @@ class Selection:
 class ClassifierSpec:
     parse: Callable[[Any, str], Any]  # (raw params, dotted name) -> validated params
     select: Callable[[Any, TrainingData, CVParams], Selection]
+    # the nested procedure of a CV fold, known before the final selection has run (so the folds can run beside
+    # it); None where the folds need the selection's result (the head trains the epochs it chose)
+    fold_fit: Callable[[Any, TrainingData, CVParams], FitFold] | None = None
     uses_device: bool = False  # trains with torch, on the extraction's device (the others: scikit-learn, CPU)
 
 
@@ -154,7 +156,7 @@ class GridClassifier:
     options: dict[str, Option] = dataclasses.field(default_factory=dict)
     # turns the selected pipeline into the final model, when that needs more than a refit
     finalize: Callable[..., Any] | None = None
-    # replaces ``select_and_fit`` where the grid can be searched faster than cell by cell (the same choice and scores)
+    # replaces ``search_cv`` where the grid can be searched faster than cell by cell (the same choice and scores)
     search: Callable[..., tuple[Pipeline, pd.DataFrame]] | None = None
     # (grid, training data) -> what the method needs said beside the scores (e.g. an index's recall)
     describe: Callable[[Grid, TrainingData], dict[str, Any]] | None = None
@@ -187,7 +189,8 @@ class GridClassifier:
         """The unfitted pipeline for ``rows`` training rows, with the default settings (the exact algorithms)."""
         return self.build(Grid({}, {key: option.default for key, option in self.options.items()}), rows)[0]
 
-    def select(self, grid: Grid, data: TrainingData, cv: CVParams) -> Selection:
+    def _pipeline(self, grid: Grid, data: TrainingData, cv: CVParams) -> tuple[Pipeline, str]:
+        """The unfitted pipeline for this many training rows, once the grid is known to fit the data."""
         if "clf__n_neighbors" in grid.values:  # the one hyperparameter bounded by the data
             smallest = smallest_training_fold(data.y[: data.n_images], data.groups[: data.n_images], folds=cv.folds,
                                               repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed)
@@ -195,23 +198,36 @@ class GridClassifier:
         if "exact_max_rows" in grid.options and grid.options["exact_max_rows"] < data.n_classes:
             raise ParamsError(f"{grid.name}.exact_max_rows={grid.options['exact_max_rows']} is below the number of "
                               f"classes ({data.n_classes}): no training set is that small; use a larger value.")
-        pipeline, method = self.build(grid, len(data.X))
-        search = self.search or select_and_fit
+        return self.build(grid, len(data.X))
+
+    def _choose(self, pipeline: Pipeline, grid: Grid, X, y, groups, cv: CVParams) -> tuple[dict[str, Any], pd.DataFrame]:
+        return (self.search or search_cv)(pipeline, grid.values, X, y, groups, inner_folds=cv.inner_folds, seed=cv.seed)
+
+    def fold_fit(self, grid: Grid, data: TrainingData, cv: CVParams) -> FitFold:
+        """The whole procedure on a training fold (selection, then the refit): it needs nothing the final
+        selection finds, so the folds can run beside it."""
+        pipeline, _ = self._pipeline(grid, data, cv)
 
         def fit_fold(X, y, groups):
-            return search(pipeline, grid.values, X, y, groups, inner_folds=cv.inner_folds, seed=cv.seed)[0]
+            return fit_chosen(pipeline, self._choose(pipeline, grid, X, y, groups, cv)[0], X, y)
 
-        chosen, record = search(pipeline, grid.values, data.X, data.y, data.groups,
-                                inner_folds=cv.inner_folds, seed=cv.seed)
-        model = chosen if self.finalize is None else self.finalize(
-            chosen, data.X, data.y, data.groups, inner_folds=cv.inner_folds, seed=cv.seed)
+        return fit_fold
+
+    def select(self, grid: Grid, data: TrainingData, cv: CVParams) -> Selection:
+        pipeline, method = self._pipeline(grid, data, cv)
+        chosen, record = self._choose(pipeline, grid, data.X, data.y, data.groups, cv)
+        configured = clone(pipeline).set_params(**{f"clf__{key}": value for key, value in chosen.items()})
+        # finalize (the SVM's calibration) refits the pipeline itself: no refit before it
+        model = clone(configured).fit(data.X, data.y) if self.finalize is None else self.finalize(
+            configured, data.X, data.y, data.groups, inner_folds=cv.inner_folds, seed=cv.seed)
 
         def fit_fixed(X, y, groups):
-            return clone(chosen).fit(X, y)
+            return clone(configured).fit(X, y)
 
         details = self.describe(grid, data) if self.describe else {}
-        return Selection(model=model, selected=selected_params(chosen, grid.values), fit_fold=fit_fold,
-                         fit_fixed=fit_fixed, record=record, method={"name": method, **details})
+        return Selection(model=model, selected=selected_params(configured, grid.values),
+                         fit_fold=self.fold_fit(grid, data, cv), fit_fixed=fit_fixed, record=record,
+                         method={"name": method, **details})
 
 
 def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, inner_folds: int, seed: int) -> CalibratedClassifierCV:
@@ -225,12 +241,10 @@ def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, inner_folds: int, see
     return CalibratedClassifierCV(clone(pipeline), method="sigmoid", cv=splits, ensemble=False).fit(X, y)
 
 
-def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,
-                   inner_folds: int, seed: int) -> tuple[Pipeline, pd.DataFrame]:
-    """Pick hyperparameters by grouped CV on (X, y) alone, then refit on all of it.
-
-    Also returns the grid's scores (one row per candidate; no scores for a grid of one).
-    """
+def search_cv(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,
+              inner_folds: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The cell chosen by grouped CV on (X, y) alone (``GridSearchCV``, no refit), and the grid's scores
+    (one row per cell; none for a grid of one)."""
     def search() -> tuple[dict[str, Any], pd.DataFrame]:
         grid = GridSearchCV(pipeline, param_grid, scoring="accuracy", error_score="raise", refit=False,
                             cv=inner_splitter(inner_folds, seed)).fit(X, y, groups=groups)
@@ -241,7 +255,13 @@ def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, g
                                rank=results["rank_test_score"])
         return {k.removeprefix("clf__"): v for k, v in grid.best_params_.items()}, record
 
-    chosen, record = choose(param_grid, search)
+    return choose(param_grid, search)
+
+
+def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,
+                   inner_folds: int, seed: int) -> tuple[Pipeline, pd.DataFrame]:
+    """Pick hyperparameters by grouped CV on (X, y) alone, then refit on all of it; and the grid's scores."""
+    chosen, record = search_cv(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
     return fit_chosen(pipeline, chosen, X, y), record
 
 
@@ -287,13 +307,13 @@ def _build_svm(grid: Grid, rows: int) -> tuple[Pipeline, str]:
     if rows <= grid.options["exact_max_rows"]:
         return Pipeline([*steps, ("clf", SVC(kernel="rbf", random_state=0))]), "exact RBF SVC"
     components = grid.options["n_components"]
-    nystroem = Nystroem(kernel="rbf", n_components=min(components, rows), random_state=0)
+    nystroem = svm.RBFNystroem(n_components=min(components, rows), random_state=0)
     return Pipeline([*steps, ("nystroem", nystroem), ("clf", svm.NewtonLinearSVC())]), f"nystroem {components} + linear SVM"
 
 
 def _search_svm(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *, inner_folds: int,
-                seed: int) -> tuple[Pipeline, pd.DataFrame]:
-    search = svm.select_svm if isinstance(pipeline[-1], svm.NewtonLinearSVC) else select_and_fit
+                seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
+    search = svm.grid_search if isinstance(pipeline[-1], svm.NewtonLinearSVC) else search_cv
     return search(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
 
 
@@ -303,9 +323,9 @@ def _build_knn(grid: Grid, rows: int) -> tuple[Pipeline, str]:
 
 
 def _search_knn(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *, inner_folds: int,
-                seed: int) -> tuple[Pipeline, pd.DataFrame]:
+                seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
     search = knn.EXACT if isinstance(pipeline[-1], KNeighborsClassifier) else knn.IVF
-    return knn.select_knn(param_grid, X, y, groups, inner_folds=inner_folds, seed=seed, search=search)
+    return knn.grid_search(param_grid, X, y, groups, inner_folds=inner_folds, seed=seed, search=search)
 
 
 def _describe_knn(grid: Grid, data: TrainingData) -> dict[str, Any]:
@@ -339,7 +359,8 @@ _GRIDS = {
 CLASSIFIERS: dict[str, ClassifierSpec] = {
     "head": ClassifierSpec(parse=lambda raw, name: parse_section(HeadParams, raw, name), select=_select_head,
                            uses_device=True),
-    **{name: ClassifierSpec(parse=grid.parse, select=grid.select) for name, grid in _GRIDS.items()},
+    **{name: ClassifierSpec(parse=grid.parse, select=grid.select, fold_fit=grid.fold_fit)
+       for name, grid in _GRIDS.items()},
 }
 
 

@@ -210,8 +210,14 @@ def grid_search(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups
     """The best (n_neighbors, weights) by grouped CV, with one neighbour search per inner fold.
 
     Returns the chosen cell and the record (one row per cell: values, mean and std of the
-    accuracy, rank), computed as ``GridSearchCV`` computes them; the first best cell wins.
+    accuracy, rank), computed as ``GridSearchCV`` computes them; the first best cell wins
+    (a grid of one cell: no search).
     """
+    return choose(grid, lambda: _scored_grid(grid, X, y, groups, inner_folds=inner_folds, seed=seed, search=search))
+
+
+def _scored_grid(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, inner_folds: int,
+                 seed: int, search: str) -> tuple[dict[str, Any], pd.DataFrame]:
     cells = grid_cells(grid)
     defaults = KNeighborsClassifier().get_params()  # for a key the grid leaves out
     largest = max(cell.get("n_neighbors", defaults["n_neighbors"]) for cell in cells)
@@ -231,8 +237,7 @@ def grid_search(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups
 def select_knn(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, inner_folds: int,
                seed: int, search: str) -> tuple[Pipeline, pd.DataFrame]:
     """Pick (k, weighting) by grouped CV on (X, y) alone, then fit on all of it (``select_and_fit`` for kNN)."""
-    chosen, record = choose(grid, lambda: grid_search(grid, X, y, groups, inner_folds=inner_folds, seed=seed,
-                                                      search=search))
+    chosen, record = grid_search(grid, X, y, groups, inner_folds=inner_folds, seed=seed, search=search)
     return fit_chosen(build_knn(search), chosen, X, y), record
 
 

@@ -117,19 +117,20 @@ def learning_curve_scores(name: str, params: Any, *, features: Features, groups:
     plan = curve_folds(train.y, groups, fractions=curve.below_full, draws=curve.draws, seed=curve.seed, cv=cv)
     for point in tqdm(plan, desc=f"learning curve {name}", unit="point"):
         rows = point.rows
-        try:
-            selection = spec.select(params, training_data(features, groups, views=views, rows=rows, device=device),
-                                    point.cv)
+        data = training_data(features, groups, views=views, rows=rows, device=device)
+        try:  # only the folds' procedure counts here: the grids' final fit on the subset is never needed
+            fit_fold = (spec.fold_fit(params, data, point.cv) if spec.fold_fit is not None
+                        else spec.select(params, data, point.cv).fit_fold)
         except ParamsError as err:
             raise ParamsError(f"learning_curve.fractions: at {point.fraction:g} of the pictures "
                               f"({point.pictures}): {err}") from err
         sub_views = None if views is None else np.asarray(views)[:, rows]
-        scores = cv_scores(selection.fit_fold, train.X[rows], train.y[rows], groups[rows], point.splits,
+        scores = cv_scores(fit_fold, train.X[rows], train.y[rows], groups[rows], point.splits,
                            views=sub_views, n_jobs=cv.n_jobs, engine=engine)
         frames.append(scores.assign(draw=point.draw, fraction=point.fraction, pictures=point.pictures,
                                     images=len(rows)))
-        log.info("%s at %g of the pictures (%d, draw %d): grouped CV %.3f, selected %s", name, point.fraction,
-                 point.pictures, point.draw, scores["accuracy"].mean(), selection.selected)
+        log.info("%s at %g of the pictures (%d, draw %d): grouped CV %.3f", name, point.fraction,
+                 point.pictures, point.draw, scores["accuracy"].mean())
     columns = ["fraction", "draw", "pictures", "images", "fold", "n_test", "accuracy", "balanced_accuracy", "macro_f1"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 

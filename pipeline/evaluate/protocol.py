@@ -75,13 +75,26 @@ def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarra
     The folds run in parallel on ``n_jobs`` local processes (memory-mapped arrays are handed
     over by reference, larger ones dumped once), or as Ray tasks with ``engine``.
     """
+    return cv_scores_beside(fit_fold, X, y, groups, splits, views=views, n_jobs=n_jobs, engine=engine)[0]
+
+
+def cv_scores_beside(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                     splits: Iterable[tuple[np.ndarray, np.ndarray]], *, views: np.ndarray | None = None,
+                     n_jobs: int | None = None, engine: Engine | None = None,
+                     beside: Callable[[], Any] | None = None) -> tuple[pd.DataFrame, Any]:
+    """``cv_scores``, with ``beside()`` (when given) run as one more task among the folds; and its result.
+
+    It goes first, so the folds fill the other workers while it runs (the final selection, which
+    needs no fold's result, takes no core of its own then).
+    """
     splits = list(splits)
     if engine is not None and engine.kind == "ray":
-        rows = engine.map(_score_fold, fit_fold, X, y, groups, views, splits, n_jobs=n_jobs)
+        rows, result = engine.map(_score_fold, fit_fold, X, y, groups, views, splits, n_jobs=n_jobs, beside=beside)
     else:
-        rows = Parallel(n_jobs=n_jobs)(delayed(_score_fold)(fit_fold, X, y, groups, views, train, test)
-                                       for train, test in splits)
-    return pd.DataFrame(rows).rename_axis("fold").reset_index()
+        tasks = [delayed(_score_fold)(fit_fold, X, y, groups, views, train, test) for train, test in splits]
+        rows = Parallel(n_jobs=n_jobs)(tasks if beside is None else [delayed(beside)(), *tasks])
+        result, rows = (None, rows) if beside is None else (rows[0], rows[1:])
+    return pd.DataFrame(rows).rename_axis("fold").reset_index(), result
 
 
 def summarise_cv(scores: pd.DataFrame, *, n_samples: int) -> dict[str, Any]:
@@ -113,22 +126,24 @@ def probability_columns(proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
     return pd.DataFrame(proba, columns=[f"p_{c}" for c in classes]).round(6)
 
 
-def evaluate_classifier(*, model: Any, fit_fold: FitFold, fit_fixed: FitFold, features: Features,
+def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixed: FitFold, features: Features,
                         groups: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], cv: CVParams,
                         evaluation: EvaluationParams, views: np.ndarray | None = None,
-                        engine: Engine | None = None) -> Evaluation:
+                        engine: Engine | None = None, grouped: pd.DataFrame | None = None) -> Evaluation:
     """Run the whole protocol for one classifier; ``model`` is the final fit on train.
 
     ``fit_fold`` repeats the whole fitting procedure, hyperparameter selection
-    included, on a training fold; ``fit_fixed`` fits the hyperparameters already
-    chosen and serves only the leaky figure, which is there to show inflation.
-    ``folds`` are the grouped (train, test) splits shared by every stage (the ``folds``
-    stage's file); ``views`` (n_views, n_train, dim), when given, join every training fold.
+    included, on a training fold (or ``grouped`` holds its scores on ``folds`` already);
+    ``fit_fixed`` fits the hyperparameters already chosen and serves only the leaky
+    figure, which is there to show inflation. ``folds`` are the grouped (train, test)
+    splits shared by every stage (the ``folds`` stage's file); ``views`` (n_views,
+    n_train, dim), when given, join every training fold.
     """
     train = features["train"]
     X, y = train.X, train.y
     leaky_splits = RepeatedStratifiedKFold(n_splits=cv.folds, n_repeats=cv.repeats, random_state=cv.seed).split(X, y)
-    grouped = cv_scores(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs, engine=engine)
+    if grouped is None:
+        grouped = cv_scores(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs, engine=engine)
     # every image its own group: inner selection (if any) is as leaky as the outer split
     leaky = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs,
                       engine=engine)

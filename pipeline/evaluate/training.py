@@ -9,6 +9,7 @@ CV for contrast, valid and test with intervals).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
@@ -21,7 +22,7 @@ from pipeline.data.dataset import HELD_OUT
 from pipeline.embed.features import Features
 from pipeline.evaluate.classifiers import ClassifierSpec, Selection, TrainingData, get_classifier
 from pipeline.evaluate.engine import Engine
-from pipeline.evaluate.protocol import Evaluation, evaluate_classifier, with_views
+from pipeline.evaluate.protocol import Evaluation, cv_scores, cv_scores_beside, evaluate_classifier, with_views
 from pipeline.evaluate.splits import check_cv_fits
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,24 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
     views = train.views if use_views else None
     device, cv, engine = placement(spec, device, cv, engine)
     data = training_data(features, groups, views=views, device=device)
-    start = time.perf_counter()
-    selection = spec.select(params, data, cv)
-    fit_seconds = time.perf_counter() - start
+    select = functools.partial(timed_select, spec, params, data, cv)
+    if spec.fold_fit is None:  # the folds train what the selection chose
+        selection, fit_seconds = select()
+        grouped = cv_scores(selection.fit_fold, train.X, train.y, groups, folds, views=views, n_jobs=cv.n_jobs,
+                            engine=engine)
+    else:  # the final selection runs beside the grouped folds, as one more task
+        grouped, (selection, fit_seconds) = cv_scores_beside(spec.fold_fit(params, data, cv), train.X, train.y, groups,
+                                                             folds, views=views, n_jobs=cv.n_jobs, engine=engine,
+                                                             beside=select)
     log.info("%s: selected %s in %.1f s", name, selection.selected, fit_seconds)
-    result = evaluate_classifier(model=selection.model, fit_fold=selection.fit_fold, fit_fixed=selection.fit_fixed,
+    result = evaluate_classifier(model=selection.model, fit_fixed=selection.fit_fixed, grouped=grouped,
                                  features=features, groups=groups, folds=folds, cv=cv, evaluation=evaluation, views=views,
                                  engine=engine)
     return Trained(name=name, selection=selection, evaluation=result, fit_seconds=fit_seconds)
+
+
+def timed_select(spec: ClassifierSpec, params: Any, data: TrainingData, cv: CVParams) -> tuple[Selection, float]:
+    """The classifier's selection and final fit, and the seconds they took (wherever they ran)."""
+    start = time.perf_counter()
+    selection = spec.select(params, data, cv)
+    return selection, time.perf_counter() - start
