@@ -20,10 +20,10 @@ from pipeline.common.io import output_set, read_json
 from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
 from pipeline.data.grouping import read_groups
 from pipeline.embed import features as features_io
-from pipeline.embed.embedding import resolve_device
 from pipeline.evaluate.classifiers import parse_classifier_params
 from pipeline.evaluate.engine import engine_of
 from pipeline.evaluate.learning_curve import curve_points, full_point, learning_curve_scores, reading
+from pipeline.evaluate.training import stage_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     use_views = load_section("views", args.params).use
     extract = load_section("extract", args.params)
     engine = engine_of(cv, extract)
-    device = str(resolve_device(extract.device))  # where a torch classifier (the head) trains, as in train
+    device = stage_device(args.classifier, extract.device)  # where a torch classifier (the head) trains
     feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
     groups = read_groups(args.groups, feats["train"].paths)
     fix = f"re-run its train stage (dvc repro train@{args.backbone}-{args.classifier})."

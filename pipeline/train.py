@@ -16,12 +16,11 @@ from pipeline.common.cli import run, stage_parser
 from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
 from pipeline.data.grouping import read_groups
 from pipeline.embed import features as features_io
-from pipeline.embed.embedding import resolve_device
 from pipeline.evaluate.classifiers import parse_classifier_params
 from pipeline.evaluate.engine import engine_of
 from pipeline.evaluate.results import ResultPaths, write_results
 from pipeline.evaluate.splits import read_folds
-from pipeline.evaluate.training import train_classifier
+from pipeline.evaluate.training import stage_device, train_classifier
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     use_views = load_section("views", args.params).use
     extract = load_section("extract", args.params)
     engine = engine_of(cv, extract)
-    device = str(resolve_device(extract.device))  # where a torch classifier (the head) trains
+    device = stage_device(args.classifier, extract.device)  # where a torch classifier (the head) trains
     # memory-mapped: parallel fold fits read the file, none gets a copy of it
     feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
     groups = read_groups(args.groups, feats["train"].paths)

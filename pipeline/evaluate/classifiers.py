@@ -32,7 +32,6 @@ from sklearn.svm import SVC
 from pipeline.common.params import CVParams, ParamsError, check_seed, in_range, number_from_text, parse_section
 from pipeline.evaluate import knn, svm
 from pipeline.evaluate.grid_scores import choose, fit_chosen
-from pipeline.evaluate.linear_head import LinearHeadClassifier
 from pipeline.evaluate.protocol import FitFold
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold, inner_splitter
 
@@ -104,6 +103,8 @@ class HeadParams:
 
 def _select_head(params: HeadParams, data: TrainingData, cv: CVParams) -> Selection:
     """Early stopping on valid picks the epoch count; CV folds train exactly that many epochs."""
+    from pipeline.evaluate.linear_head import LinearHeadClassifier  # torch: imported by the head's stages alone
+
     model = LinearHeadClassifier(n_classes=data.n_classes, dropout=params.dropout, lr=params.lr,
                                  weight_decay=params.weight_decay, batch_size=params.batch_size,
                                  max_epochs=params.max_epochs, patience=params.patience, seed=params.seed,

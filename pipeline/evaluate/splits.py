@@ -16,6 +16,7 @@ from sklearn import model_selection
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import read_csv
 from pipeline.common.params import ParamsError
+from pipeline.evaluate._fold_kernels import MAX_CLASSES, best_fold
 
 
 class StratifiedGroupKFold(model_selection.StratifiedGroupKFold):
@@ -23,23 +24,19 @@ class StratifiedGroupKFold(model_selection.StratifiedGroupKFold):
 
     For each group (a picture) scikit-learn tries every fold in turn, each trial a handful of
     small numpy calls; with thousands of pictures that loop took 24.6 of the 82.7 s of a kNN stage
-    at 16,000 rows (cProfile), and it grows with the pictures, for every split of every fold. Here one
-    array operation scores all the folds, with the same arithmetic in the same order, so the
-    choice, ties included, is scikit-learn's (tested against it). Should a scikit-learn release
-    rename the private step, the override goes unused: the folds stay the same, only slower.
+    at 16,000 rows (cProfile), and it runs for every split of every fold. Here a compiled loop
+    does the same arithmetic in the same order, so the choice, ties included, is scikit-learn's
+    (tested against it). Should a scikit-learn release rename the private step, the override goes
+    unused: the folds stay the same, only slower.
     """
 
     def _find_best_fold(self, y_counts_per_fold: np.ndarray, y_cnt: np.ndarray,
                         group_y_counts: np.ndarray) -> int | None:
-        proposals = y_counts_per_fold[None] + np.eye(self.n_splits)[:, :, None] * group_y_counts  # (trial, fold, class)
-        evaluations = np.mean(np.std(proposals / y_cnt.reshape(1, 1, -1), axis=1), axis=1)
-        samples = y_counts_per_fold.sum(axis=1)
-        best_fold, min_eval, min_samples = None, np.inf, np.inf
-        for i, (evaluation, in_fold) in enumerate(zip(evaluations.tolist(), samples.tolist())):
-            close = min_eval != np.inf and abs(evaluation - min_eval) <= 1e-8 + 1e-5 * abs(min_eval)  # np.isclose
-            if evaluation < min_eval or (close and in_fold < min_samples):
-                best_fold, min_eval, min_samples = i, evaluation, in_fold
-        return best_fold
+        if len(y_cnt) > MAX_CLASSES:
+            return super()._find_best_fold(y_counts_per_fold, y_cnt, group_y_counts)
+        best = best_fold(np.ascontiguousarray(y_counts_per_fold, dtype=np.float64), np.ascontiguousarray(y_cnt),
+                         np.ascontiguousarray(group_y_counts, dtype=np.float64))
+        return None if best < 0 else best
 
 
 def inner_splitter(inner_folds: int, seed: int) -> StratifiedGroupKFold:
