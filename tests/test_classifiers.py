@@ -69,6 +69,28 @@ def test_svm_probabilities_are_calibrated_on_grouped_folds():
     assert selected_params(chosen, {"clf__C": [1.0]}) == {"C": 1.0}
 
 
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+def test_the_scaling_fitted_once_per_inner_fold_scores_and_chooses_as_grid_search_cv(name):
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+
+    from pipeline.evaluate.classifiers import _GRIDS, search_cv
+
+    rng = np.random.default_rng(3)
+    X, y = clusters(30, seed=0)
+    X += rng.normal(scale=4, size=X.shape).astype(np.float32)  # overlapping classes: the cells score differently
+    groups = np.arange(len(y)) // 3
+    grid = {"clf__C": [0.001, 0.1, 10.0]}
+    pipeline = _GRIDS[name].pipeline()
+    reference = GridSearchCV(pipeline, grid, scoring="accuracy", refit=False,
+                             cv=StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=0)).fit(X, y, groups=groups)
+    chosen, record = search_cv(pipeline, grid, X, y, groups, inner_folds=3, seed=0)
+    assert len(set(record["mean_accuracy"])) > 1
+    np.testing.assert_array_equal(record["mean_accuracy"], reference.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(record["std_accuracy"], reference.cv_results_["std_test_score"])
+    np.testing.assert_array_equal(record["rank"], reference.cv_results_["rank_test_score"])
+    assert {f"clf__{k}": v for k, v in chosen.items()} == reference.best_params_
+
+
 @pytest.mark.parametrize(
     ("name", "grid", "message"),
     [

@@ -23,7 +23,6 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
@@ -31,7 +30,7 @@ from sklearn.svm import SVC
 
 from pipeline.common.params import CVParams, ParamsError, check_seed, in_range, number_from_text, parse_section
 from pipeline.evaluate import knn, svm
-from pipeline.evaluate.grid_scores import choose, fit_chosen
+from pipeline.evaluate.grid_scores import fit_chosen, search_shared_features
 from pipeline.evaluate.protocol import FitFold
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold, inner_splitter
 
@@ -244,19 +243,9 @@ def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, inner_folds: int, see
 
 def search_cv(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,
               inner_folds: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The cell chosen by grouped CV on (X, y) alone (``GridSearchCV``, no refit), and the grid's scores
-    (one row per cell; none for a grid of one)."""
-    def search() -> tuple[dict[str, Any], pd.DataFrame]:
-        grid = GridSearchCV(pipeline, param_grid, scoring="accuracy", error_score="raise", refit=False,
-                            cv=inner_splitter(inner_folds, seed)).fit(X, y, groups=groups)
-        results = grid.cv_results_
-        record = pd.DataFrame({k.removeprefix("param_clf__"): list(results[k]) for k in results
-                               if k.startswith("param_clf__")})
-        record = record.assign(mean_accuracy=results["mean_test_score"], std_accuracy=results["std_test_score"],
-                               rank=results["rank_test_score"])
-        return {k.removeprefix("clf__"): v for k, v in grid.best_params_.items()}, record
-
-    return choose(param_grid, search)
+    """The cell chosen by grouped CV on (X, y) alone, and the grid's scores (one row per cell; none for a grid of
+    one): ``GridSearchCV``'s, with the scaling fitted once per inner fold instead of once per cell."""
+    return search_shared_features(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
 
 
 def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,

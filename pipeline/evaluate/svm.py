@@ -22,12 +22,10 @@ from scipy.linalg.blas import ssyrk
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._base import LinearClassifierMixin
-from sklearn.metrics import accuracy_score
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 
-from pipeline.evaluate.grid_scores import choose, grid_cells, grid_record
-from pipeline.evaluate.splits import inner_splitter
+from pipeline.evaluate.grid_scores import search_shared_features
 
 
 class RBFNystroem(TransformerMixin, BaseEstimator):
@@ -228,20 +226,14 @@ def grid_search(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y
     Returns the chosen cell and the record, computed as ``GridSearchCV`` computes them from the same scores
     (a grid of one cell: no search).
     """
-    return choose(grid, lambda: _scored_grid(pipeline, grid, X, y, groups, inner_folds=inner_folds, seed=seed))
+    return search_shared_features(pipeline, grid, X, y, groups, inner_folds=inner_folds, seed=seed,
+                                  fit_cells=_fit_upwards)
 
 
-def _scored_grid(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
-                 inner_folds: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    cells = grid_cells(grid)
+def _fit_upwards(classifier: NewtonLinearSVC, cells: list[dict[str, Any]], X: np.ndarray, y: np.ndarray) -> list[Any]:
+    """One fit per cell, solved from the smallest C upwards, each from the last one's solution."""
     upwards = sorted(range(len(cells)), key=lambda i: cells[i]["C"])
-    scores = []
-    for train, test in inner_splitter(inner_folds, seed).split(X, y, groups):
-        features = clone(pipeline[:-1])
-        fitted, held_out = features.fit_transform(X[train]), features.transform(X[test])
-        models = pipeline[-1].fit_path(fitted, y[train], [cells[i]["C"] for i in upwards])
-        fold = [0.0] * len(cells)
-        for i, model in zip(upwards, models):
-            fold[i] = accuracy_score(y[test], model.predict(held_out))
-        scores.append(fold)
-    return grid_record(cells, scores)
+    models = [None] * len(cells)
+    for i, model in zip(upwards, classifier.fit_path(X, y, [cells[i]["C"] for i in upwards])):
+        models[i] = model
+    return models
