@@ -66,7 +66,8 @@ def test_the_shared_assignment_gives_back_the_splitters_own_folds(tmp_path):
 
 
 @pytest.mark.parametrize("n_splits,n_classes,mixed", [(2, 2, False), (3, 4, False), (5, 4, True), (10, 7, True),
-                                                      (3, 9, True), (4, 21, True), (2, 130, True)])
+                                                      (3, 8, False), (3, 9, True), (4, 21, True), (2, 128, True),
+                                                      (2, 130, True)])
 def test_our_stratified_group_kfold_makes_scikit_learns_folds(n_splits, n_classes, mixed):
     from sklearn import model_selection
 

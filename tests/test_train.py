@@ -10,7 +10,7 @@ from pipeline.evaluate.splits import assign_folds, folds_frame
 from tests.conftest import DEFAULT_BACKBONE, SMALL_RUN, run_stage, write_params
 
 
-def foreign_features(directory, seed=0, dim=48, groups_path=None, folds=3, repeats=1):
+def foreign_features(directory, seed=0, dim=48, groups_path=None, folds=3, repeats=1, train_pictures=40):
     """Embeddings 'from another backbone': class clusters, 3 copies per picture in train.
 
     Writes the features folder, a groups.csv (default: beside the folder) and beside that the shared
@@ -19,7 +19,7 @@ def foreign_features(directory, seed=0, dim=48, groups_path=None, folds=3, repea
     centres = rng.normal(size=(4, dim)) * 2
     directory.mkdir(parents=True)
     rows, groups = [], []
-    for split, pictures, copies in [("train", 40, 3), ("valid", 12, 1), ("test", 16, 1)]:
+    for split, pictures, copies in [("train", train_pictures, 3), ("valid", 12, 1), ("test", 16, 1)]:
         labels = np.arange(pictures) % 4
         X = np.repeat(centres[labels] + rng.normal(size=(pictures, dim)), copies, axis=0)
         X += rng.normal(scale=0.05, size=X.shape)
@@ -102,8 +102,9 @@ def test_only_the_head_goes_to_the_accelerator_and_its_folds_take_turns_there():
 
 
 def test_the_final_selection_beside_the_folds_gives_what_it_gives_before_them(tmp_path):
-    """With n_jobs 2 the grids' final selection runs in a worker beside the grouped folds (one thread there);
-    with n_jobs 1 in this process first: the same model, scores and record, byte for byte."""
+    """With n_jobs 2 the grids' final selection runs in a worker beside the grouped folds, with this process's
+    thread counts; with n_jobs 1 in this process first: the same model, scores and record, byte for byte. The
+    rows are large enough that a product's rounding depends on the BLAS threads sharing it (on 2 cores and more)."""
     import pickle
 
     from pipeline.common.params import CVParams, EvaluationParams
@@ -112,8 +113,8 @@ def test_the_final_selection_beside_the_folds_gives_what_it_gives_before_them(tm
     from pipeline.evaluate.splits import read_folds
     from pipeline.evaluate.training import train_classifier
 
-    directory, groups_path = foreign_features(tmp_path / "features")
-    feats = features.load(directory)
+    directory, groups_path = foreign_features(tmp_path / "features", dim=1280, train_pictures=240)
+    feats = features.load(directory, mmap=True)
     groups = read_groups(groups_path, feats["train"].paths)
     folds = read_folds(groups_path.parent / "folds.csv", feats["train"].paths)
     evaluation = EvaluationParams(n_bootstrap=50, ece_bins=10, seed=0)
@@ -129,3 +130,4 @@ def test_the_final_selection_beside_the_folds_gives_what_it_gives_before_them(tm
         assert runs[0].selection.record.to_csv() == runs[1].selection.record.to_csv(), name
         X = feats["test"].X
         assert pickle.dumps(runs[0].selection.model.predict_proba(X)) == pickle.dumps(runs[1].selection.model.predict_proba(X))
+

@@ -2,7 +2,8 @@
 
 scikit-learn's arithmetic, operation for operation, so the chosen fold, ties included, is its own:
 for each trial fold, the per-class std over folds of the class shares (sums over folds in fold
-order, as numpy reduces that axis), then their mean over classes (numpy's pairwise sum).
+order, as numpy reduces that axis), then their mean over classes (numpy's pairwise sum). Never compile
+these with ``fastmath``: the exact rounding decides ties.
 """
 
 from __future__ import annotations

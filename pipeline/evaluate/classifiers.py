@@ -157,7 +157,7 @@ class GridClassifier:
     # turns the selected pipeline into the final model, when that needs more than a refit
     finalize: Callable[..., Any] | None = None
     # replaces ``search_cv`` where the grid can be searched faster than cell by cell (the same choice and scores)
-    search: Callable[..., tuple[Pipeline, pd.DataFrame]] | None = None
+    search: Callable[..., tuple[dict[str, Any], pd.DataFrame]] | None = None
     # (grid, training data) -> what the method needs said beside the scores (e.g. an index's recall)
     describe: Callable[[Grid, TrainingData], dict[str, Any]] | None = None
 
@@ -206,8 +206,9 @@ class GridClassifier:
     def fold_fit(self, grid: Grid, data: TrainingData, cv: CVParams) -> FitFold:
         """The whole procedure on a training fold (selection, then the refit): it needs nothing the final
         selection finds, so the folds can run beside it."""
-        pipeline, _ = self._pipeline(grid, data, cv)
+        return self._fit_fold(self._pipeline(grid, data, cv)[0], grid, cv)
 
+    def _fit_fold(self, pipeline: Pipeline, grid: Grid, cv: CVParams) -> FitFold:
         def fit_fold(X, y, groups):
             return fit_chosen(pipeline, self._choose(pipeline, grid, X, y, groups, cv)[0], X, y)
 
@@ -226,7 +227,7 @@ class GridClassifier:
 
         details = self.describe(grid, data) if self.describe else {}
         return Selection(model=model, selected=selected_params(configured, grid.values),
-                         fit_fold=self.fold_fit(grid, data, cv), fit_fixed=fit_fixed, record=record,
+                         fit_fold=self._fit_fold(pipeline, grid, cv), fit_fixed=fit_fixed, record=record,
                          method={"name": method, **details})
 
 

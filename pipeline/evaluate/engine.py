@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from joblib import cpu_count, effective_n_jobs
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from pipeline.common.params import CVParams, ExtractParams
 from pipeline.common.ray_cluster import connect, ray_module
@@ -28,11 +30,18 @@ def worker_threads(n_jobs: int | None) -> int:
     return max(cpu_count() // effective_n_jobs(n_jobs), 1)
 
 
-def _in_task(function: Callable[..., Any], threads: int, *args: Any) -> Any:
-    import torch
-    from threadpoolctl import threadpool_limits
+def process_threads() -> dict[str, int]:
+    """This process's thread count per kind of native pool loaded now (blas, openmp): to run a task in a worker
+    as it would run here."""
+    counts: dict[str, int] = {}
+    for pool in threadpool_info():
+        counts[pool["user_api"]] = max(counts.get(pool["user_api"], 0), pool["num_threads"])
+    return counts
 
-    torch.set_num_threads(threads)
+
+def _in_task(function: Callable[..., Any], threads: int, *args: Any) -> Any:
+    if "torch" in sys.modules:  # the head's folds (their function's unpickling imported it); the others never load it
+        sys.modules["torch"].set_num_threads(threads)
     with threadpool_limits(limits=threads):
         return function(*args)
 

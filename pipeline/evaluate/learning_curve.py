@@ -104,10 +104,11 @@ def learning_curve_scores(name: str, params: Any, *, features: Features, groups:
                           device: str = "cpu") -> pd.DataFrame:
     """Per-fold grouped-CV scores of classifier ``name`` at each fraction below 100% and each draw.
 
-    For each drawn subset the classifier selects its hyperparameters as in the train
-    stage (early stopping on valid for the head, nested grouped CV for the grids), and
-    that whole procedure is cross-validated on the subset's grouped folds. The head trains on
-    ``device``, as in the train stage.
+    The train stage's whole procedure, hyperparameter selection included, is cross-validated
+    on each drawn subset's grouped folds: nested grouped CV inside every fold for the grids
+    (no final fit on the subset: nothing uses it), and for the head the epoch count early
+    stopping picks on the subset, then trained in every fold. The head trains on ``device``,
+    as in the train stage.
     """
     spec = get_classifier(name)
     device, cv, engine = placement(spec, device, cv, engine)

@@ -142,6 +142,8 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixe
     train = features["train"]
     X, y = train.X, train.y
     leaky_splits = RepeatedStratifiedKFold(n_splits=cv.folds, n_repeats=cv.repeats, random_state=cv.seed).split(X, y)
+    if (fit_fold is None) == (grouped is None):
+        raise ValueError("evaluate_classifier needs either fit_fold or the grouped scores it gave, not both.")
     if grouped is None:
         grouped = cv_scores(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs, engine=engine)
     # every image its own group: inner selection (if any) is as leaky as the outer split

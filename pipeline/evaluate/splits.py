@@ -16,7 +16,6 @@ from sklearn import model_selection
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import read_csv
 from pipeline.common.params import ParamsError
-from pipeline.evaluate._fold_kernels import MAX_CLASSES, best_fold
 
 
 class StratifiedGroupKFold(model_selection.StratifiedGroupKFold):
@@ -32,6 +31,8 @@ class StratifiedGroupKFold(model_selection.StratifiedGroupKFold):
 
     def _find_best_fold(self, y_counts_per_fold: np.ndarray, y_cnt: np.ndarray,
                         group_y_counts: np.ndarray) -> int | None:
+        from pipeline.evaluate._fold_kernels import MAX_CLASSES, best_fold  # numba: loaded by the stages that split
+
         if len(y_cnt) > MAX_CLASSES:
             return super()._find_best_fold(y_counts_per_fold, y_cnt, group_y_counts)
         best = best_fold(np.ascontiguousarray(y_counts_per_fold, dtype=np.float64), np.ascontiguousarray(y_cnt),

