@@ -73,7 +73,8 @@ def test_svm_probabilities_are_calibrated_on_grouped_folds():
 def test_the_scaling_fitted_once_per_inner_fold_scores_and_chooses_as_grid_search_cv(name):
     from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
 
-    from pipeline.evaluate.classifiers import _GRIDS, search_cv
+    from pipeline.evaluate.classifiers import _GRIDS
+    from pipeline.evaluate.grid_scores import search_shared_features
 
     rng = np.random.default_rng(3)
     X, y = clusters(30, seed=0)
@@ -83,7 +84,7 @@ def test_the_scaling_fitted_once_per_inner_fold_scores_and_chooses_as_grid_searc
     pipeline = _GRIDS[name].pipeline()
     reference = GridSearchCV(pipeline, grid, scoring="accuracy", refit=False,
                              cv=StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=0)).fit(X, y, groups=groups)
-    chosen, record = search_cv(pipeline, grid, X, y, groups, inner_folds=3, seed=0)
+    chosen, record = search_shared_features(pipeline, grid, X, y, groups, inner_folds=3, seed=0)
     assert len(set(record["mean_accuracy"])) > 1
     np.testing.assert_array_equal(record["mean_accuracy"], reference.cv_results_["mean_test_score"])
     np.testing.assert_array_equal(record["std_accuracy"], reference.cv_results_["std_test_score"])

@@ -156,7 +156,8 @@ class GridClassifier:
     options: dict[str, Option] = dataclasses.field(default_factory=dict)
     # turns the selected pipeline into the final model, when that needs more than a refit
     finalize: Callable[..., Any] | None = None
-    # replaces ``search_cv`` where the grid can be searched faster than cell by cell (the same choice and scores)
+    # replaces ``search_shared_features`` (each cell fitted in turn) where the grid can be searched faster
+    # (the same choice and scores)
     search: Callable[..., tuple[dict[str, Any], pd.DataFrame]] | None = None
     # (grid, training data) -> what the method needs said beside the scores (e.g. an index's recall)
     describe: Callable[[Grid, TrainingData], dict[str, Any]] | None = None
@@ -201,7 +202,8 @@ class GridClassifier:
         return self.build(grid, len(data.X))
 
     def _choose(self, pipeline: Pipeline, grid: Grid, X, y, groups, cv: CVParams) -> tuple[dict[str, Any], pd.DataFrame]:
-        return (self.search or search_cv)(pipeline, grid.values, X, y, groups, inner_folds=cv.inner_folds, seed=cv.seed)
+        search = self.search or search_shared_features
+        return search(pipeline, grid.values, X, y, groups, inner_folds=cv.inner_folds, seed=cv.seed)
 
     def fold_fit(self, grid: Grid, data: TrainingData, cv: CVParams) -> FitFold:
         """The whole procedure on a training fold (selection, then the refit): it needs nothing the final
@@ -242,17 +244,10 @@ def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, inner_folds: int, see
     return CalibratedClassifierCV(clone(pipeline), method="sigmoid", cv=splits, ensemble=False).fit(X, y)
 
 
-def search_cv(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,
-              inner_folds: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The cell chosen by grouped CV on (X, y) alone, and the grid's scores (one row per cell; none for a grid of
-    one): ``GridSearchCV``'s, with the scaling fitted once per inner fold instead of once per cell."""
-    return search_shared_features(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
-
-
 def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,
                    inner_folds: int, seed: int) -> tuple[Pipeline, pd.DataFrame]:
     """Pick hyperparameters by grouped CV on (X, y) alone, then refit on all of it; and the grid's scores."""
-    chosen, record = search_cv(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
+    chosen, record = search_shared_features(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
     return fit_chosen(pipeline, chosen, X, y), record
 
 
@@ -304,7 +299,7 @@ def _build_svm(grid: Grid, rows: int) -> tuple[Pipeline, str]:
 
 def _search_svm(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *, inner_folds: int,
                 seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    search = svm.grid_search if isinstance(pipeline[-1], svm.NewtonLinearSVC) else search_cv
+    search = svm.grid_search if isinstance(pipeline[-1], svm.NewtonLinearSVC) else search_shared_features
     return search(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
 
 

@@ -84,7 +84,7 @@ def ivf_lists(n: int) -> int:
     return max(1, min(n // 39, int(round(math.sqrt(n)))))  # FAISS wants 39 training rows per list
 
 
-def _distance_less_norm(X: np.ndarray, rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
+def distance_less_norm(X: np.ndarray, rows: np.ndarray, norms: np.ndarray) -> np.ndarray:
     """``|r|^2 - 2 x.r`` for every query x and row r: the squared distance less ``|x|^2`` (same order per query)."""
     scores = X @ rows.T
     scores *= -2
@@ -140,7 +140,7 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
 
     def _probe(self, X: np.ndarray, n: int) -> np.ndarray:
         """The ``n`` lists whose centres are nearest to each row (in no order)."""
-        return _smallest(_distance_less_norm(X, self.centres_, np.einsum("ij,ij->i", self.centres_, self.centres_)), n,
+        return _smallest(distance_less_norm(X, self.centres_, np.einsum("ij,ij->i", self.centres_, self.centres_)), n,
                          ordered=False)
 
     def kneighbors(self, X: np.ndarray, n_neighbors: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +159,7 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
             query, slot = np.divmod(pairs[starts[lst]:starts[lst + 1]], probes.shape[1])
             if high == low or len(query) == 0:
                 continue
-            scores = _distance_less_norm(X[query], self.rows_[low:high], self.norms_[low:high])
+            scores = distance_less_norm(X[query], self.rows_[low:high], self.norms_[low:high])
             best = _smallest(scores, min(k, high - low), ordered=False)
             found[query, slot, : best.shape[1]] = np.take_along_axis(scores, best, axis=1)
             where[query, slot, : best.shape[1]] = low + best
@@ -168,7 +168,7 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         scores, rows = np.take_along_axis(found, best, axis=1), np.take_along_axis(where, best, axis=1)
         short = (rows < 0).any(axis=1)  # the probed lists held fewer than k rows: scan every row for those
         if short.any():
-            everything = _distance_less_norm(X[short], self.rows_, self.norms_)
+            everything = distance_less_norm(X[short], self.rows_, self.norms_)
             rows[short] = _smallest(everything, k, ordered=True)
             scores[short] = np.take_along_axis(everything, rows[short], axis=1)
         squared = np.einsum("ij,ij->i", X, X)[:, None] + scores

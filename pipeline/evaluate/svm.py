@@ -26,6 +26,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
 
 from pipeline.evaluate.grid_scores import search_shared_features
+from pipeline.evaluate.knn import distance_less_norm
 
 
 class RBFNystroem(TransformerMixin, BaseEstimator):
@@ -59,10 +60,8 @@ class RBFNystroem(TransformerMixin, BaseEstimator):
 
     def _kernel(self, X: np.ndarray) -> np.ndarray:
         """``exp(-gamma |x - b|^2)`` against every basis row, built in place in one (rows x components) array."""
-        kernel = X @ self.components_.T
-        kernel *= -2
+        kernel = distance_less_norm(X, self.components_, self._norms)
         kernel += np.einsum("ij,ij->i", X, X)[:, None]
-        kernel += self._norms[None, :]
         np.maximum(kernel, 0, out=kernel)  # rounding can make a distance slightly negative
         kernel *= -self.gamma_
         return np.exp(kernel, out=kernel)
