@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from pipeline.data.images import load_rgb
 from pipeline.embed import features
-from pipeline.evaluate.linear_head import LinearHeadClassifier, make_head
+from pipeline.evaluate.linear_head import LinearHeadClassifier, dropout_, make_head
 from pipeline.evaluate.results import load_model
 from tests.conftest import SMALL_RUN, run_stage, write_params
 
@@ -42,6 +43,47 @@ def test_early_stopping_keeps_the_epoch_with_the_lowest_valid_loss():
     losses = [row["valid_loss"] for row in model.history_]
     assert len(losses) == model.best_epoch_ + 5 < 200
     assert model.best_epoch_ == int(np.argmin(losses)) + 1
+
+
+def bits(tensor):
+    return tensor.detach().contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2, 0.37, 0.5, 0.9, 1.0])
+def test_fast_dropout_draws_torchs_mask_and_leaves_the_generator_as_torch_does(p):
+    x = torch.randn(301, 1280, generator=torch.Generator().manual_seed(1))
+    x[0, :4] = torch.tensor([-0.0, float("inf"), float("-inf"), float("nan")])
+    torch.manual_seed(5)
+    expected = nn.Dropout(p, inplace=True).train()(x.clone())
+    expected_state = torch.get_rng_state()
+    torch.manual_seed(5)
+    got = dropout_(x.clone(), p)
+    assert torch.equal(bits(got), bits(expected)) and torch.equal(torch.get_rng_state(), expected_state)
+
+
+def reference_fit(X, y, *, dropout, epochs, batch_size, seed):
+    """The training loop written with torch's own modules only: what LinearHeadClassifier must equal."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    head = make_head(X.shape[1], 4, dropout)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-2)
+    X_t, y_t = torch.from_numpy(X), torch.from_numpy(y).long()
+    for _ in range(epochs):
+        head.train()
+        for batch in torch.randperm(len(X_t), generator=generator).split(batch_size):
+            optimiser.zero_grad()
+            nn.CrossEntropyLoss()(head(X_t[batch].clone()), y_t[batch]).backward()
+            optimiser.step()
+    return head
+
+
+@pytest.mark.parametrize("dropout", [0.2, 0.0])
+def test_head_trains_exactly_as_torchs_own_modules(dropout):
+    X, y = blobs(53, seed=4)  # 212 rows: the last batch of each epoch is short
+    model = LinearHeadClassifier(n_classes=4, dropout=dropout, max_epochs=4, batch_size=64, seed=7).fit(X, y)
+    reference = reference_fit(X, y, dropout=dropout, epochs=4, batch_size=64, seed=7)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(bits(model.head_.state_dict()[name]), bits(value)), name
 
 
 def test_head_training_is_deterministic():

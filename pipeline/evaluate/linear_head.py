@@ -29,6 +29,23 @@ def make_head(dim: int, n_classes: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Dropout(p=dropout, inplace=True), nn.Linear(dim, n_classes))
 
 
+def dropout_(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``nn.Dropout(p, inplace=True)`` in training on the CPU, bit for bit, in two thirds of its time.
+
+    On the CPU torch's dropout draws its mask with ``bernoulli_(1 - p)``: a serial kernel that takes
+    one double from the default generator per element, ``u < 1 - p``. ``torch.rand`` in float64 draws
+    the very same doubles from the same generator, faster; the rest (``div_``, ``mul_``) is torch's
+    own sequence. It was over half of a training step at batch 64 (tests compare weights and the
+    generator's state with ``nn.Dropout``'s).
+    """
+    if not 0 < p < 1 or x.device.type != "cpu":
+        return torch.nn.functional.dropout(x, p, training=True, inplace=True)
+    keep = 1 - p
+    noise = torch.empty_like(x)
+    torch.lt(torch.rand(x.shape, dtype=torch.float64), keep, out=noise)
+    return x.mul_(noise.div_(keep))
+
+
 class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
     """Cross-entropy + AdamW on embeddings; early stopping on a validation set when given.
 
@@ -71,7 +88,9 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
             total = 0.0
             for batch in torch.randperm(len(X_t), generator=generator).to(device).split(self.batch_size):
                 optimiser.zero_grad()
-                loss = loss_fn(head(X_t[batch].clone()), y_t[batch])
+                # head(x), with head[0]'s dropout drawn by dropout_ (same bits, faster)
+                x = dropout_(X_t.index_select(0, batch), head[0].p)
+                loss = loss_fn(head[1](x), y_t.index_select(0, batch))
                 loss.backward()
                 optimiser.step()
                 total += loss.item() * len(batch)
