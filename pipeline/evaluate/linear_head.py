@@ -16,6 +16,8 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
+from pipeline.evaluate import _torch_stream
+
 log = logging.getLogger(__name__)
 
 
@@ -30,19 +32,23 @@ def make_head(dim: int, n_classes: int, dropout: float) -> nn.Sequential:
 
 
 def dropout_(x: torch.Tensor, p: float) -> torch.Tensor:
-    """``nn.Dropout(p, inplace=True)`` in training on the CPU, bit for bit, in two thirds of its time.
+    """``nn.Dropout(p, inplace=True)`` in training on the CPU, bit for bit, in a fraction of its time.
 
     On the CPU torch's dropout draws its mask with ``bernoulli_(1 - p)``: a serial kernel that takes
-    one double from the default generator per element, ``u < 1 - p``. ``torch.rand`` in float64 draws
-    the very same doubles from the same generator, faster; the rest (``div_``, ``mul_``) is torch's
-    own sequence. It was over half of a training step at batch 64 (tests compare weights and the
-    generator's state with ``nn.Dropout``'s).
+    one double from the default generator per element, ``u < 1 - p``, and was over half of a training
+    step at batch 64. ``_torch_stream.uniform`` draws the very same doubles from the same generator
+    in blocks (``torch.rand`` in float64, also the same doubles, where that stream does not match this
+    torch); the rest (``div_``, ``mul_``) is torch's own sequence. Tests compare weights and the
+    generator's state with ``nn.Dropout``'s.
     """
     if not 0 < p < 1 or x.device.type != "cpu":
         return torch.nn.functional.dropout(x, p, training=True, inplace=True)
     keep = 1 - p
-    noise = torch.empty_like(x)
-    torch.lt(torch.rand(x.shape, dtype=torch.float64), keep, out=noise)
+    if _torch_stream.matches_torch():
+        noise = torch.from_numpy(_torch_stream.keep_mask(x.numel(), keep)).view(x.shape)
+    else:
+        noise = torch.empty_like(x)
+        torch.lt(torch.rand(x.shape, dtype=torch.float64), keep, out=noise)
     return x.mul_(noise.div_(keep))
 
 

@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluate import _torch_stream
+
+
+def test_the_block_stream_is_what_runs_with_this_torch():
+    assert _torch_stream.matches_torch()  # else dropout_ falls back to torch.rand: same bits, slower
+
+
+@pytest.mark.parametrize("words_before", [0, 1, 7, 623, 624, 1250])
+@pytest.mark.parametrize("n", [1, 311, 312, 5000])
+def test_uniform_draws_torch_rands_doubles_and_moves_the_generator_as_it_does(words_before, n):
+    torch.manual_seed(3)
+    torch.rand(words_before)  # float32: one word each, so the stream can start mid-block or on an odd word
+    saved = torch.get_rng_state()
+    expected = torch.rand(n, dtype=torch.float64).numpy()
+    expected_next = torch.rand(3, dtype=torch.float64)
+    torch.set_rng_state(saved)
+    got = _torch_stream.uniform(n)
+    assert np.array_equal(got.view(np.uint64), expected.view(np.uint64))
+    assert torch.equal(torch.rand(3, dtype=torch.float64), expected_next)
+
+
+@pytest.mark.parametrize("keep", [0.8, 0.5, 0.63, 0.1])
+def test_keep_mask_is_torchs_bernoulli(keep):
+    torch.manual_seed(11)
+    expected = torch.empty(4099).bernoulli_(keep).numpy()
+    after = torch.get_rng_state()
+    torch.manual_seed(11)
+    assert np.array_equal(_torch_stream.keep_mask(4099, keep), expected)
+    assert torch.equal(torch.get_rng_state(), after)
