@@ -46,13 +46,16 @@ def test_early_stopping_keeps_the_epoch_with_the_lowest_valid_loss():
 
 
 def bits(tensor):
-    return tensor.detach().contiguous().view(torch.int32)
+    tensor = tensor.detach().contiguous()
+    return tensor.view(torch.int64 if tensor.dtype == torch.float64 else torch.int32)
 
 
+@pytest.mark.parametrize("layout", ["float32", "float64", "transposed"])
 @pytest.mark.parametrize("p", [0.0, 0.2, 0.37, 0.5, 0.9, 1.0])
-def test_fast_dropout_draws_torchs_mask_and_leaves_the_generator_as_torch_does(p):
+def test_fast_dropout_draws_torchs_mask_and_leaves_the_generator_as_torch_does(p, layout):
     x = torch.randn(301, 1280, generator=torch.Generator().manual_seed(1))
     x[0, :4] = torch.tensor([-0.0, float("inf"), float("-inf"), float("nan")])
+    x = {"float32": x, "float64": x.double(), "transposed": x.t()}[layout]
     torch.manual_seed(5)
     expected = nn.Dropout(p, inplace=True).train()(x.clone())
     expected_state = torch.get_rng_state()
@@ -77,7 +80,7 @@ def reference_fit(X, y, *, dropout, epochs, batch_size, seed):
     return head
 
 
-@pytest.mark.parametrize("dropout", [0.2, 0.0])
+@pytest.mark.parametrize("dropout", [0.2, 0.37, 0.0])
 def test_head_trains_exactly_as_torchs_own_modules(dropout):
     X, y = blobs(53, seed=4)  # 212 rows: the last batch of each epoch is short
     model = LinearHeadClassifier(n_classes=4, dropout=dropout, max_epochs=4, batch_size=64, seed=7).fit(X, y)

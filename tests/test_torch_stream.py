@@ -6,7 +6,29 @@ from pipeline.evaluate import _torch_stream
 
 
 def test_the_block_stream_is_what_runs_with_this_torch():
-    assert _torch_stream.matches_torch()  # else dropout_ falls back to torch.rand: same bits, slower
+    assert _torch_stream.mismatch() is None
+    assert _torch_stream.matches_torch()  # else dropout_ runs torch's own dropout: same bits, slower
+
+
+def unmoved_bernoulli(n, keep):
+    """The right mask, but the generator left where it was."""
+    saved = torch.get_rng_state()
+    mask = torch.empty(n).bernoulli_(keep).numpy()
+    torch.set_rng_state(saved)
+    return mask
+
+
+@pytest.mark.parametrize("draw", [lambda n, keep: np.ones(n, dtype=np.float32), unmoved_bernoulli])
+def test_the_check_finds_a_draw_that_is_not_torchs_and_leaves_the_generator_alone(draw):
+    torch.manual_seed(2)
+    before = torch.get_rng_state()
+    assert _torch_stream.mismatch(draw) == "it draws other masks"
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_keep_mask_refuses_a_keep_that_is_not_a_probability():
+    with pytest.raises(ValueError, match="keep=1.5"):
+        _torch_stream.keep_mask(10, 1.5)
 
 
 @pytest.mark.parametrize("words_before", [0, 1, 7, 623, 624, 1250])

@@ -1,20 +1,24 @@
-"""The doubles ``torch.rand(n, dtype=torch.float64)`` would return, drawn in blocks.
+"""Dropout's mask as torch draws it on the CPU, ``bernoulli_(keep)``, drawn in compiled loops.
 
-torch's default CPU generator is MT19937. ``torch.rand`` in float64 (and ``bernoulli_``, which
-compares the same doubles with p) takes two 32-bit words per double, joins them high word first,
-keeps the low 53 bits and scales by 2**-53, one element at a time behind a serial kernel. Here the
-same words are drawn a block of 624 at a time by compiled loops, from torch's own state, which is
-then written back, so torch's stream continues exactly where ``torch.rand`` would have left it.
+torch's default CPU generator is MT19937. ``bernoulli_`` with a scalar p (as ``torch.rand`` in
+float64) takes two 32-bit words per element, joins them high word first, keeps the low 53 bits,
+scales by 2**-53 and compares with p, one element at a time behind a serial kernel. Here the words
+are generated (a twist every 624) and tempered in chunks, from torch's own state, which is then
+written back, so torch's stream continues exactly where ``bernoulli_`` would have left it.
 
-The state is torch's ``get_rng_state`` layout, which torch does not promise to keep; so
-``matches_torch`` compares this stream with ``torch.rand``'s, bit for bit, once per process, and
-callers use ``torch.rand`` itself where it does not match.
+That holds for the torch and CPU it was checked on: the state is torch's ``get_rng_state`` layout,
+which torch does not promise to keep, and some torch builds draw ``bernoulli_`` from MKL's own
+generator on Intel CPUs. So ``matches_torch`` compares the masks and the generator's state after them
+with ``bernoulli_``'s, once per process, and callers use torch's own dropout where they differ.
+One thread at a time: the state is read, advanced and written back under a lock, but a draw by
+torch itself in another thread meanwhile would be lost (the pipeline's fits run in processes).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
 
 import numba
 import numpy as np
@@ -24,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _N, _M = 624, 397  # MT19937's state length and shift
 _CHUNK = 2048  # doubles drawn per pass: 16 KiB of words, kept in cache
+_LOCK = threading.Lock()
 # torch's CPU generator state (get_rng_state): the legacy C struct, 5,056 bytes
 _STATE = np.dtype([("seed", "<u8"), ("left", "<i4"), ("seeded", "<i4"), ("next", "<u8"),
                    ("words", "<u8", (_N,)), ("normal", "<f8", (3,)), ("normal_valid", "<i4"), ("pad", "<i4"),
@@ -80,8 +85,8 @@ def _double(words, i):
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill(mt, left, next_, keep, out):
-    """``out[i]``: the i-th next double, or with ``keep`` > 0 whether it is below ``keep`` (1.0/0.0).
+def _fill(mt, left, next_, mask, keep, out):
+    """``out[i]``: the i-th next double, or with ``mask`` whether it is below ``keep`` (1.0 or 0.0).
 
     Words are drawn a chunk at a time into a small buffer that stays in cache.
     """
@@ -89,7 +94,7 @@ def _fill(mt, left, next_, keep, out):
     for start in range(0, out.size, _CHUNK):
         m = min(_CHUNK, out.size - start)
         left, next_ = _words(mt, left, next_, words[:2 * m])
-        if keep > 0:
+        if mask:
             for i in range(m):
                 out[start + i] = 1.0 if _double(words, i) < keep else 0.0
         else:
@@ -98,46 +103,60 @@ def _fill(mt, left, next_, keep, out):
     return left, next_
 
 
-def _draw(out: np.ndarray, keep: float) -> np.ndarray:
-    raw = torch.get_rng_state()
-    state = raw.numpy().view(_STATE)
-    mt = state["words"][0].astype(np.uint32)
-    left, next_ = _fill(mt, int(state["left"][0]), int(state["next"][0]), keep, out)
-    state["words"][0], state["left"][0], state["next"][0] = mt, left, next_
-    torch.set_rng_state(raw)  # the generator moves past the doubles drawn, as torch's kernels move it
+def _draw(out: np.ndarray, mask: bool, keep: float) -> np.ndarray:
+    with _LOCK:
+        raw = torch.get_rng_state()
+        state = raw.numpy().view(_STATE)
+        mt = state["words"][0].astype(np.uint32)
+        left, next_ = int(state["left"][0]), int(state["next"][0])
+        if not 1 <= left <= _N or next_ + left - 1 > _N:
+            raise ValueError(f"torch's generator state has left={left}, next={next_}: not an MT19937 position")
+        left, next_ = _fill(mt, left, next_, mask, keep, out)
+        state["words"][0], state["left"][0], state["next"][0] = mt, left, next_
+        torch.set_rng_state(raw)  # the generator moves past the draws, as torch's kernels move it
     return out
 
 
 def uniform(n: int) -> np.ndarray:
-    """``torch.rand(n, dtype=torch.float64)``, from and advancing the same generator."""
-    return _draw(np.empty(n, dtype=np.float64), 0.0)
+    """The stream's next ``n`` doubles: what ``torch.rand(n, dtype=torch.float64)`` draws (the masks' test)."""
+    return _draw(np.empty(n, dtype=np.float64), False, 0.0)
 
 
 def keep_mask(n: int, keep: float) -> np.ndarray:
-    """``torch.empty(n).bernoulli_(keep)`` (0 < keep): 1.0 where the next double is below ``keep``, else 0.0."""
-    return _draw(np.empty(n, dtype=np.float32), keep)
+    """``torch.empty(n).bernoulli_(keep)``: 1.0 where the next double is below ``keep``, else 0.0."""
+    if not 0 <= keep <= 1:
+        raise ValueError(f"keep={keep} is not a probability")
+    return _draw(np.empty(n, dtype=np.float32), True, keep)
+
+
+def mismatch(draw=keep_mask) -> str | None:
+    """Why ``draw`` does not draw ``bernoulli_``'s masks, or leave the generator as it does; None if it does.
+
+    Compared over 1,500 elements (several twists) at two probabilities; the generator is left as it was.
+    """
+    saved = torch.get_rng_state()
+    try:
+        if saved.numel() != _STATE.itemsize:
+            return f"its state has {saved.numel()} bytes, not {_STATE.itemsize}"
+        for keep in (0.5, 0.8):
+            torch.set_rng_state(saved)
+            expected = torch.empty(1500).bernoulli_(keep).numpy()
+            after = torch.get_rng_state()
+            torch.set_rng_state(saved)
+            if not np.array_equal(draw(1500, keep), expected) or not torch.equal(torch.get_rng_state(), after):
+                return "it draws other masks"
+        return None
+    except Exception as error:  # whatever goes wrong (a state torch rejects, say), torch's dropout is the answer
+        return f"{type(error).__name__}: {error}"
+    finally:
+        torch.set_rng_state(saved)
 
 
 @functools.cache
 def matches_torch() -> bool:
-    """Whether ``uniform`` draws what ``torch.rand`` draws, and leaves the generator as it does."""
-    saved = torch.get_rng_state()
-    try:
-        if saved.numel() != _STATE.itemsize:
-            raise ValueError(f"{saved.numel()} bytes")
-        expected = torch.rand(1500, dtype=torch.float64).numpy()  # 3,000 words: several twists
-        expected_state = torch.get_rng_state()
-        torch.set_rng_state(saved)
-        got, mask = uniform(1000), keep_mask(500, 0.5)
-        if np.array_equal(got.view(np.uint64), expected[:1000].view(np.uint64)) and \
-                np.array_equal(mask, (expected[1000:] < 0.5).astype(np.float32)) and \
-                torch.equal(torch.get_rng_state(), expected_state):
-            return True
-        reason = "it draws other numbers"
-    except Exception as error:  # whatever goes wrong (a state torch rejects, say), torch.rand is the answer
-        reason = f"{type(error).__name__}: {error}"
-    finally:
-        torch.set_rng_state(saved)
-    log.warning("torch %s's CPU generator is not the one expected (%s): dropout draws with torch.rand, slower",
-                torch.__version__, reason)
-    return False
+    """Whether ``keep_mask`` is ``bernoulli_`` with this torch on this CPU (checked once per process)."""
+    reason = mismatch()
+    if reason is not None:
+        log.warning("dropout's mask is drawn by torch itself (slower): the block stream does not match torch %s "
+                    "here (%s)", torch.__version__, reason)
+    return reason is None

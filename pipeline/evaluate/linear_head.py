@@ -32,24 +32,21 @@ def make_head(dim: int, n_classes: int, dropout: float) -> nn.Sequential:
 
 
 def dropout_(x: torch.Tensor, p: float) -> torch.Tensor:
-    """``nn.Dropout(p, inplace=True)`` in training on the CPU, bit for bit, in a fraction of its time.
+    """``nn.Dropout(p, inplace=True)`` in training, bit for bit; on the CPU in a fraction of its time.
 
-    On the CPU torch's dropout draws its mask with ``bernoulli_(1 - p)``: a serial kernel that takes
-    one double from the default generator per element, ``u < 1 - p``, and was over half of a training
-    step at batch 64. ``_torch_stream.uniform`` draws the very same doubles from the same generator
-    in blocks (``torch.rand`` in float64, also the same doubles, where that stream does not match this
-    torch); the rest (``div_``, ``mul_``) is torch's own sequence. Tests compare weights and the
-    generator's state with ``nn.Dropout``'s.
+    On the CPU torch draws the mask with ``bernoulli_(1 - p)``: a serial kernel, one double from the
+    default generator per element, over half of a training step at batch 64.
+    ``_torch_stream.keep_mask`` draws the very same mask from the same generator in compiled loops;
+    the rest (``div_``, ``mul_``) is torch's own sequence. Anywhere else (a GPU, p of 0 or 1, other
+    dtypes or layouts, a torch whose draw differs) torch's own dropout runs. Tests compare outputs,
+    weights and the generator's state with ``nn.Dropout``'s.
     """
-    if not 0 < p < 1 or x.device.type != "cpu":
-        return torch.nn.functional.dropout(x, p, training=True, inplace=True)
-    keep = 1 - p
-    if _torch_stream.matches_torch():
+    if (0 < p < 1 and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+            and _torch_stream.matches_torch()):
+        keep = 1 - p
         noise = torch.from_numpy(_torch_stream.keep_mask(x.numel(), keep)).view(x.shape)
-    else:
-        noise = torch.empty_like(x)
-        torch.lt(torch.rand(x.shape, dtype=torch.float64), keep, out=noise)
-    return x.mul_(noise.div_(keep))
+        return x.mul_(noise.div_(keep))
+    return torch.nn.functional.dropout(x, p, training=True, inplace=True)
 
 
 class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
@@ -94,7 +91,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
             total = 0.0
             for batch in torch.randperm(len(X_t), generator=generator).to(device).split(self.batch_size):
                 optimiser.zero_grad()
-                # head(x), with head[0]'s dropout drawn by dropout_ (same bits, faster)
+                # head(x) for make_head's [Dropout, Linear], the dropout drawn by dropout_ (same bits, faster)
                 x = dropout_(X_t.index_select(0, batch), head[0].p)
                 loss = loss_fn(head[1](x), y_t.index_select(0, batch))
                 loss.backward()
