@@ -132,3 +132,32 @@ def test_a_file_size_limit_is_reported_as_one_line_in_a_stage_process(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: Cannot write big.txt: the file is too large"), result.stderr
     assert (tmp_path / "big.txt").read_text() == "previous" and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "error"])
+def test_the_one_line_comes_after_the_progress_bar_of_a_stream_left_open(stop, capfd):
+    """A stage stopped between two items of a generator that holds a progress bar (as extract's
+    stream does): the bar closes when the generator is collected, and its line must not follow ours."""
+    import sys
+
+    from tqdm import tqdm
+
+    from pipeline.common.cli import run
+    from pipeline.common.errors import PipelineError
+
+    def stream():
+        with tqdm(total=3, desc="items", file=sys.stderr) as bar:
+            for item in range(3):
+                bar.update()
+                yield item
+
+    def main(argv):
+        items = stream()
+        next(items)
+        raise KeyboardInterrupt if stop == "ctrl-c" else PipelineError("the second item is bad")
+
+    code = run(main, [])
+    err = capfd.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "items:" in err and "Traceback" not in err
+    assert (code, last) == ((130, "interrupted") if stop == "ctrl-c" else (2, "error: the second item is bad")), err

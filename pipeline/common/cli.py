@@ -9,6 +9,7 @@ written atomically (``pipeline.common.io``), so an interrupted stage leaves none
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -44,13 +45,20 @@ def positive_int(text: str) -> int:
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run an entry point's ``main``; report user errors and Ctrl-C as one line each."""
+    """Run an entry point's ``main``; report user errors and Ctrl-C as one line each, and last.
+
+    The line is printed after leaving the ``except`` block: until then the traceback keeps the
+    failed frames alive, and with them any generator suspended in a ``with tqdm(...)``, whose
+    progress bar would print its closing line after ours when it is finally collected.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return main(argv)
     except PipelineError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever a library said
-        return EXIT_USER_ERROR
+        line, code = f"error: {' '.join(str(err).split())}", EXIT_USER_ERROR  # one line, whatever a library said
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        line, code = "interrupted", EXIT_INTERRUPTED
+    gc.collect()  # frames caught in reference cycles too
+    sys.stderr.flush()
+    print(line, file=sys.stderr)
+    return code

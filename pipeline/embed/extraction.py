@@ -8,6 +8,7 @@ merge writes exactly the features format, atomically.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import logging
@@ -82,16 +83,18 @@ def run_local(backbone: Backbone, work: Work, batches: list[tuple[int, int]], mi
     if not missing:
         return
     planned = [batch for start, stop in missing for batch in batches_within(batches, start, stop)]
-    stream = embed_items(backbone, work, planned, settings, preprocess, stats=stats, desc="extract")
-    for start, stop in missing:
-        with store.writing(start, stop) as out:
-            filled = 0
-            while filled < len(out):
-                _, embedding = next(stream)
-                out[filled : filled + len(embedding)] = embedding
-                filled += len(embedding)
-    if next(stream, None) is not None:  # also runs the stream to its end, where it closes its progress bar
-        raise RuntimeError("the embedding stream outlasted the shards: the batch plan and the shards disagree")
+    # closing(): an error or Ctrl-C between two batches closes the stream (its loader and progress bar) at once
+    with contextlib.closing(embed_items(backbone, work, planned, settings, preprocess, stats=stats,
+                                        desc="extract")) as stream:
+        for start, stop in missing:
+            with store.writing(start, stop) as out:
+                filled = 0
+                while filled < len(out):
+                    _, embedding = next(stream)
+                    out[filled : filled + len(embedding)] = embedding
+                    filled += len(embedding)
+        if next(stream, None) is not None:  # also runs the stream to its end, where it closes its progress bar
+            raise RuntimeError("the embedding stream outlasted the shards: the batch plan and the shards disagree")
 
 
 def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path, backbone: Backbone,
