@@ -102,9 +102,10 @@ def test_only_the_head_goes_to_the_accelerator_and_its_folds_take_turns_there():
 
 
 def test_the_final_selection_beside_the_folds_gives_what_it_gives_before_them(tmp_path):
-    """With n_jobs 2 the grids' final selection runs in a worker beside the grouped folds, with this process's
-    thread counts; with n_jobs 1 in this process first: the same model, scores and record, byte for byte. The
-    rows are large enough that a product's rounding depends on the BLAS threads sharing it (on 2 cores and more)."""
+    """With n_jobs 2 the grids' final selection runs in a worker beside the grouped folds; with n_jobs 1 in this
+    process first (with 2 BLAS threads here, the selection limits itself to one): the same model, scores and
+    record, byte for byte. The rows are large enough that a product's rounding depends on the BLAS threads
+    sharing it (on 2 cores and more)."""
     import pickle
 
     from pipeline.common.params import CVParams, EvaluationParams

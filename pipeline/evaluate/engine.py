@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from joblib import cpu_count, effective_n_jobs
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 from pipeline.common.params import CVParams, ExtractParams
 from pipeline.common.ray_cluster import connect, ray_module
@@ -28,15 +28,6 @@ def worker_threads(n_jobs: int | None) -> int:
     if "OMP_NUM_THREADS" in os.environ:  # joblib passes a limit set by the user on to its workers
         return int(os.environ["OMP_NUM_THREADS"])
     return max(cpu_count() // effective_n_jobs(n_jobs), 1)
-
-
-def process_threads() -> dict[str, int]:
-    """This process's thread count per kind of native pool loaded now (blas, openmp): to run a task in a worker
-    as it would run here."""
-    counts: dict[str, int] = {}
-    for pool in threadpool_info():
-        counts[pool["user_api"]] = max(counts.get(pool["user_api"], 0), pool["num_threads"])
-    return counts
 
 
 def _in_task(function: Callable[..., Any], threads: int, *args: Any) -> Any:

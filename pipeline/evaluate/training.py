@@ -22,7 +22,7 @@ from pipeline.common.params import CVParams, EvaluationParams
 from pipeline.data.dataset import HELD_OUT
 from pipeline.embed.features import Features
 from pipeline.evaluate.classifiers import ClassifierSpec, Selection, TrainingData, get_classifier
-from pipeline.evaluate.engine import Engine, process_threads
+from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.protocol import Evaluation, cv_scores, cv_scores_beside, evaluate_classifier, with_views
 from pipeline.evaluate.splits import check_cv_fits
 
@@ -105,7 +105,7 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
                             engine=engine)
     else:  # the final selection runs beside the grouped folds, as one more task
         fold_fit = spec.fold_fit(params, training_data(features, groups, views=views, device=device), cv)
-        select = functools.partial(select_beside, spec, params, features, groups, views, device, cv, process_threads())
+        select = functools.partial(select_beside, spec, params, features, groups, views, device, cv)
         grouped, (selection, fit_seconds) = cv_scores_beside(fold_fit, train.X, train.y, groups, folds, views=views,
                                                              n_jobs=cv.n_jobs, engine=engine, beside=select)
     log.info("%s: selected %s in %.1f s", name, selection.selected, fit_seconds)
@@ -116,11 +116,16 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
 
 
 def select_beside(spec: ClassifierSpec, params: Any, features: Features, groups: np.ndarray, views: np.ndarray | None,
-                  device: str, cv: CVParams, threads: dict[str, int]) -> tuple[Selection, float]:
-    """``timed_select`` in a worker: the training data built there (memory-mapped features reach it as files,
-    not copies), with the stage process's thread counts, so the final model is the one it would fit itself (a
-    floating-point sum depends on how many threads share it)."""
-    with threadpool_limits(limits=threads):
+                  device: str, cv: CVParams) -> tuple[Selection, float]:
+    """``timed_select`` as one task among the folds (or, with ``cv.n_jobs`` 1, before them): the training data
+    built there (memory-mapped features reach a worker as files, not copies), on one BLAS and OpenMP thread.
+
+    One thread wherever it runs, so the final model does not depend on ``cv.n_jobs``, the engine or the
+    machine's cores (a floating-point sum depends on how many threads share it). A second thread would only
+    contend with the folds running beside it; alone at 16,000 rows it took the SVM's selection as long and
+    logreg's longer (``benchmarks/README.md``).
+    """
+    with threadpool_limits(limits=1):
         return timed_select(spec, params, training_data(features, groups, views=views, device=device), cv)
 
 
