@@ -35,6 +35,7 @@ from tqdm import tqdm
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import ExtractParams
 from pipeline.embed.backbone import Backbone
+from pipeline.embed.device import resolve_device
 from pipeline.embed.loading import Chunk, Preprocess, WorkImages, collate, decode_on_device
 from pipeline.embed.work import PLAIN, Work, plan_batches, work_of_paths
 
@@ -64,23 +65,6 @@ class Settings:
     channels_last: bool
     pad: bool = True  # pad each segment's last batch to batch_size: one input shape per run
     threads: int = 0  # torch's intra-op threads on the CPU (0: as the process has); they change the rounding
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; a device that is not there is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if name not in available:
-        raise EmbeddingError(f"device {name!r} is not known; use one of auto, cpu, cuda, mps.")
-    if not available[name]:
-        raise EmbeddingError(f"device {name!r} is not available on this machine (torch {torch.__version__} sees "
-                             f"{[d for d, ok in available.items() if ok]}); set extract.device: auto or cpu.")
-    return torch.device(name)
 
 
 def resolve_settings(params: ExtractParams, device: torch.device | None = None) -> Settings:

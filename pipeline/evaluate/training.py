@@ -71,7 +71,7 @@ def stage_device(name: str, requested: str) -> str:
     the CPU. Only then is torch imported: seconds at the start of the other stages and of each of their workers."""
     if not get_classifier(name).uses_device:
         return "cpu"
-    from pipeline.embed.embedding import resolve_device
+    from pipeline.embed.device import resolve_device
 
     return str(resolve_device(requested))
 
