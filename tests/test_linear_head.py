@@ -8,7 +8,7 @@ from torch import nn
 
 from pipeline.data.images import load_rgb
 from pipeline.embed import features
-from pipeline.evaluate.linear_head import LinearHeadClassifier, dropout_, make_head
+from pipeline.evaluate.linear_head import LinearHeadClassifier, dropout_, dropped_batches, make_head
 from pipeline.evaluate.results import load_model
 from tests.conftest import SMALL_RUN, run_stage, write_params
 
@@ -62,6 +62,24 @@ def test_fast_dropout_draws_torchs_mask_and_leaves_the_generator_as_torch_does(p
     torch.manual_seed(5)
     got = dropout_(x.clone(), p)
     assert torch.equal(bits(got), bits(expected)) and torch.equal(torch.get_rng_state(), expected_state)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.37, 0.9])
+def test_dropped_batches_are_torchs_dropout_of_the_gathered_rows(p):
+    """Gathered, drawn and scaled in one pass into a reused buffer: the bits of nn.Dropout on X[batch], batch after
+    batch (the last one short), and the generator left where it leaves it."""
+    X = torch.randn(301, 1280, generator=torch.Generator().manual_seed(2))
+    X[7, :4] = torch.tensor([-0.0, float("inf"), float("-inf"), float("nan")])
+    batches = torch.randperm(len(X), generator=torch.Generator().manual_seed(3)).split(64)
+    torch.manual_seed(5)
+    expected = [nn.Dropout(p, inplace=True).train()(X[batch].clone()) for batch in batches]
+    expected_state = torch.get_rng_state()
+    torch.manual_seed(5)
+    dropped = dropped_batches(X, p, 64)
+    got = [dropped(batch).clone() for batch in batches]  # clone: the next batch reuses the buffer
+    assert [len(g) for g in got] == [64, 64, 64, 64, 45]
+    assert all(torch.equal(bits(g), bits(e)) for g, e in zip(got, expected))
+    assert torch.equal(torch.get_rng_state(), expected_state)
 
 
 def reference_fit(X, y, *, dropout, epochs, batch_size, seed):

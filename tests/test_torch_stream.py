@@ -53,3 +53,12 @@ def test_keep_mask_is_torchs_bernoulli(keep):
     torch.manual_seed(11)
     assert np.array_equal(_torch_stream.keep_mask(4099, keep), expected)
     assert torch.equal(torch.get_rng_state(), after)
+
+
+def test_dropped_rows_refuses_what_its_compiled_loop_cannot_read_safely():
+    X, out = np.zeros((10, 8), dtype=np.float32), np.zeros((2, 8), dtype=np.float32)
+    for bad in [dict(rows=np.array([0, 10])), dict(rows=np.array([-1, 2])), dict(X=X.astype(np.float64)),
+                dict(X=np.asfortranarray(X)), dict(out=np.zeros((3, 8), dtype=np.float32)), dict(scale=0.1)]:
+        args = {"X": X, "rows": np.array([0, 9]), "keep": 0.8, "scale": float(np.float32(1.25)), "out": out, **bad}
+        with pytest.raises(ValueError, match="dropped_rows takes"):
+            _torch_stream.dropped_rows(**args)

@@ -5,6 +5,9 @@ float64) takes two 32-bit words per element, joins them high word first, keeps t
 scales by 2**-53 and compares with p, one element at a time behind a serial kernel. Here the words
 are generated (a twist every 624) and tempered in chunks, from torch's own state, which is then
 written back, so torch's stream continues exactly where ``bernoulli_`` would have left it.
+``dropped_rows`` goes one step further for the linear head's training: it gathers a batch's rows,
+draws their mask and scales them in one pass, which is what ``index_select`` and dropout's
+``bernoulli_``, ``div_`` and ``mul_`` make of them, bit for bit.
 
 That holds for the torch and CPU it was checked on: the state is torch's ``get_rng_state`` layout,
 which torch does not promise to keep, and some torch builds draw ``bernoulli_`` from MKL's own
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 
 import numba
@@ -28,7 +32,8 @@ log = logging.getLogger(__name__)
 
 _N, _M = 624, 397  # MT19937's state length and shift
 _CHUNK = 2048  # doubles drawn per pass: 16 KiB of words, kept in cache
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
+_WORDS = [np.empty(0, dtype=np.uint32)]  # dropped_rows' words, kept from call to call (page faults cost) under _LOCK
 # torch's CPU generator state (get_rng_state): the legacy C struct, 5,056 bytes
 _STATE = np.dtype([("seed", "<u8"), ("left", "<i4"), ("seeded", "<i4"), ("next", "<u8"),
                    ("words", "<u8", (_N,)), ("normal", "<f8", (3,)), ("normal_valid", "<i4"), ("pad", "<i4"),
@@ -84,26 +89,53 @@ def _double(words, i):
     return (np.float64(words[2 * i] & np.uint32(0x1FFFFF)) * 4294967296.0 + np.float64(words[2 * i + 1])) * 2.0 ** -53
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bits(pairs, i):
+    """The i-th double's 53 bits from the words viewed as int64 pairs (little-endian: the high word, 2i, in the
+    low half). The double is these bits times 2**-53, exactly, so it is below ``keep`` when they are below
+    ceil(keep * 2**53): an integer comparison (signed, as AVX2 compares), which vectorises where the
+    conversion to a double does not."""
+    p = pairs[i]
+    return ((p & np.int64(0x1FFFFF)) << np.int64(32)) | ((p >> np.int64(32)) & np.int64(0xFFFFFFFF))
+
+
 @numba.njit(cache=True, nogil=True)
-def _fill(mt, left, next_, mask, keep, out):
+def _fill(mt, left, next_, mask, below, out):
     """``out[i]``: the i-th next double, or with ``mask`` whether it is below ``keep`` (1.0 or 0.0).
 
     Words are drawn a chunk at a time into a small buffer that stays in cache.
     """
     words = np.empty(2 * _CHUNK, dtype=np.uint32)
+    pairs, limit = words.view(np.int64), np.int64(below)
     for start in range(0, out.size, _CHUNK):
         m = min(_CHUNK, out.size - start)
         left, next_ = _words(mt, left, next_, words[:2 * m])
         if mask:
             for i in range(m):
-                out[start + i] = 1.0 if _double(words, i) < keep else 0.0
+                out[start + i] = 1.0 if _bits(pairs, i) < limit else 0.0
         else:
             for i in range(m):
                 out[start + i] = _double(words, i)
     return left, next_
 
 
-def _draw(out: np.ndarray, mask: bool, keep: float) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _drop_rows(mt, left, next_, X, rows, below, scale, words, out):
+    """``out[r, j] = X[rows[r], j] * noise``, the noise ``scale`` where the draw is kept, else 0 (float32
+    products, as torch's ``mul_``), drawn in ``out``'s order: all the words first (``words``, two per element),
+    then one pass that vectorises."""
+    left, next_ = _words(mt, left, next_, words)
+    d = X.shape[1]
+    pairs, limit, kept, dropped = words.view(np.int64), np.int64(below), np.float32(scale), np.float32(0)
+    for r in range(rows.size):
+        src, dst, draws = X[rows[r]], out[r], pairs[r * d:(r + 1) * d]
+        for j in range(d):
+            dst[j] = src[j] * (kept if _bits(draws, j) < limit else dropped)
+    return left, next_
+
+
+def _advance(kernel, *args) -> None:
+    """Run ``kernel(words, left, next, *args)`` on torch's generator, which then continues after its draws."""
     with _LOCK:
         raw = torch.get_rng_state()
         state = raw.numpy().view(_STATE)
@@ -111,22 +143,47 @@ def _draw(out: np.ndarray, mask: bool, keep: float) -> np.ndarray:
         left, next_ = int(state["left"][0]), int(state["next"][0])
         if not 1 <= left <= _N or next_ + left - 1 > _N:
             raise ValueError(f"torch's generator state has left={left}, next={next_}: not an MT19937 position")
-        left, next_ = _fill(mt, left, next_, mask, keep, out)
+        left, next_ = kernel(mt, left, next_, *args)
         state["words"][0], state["left"][0], state["next"][0] = mt, left, next_
         torch.set_rng_state(raw)  # the generator moves past the draws, as torch's kernels move it
-    return out
 
 
 def uniform(n: int) -> np.ndarray:
     """The stream's next ``n`` doubles: what ``torch.rand(n, dtype=torch.float64)`` draws (the masks' test)."""
-    return _draw(np.empty(n, dtype=np.float64), False, 0.0)
+    out = np.empty(n, dtype=np.float64)
+    _advance(_fill, False, np.uint64(0), out)
+    return out
+
+
+def _below(keep: float) -> np.uint64:
+    """The 53-bit draws whose double is below ``keep`` are those below this (keep * 2**53 is exact)."""
+    if not 0 <= keep <= 1:
+        raise ValueError(f"keep={keep} is not a probability")
+    return np.uint64(math.ceil(keep * 2.0**53))
 
 
 def keep_mask(n: int, keep: float) -> np.ndarray:
     """``torch.empty(n).bernoulli_(keep)``: 1.0 where the next double is below ``keep``, else 0.0."""
-    if not 0 <= keep <= 1:
-        raise ValueError(f"keep={keep} is not a probability")
-    return _draw(np.empty(n, dtype=np.float32), True, keep)
+    below = _below(keep)
+    out = np.empty(n, dtype=np.float32)
+    _advance(_fill, True, below, out)
+    return out
+
+
+def dropped_rows(X: np.ndarray, rows: np.ndarray, keep: float, scale: float, out: np.ndarray) -> np.ndarray:
+    """``X[rows]`` times ``bernoulli_(keep)``'s mask times ``scale``, into ``out``: gathered, drawn and scaled in
+    one compiled pass (``scale`` a float32 value: what torch's ``div_(keep)`` makes of a 1)."""
+    below, rows = _below(keep), np.asarray(rows, dtype=np.int64)
+    if not (X.dtype == out.dtype == np.float32 and X.ndim == 2 and X.flags.c_contiguous and out.flags.c_contiguous
+            and out.shape == (len(rows), X.shape[1]) and float(np.float32(scale)) == scale
+            and (len(rows) == 0 or 0 <= rows.min() <= rows.max() < len(X))):
+        raise ValueError("dropped_rows takes C-ordered float32 rows, rows within them, an output of (len(rows), "
+                         "columns) and a float32 scale")
+    with _LOCK:
+        if _WORDS[0].size < 2 * out.size:
+            _WORDS[0] = np.empty(2 * out.size, dtype=np.uint32)
+        _advance(_drop_rows, X, rows, below, scale, _WORDS[0][:2 * out.size], out)
+    return out
 
 
 def mismatch(draw=keep_mask) -> str | None:

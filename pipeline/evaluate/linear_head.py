@@ -49,6 +49,23 @@ def dropout_(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.nn.functional.dropout(x, p, training=True, inplace=True)
 
 
+def dropped_batches(X: torch.Tensor, p: float, batch_size: int):
+    """A function of a batch's row indices: ``dropout_(X.index_select(0, batch), p)``, bit for bit.
+
+    On the CPU (float32, 0 < p < 1, the block stream matching torch) it gathers the rows, draws the mask and
+    scales in one compiled pass into one buffer, reused from batch to batch (autograd is done with the last
+    batch by then); elsewhere it is that expression.
+    """
+    if not (0 < p < 1 and X.device.type == "cpu" and X.dtype == torch.float32 and X.is_contiguous()
+            and _torch_stream.matches_torch()):
+        return lambda batch: dropout_(X.index_select(0, batch), p)
+    keep, rows = 1 - p, X.numpy()
+    scale = torch.ones(1).div_(keep).item()  # what dropout's div_(keep) makes of a kept element, in float32
+    buffer = np.empty((batch_size, X.shape[1]), dtype=np.float32)
+    return lambda batch: torch.from_numpy(_torch_stream.dropped_rows(rows, batch.numpy(), keep, scale,
+                                                                     buffer[:len(batch)]))
+
+
 class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
     """Cross-entropy + AdamW on embeddings; early stopping on a validation set when given.
 
@@ -86,14 +103,14 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
             yv = torch.as_tensor(np.array(y_valid), dtype=torch.long).to(device)
         best_loss, best_state, best_epoch, waited = float("inf"), None, self.max_epochs, 0
         history = []
+        dropped = dropped_batches(X_t, head[0].p, self.batch_size)
         for epoch in range(1, self.max_epochs + 1):
             head.train()
             total = 0.0
             for batch in torch.randperm(len(X_t), generator=generator).to(device).split(self.batch_size):
                 optimiser.zero_grad()
-                # head(x) for make_head's [Dropout, Linear], the dropout drawn by dropout_ (same bits, faster)
-                x = dropout_(X_t.index_select(0, batch), head[0].p)
-                loss = loss_fn(head[1](x), y_t.index_select(0, batch))
+                # head(X[batch]) for make_head's [Dropout, Linear], with the same bits, faster
+                loss = loss_fn(head[1](dropped(batch)), y_t.index_select(0, batch))
                 loss.backward()
                 optimiser.step()
                 total += loss.item() * len(batch)
