@@ -1,7 +1,9 @@
 """What one training step of the linear head costs on the CPU, and what its dropout mask costs.
 
 Prints, on one thread: the time to draw one batch's mask (64 x 1280) with torch's ``bernoulli_`` (what
-``nn.Dropout`` runs), with ``torch.rand`` in float64 and with ``_torch_stream.keep_mask``; then ms per step of
+``nn.Dropout`` runs), with ``torch.rand`` in float64 and with ``_torch_stream.keep_mask``; the time to gather a
+batch's rows and drop them out with ``nn.Dropout``, with ``dropout_`` (the loop before d481a15) and with
+``dropped_batches`` (one compiled pass), alternating, fastest and median of the rounds; then ms per step of
 the training loop written with torch's own modules (``nn.Dropout``, ``X[b].clone()``: the loop before the
 block stream) and of ``LinearHeadClassifier.fit``, alternating, on the same synthetic rows, and whether the
 two give the same weights bit for bit. No network, no files.
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.evaluate import _torch_stream
-from pipeline.evaluate.linear_head import LinearHeadClassifier, make_head
+from pipeline.evaluate.linear_head import LinearHeadClassifier, dropout_, dropped_batches, make_head
 
 BATCH, DIM = 64, 1280
 
@@ -65,6 +67,20 @@ def main() -> None:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((args.rows, DIM), dtype=np.float32)
     y = rng.integers(0, 4, args.rows)
+    X_t, batches = torch.from_numpy(X), torch.randperm(args.rows).split(BATCH)
+    ways = {"nn.Dropout on X[batch].clone()": lambda b: nn.Dropout(0.2, inplace=True).train()(X_t[b].clone()),
+            "dropout_ on X.index_select(0, batch)": lambda b: dropout_(X_t.index_select(0, b), 0.2),
+            "dropped_batches (one pass)": dropped_batches(X_t, 0.2, BATCH)}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(15):
+        for name, way in ways.items():
+            start = time.perf_counter()
+            for batch in batches:
+                way(batch)
+            times[name].append((time.perf_counter() - start) / len(batches) * 1e6)
+    for name, seen in times.items():
+        print(f"rows of a batch of {BATCH} gathered and dropped out, {name}: fastest {min(seen):.0f} us, "
+              f"median {sorted(seen)[len(seen) // 2]:.0f} us")
     steps = args.epochs * -(-args.rows // BATCH)
     for round_ in range(args.rounds):
         start = time.perf_counter()

@@ -82,6 +82,20 @@ def test_dropped_batches_are_torchs_dropout_of_the_gathered_rows(p):
     assert torch.equal(torch.get_rng_state(), expected_state)
 
 
+@pytest.mark.parametrize("p, dtype", [(0.0, torch.float32), (1.0, torch.float32), (0.2, torch.float64)])
+def test_dropped_batches_fall_back_to_torchs_dropout_where_the_one_pass_does_not_apply(p, dtype):
+    X = torch.randn(130, 1280, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    batches = torch.randperm(len(X), generator=torch.Generator().manual_seed(3)).split(64)
+    torch.manual_seed(5)
+    expected = [nn.Dropout(p, inplace=True).train()(X[batch].clone()) for batch in batches]
+    expected_state = torch.get_rng_state()
+    torch.manual_seed(5)
+    dropped = dropped_batches(X, p, 64)
+    got = [dropped(batch).clone() for batch in batches]
+    assert all(torch.equal(bits(g), bits(e)) for g, e in zip(got, expected))
+    assert torch.equal(torch.get_rng_state(), expected_state)
+
+
 def reference_fit(X, y, *, dropout, epochs, batch_size, seed):
     """The training loop written with torch's own modules only: what LinearHeadClassifier must equal."""
     torch.manual_seed(seed)

@@ -45,7 +45,7 @@ def test_uniform_draws_torch_rands_doubles_and_moves_the_generator_as_it_does(wo
     assert torch.equal(torch.rand(3, dtype=torch.float64), expected_next)
 
 
-@pytest.mark.parametrize("keep", [0.8, 0.5, 0.63, 0.1])
+@pytest.mark.parametrize("keep", [0.8, 0.5, 0.63, 0.1, 0.0, 1.0])
 def test_keep_mask_is_torchs_bernoulli(keep):
     torch.manual_seed(11)
     expected = torch.empty(4099).bernoulli_(keep).numpy()
@@ -58,7 +58,8 @@ def test_keep_mask_is_torchs_bernoulli(keep):
 def test_dropped_rows_refuses_what_its_compiled_loop_cannot_read_safely():
     X, out = np.zeros((10, 8), dtype=np.float32), np.zeros((2, 8), dtype=np.float32)
     for bad in [dict(rows=np.array([0, 10])), dict(rows=np.array([-1, 2])), dict(X=X.astype(np.float64)),
-                dict(X=np.asfortranarray(X)), dict(out=np.zeros((3, 8), dtype=np.float32)), dict(scale=0.1)]:
+                dict(X=np.asfortranarray(X)), dict(out=np.zeros((3, 8), dtype=np.float32)), dict(scale=0.1),
+                dict(rows=np.array([[0], [9]])), dict(keep=1.0), dict(keep=0.0)]:
         args = {"X": X, "rows": np.array([0, 9]), "keep": 0.8, "scale": float(np.float32(1.25)), "out": out, **bad}
         with pytest.raises(ValueError, match="dropped_rows takes"):
             _torch_stream.dropped_rows(**args)

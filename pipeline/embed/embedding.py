@@ -50,7 +50,7 @@ CPU_WORKERS = 2
 
 
 class EmbeddingError(PipelineError):
-    """The backbone produced embeddings that cannot be used, or cannot run where asked."""
+    """The backbone produced embeddings that cannot be used, or an image changed after prepare checked it."""
 
 
 @dataclasses.dataclass(frozen=True)

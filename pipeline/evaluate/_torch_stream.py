@@ -31,7 +31,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _N, _M = 624, 397  # MT19937's state length and shift
-_CHUNK = 2048  # doubles drawn per pass: 16 KiB of words, kept in cache
+_CHUNK = 2048  # draws per pass: 16 KiB of words, kept in cache
 _LOCK = threading.RLock()
 _WORDS = [np.empty(0, dtype=np.uint32)]  # dropped_rows' words, kept from call to call (page faults cost) under _LOCK
 # torch's CPU generator state (get_rng_state): the legacy C struct, 5,056 bytes
@@ -101,7 +101,7 @@ def _bits(pairs, i):
 
 @numba.njit(cache=True, nogil=True)
 def _fill(mt, left, next_, mask, below, out):
-    """``out[i]``: the i-th next double, or with ``mask`` whether it is below ``keep`` (1.0 or 0.0).
+    """``out[i]``: the i-th next double, or with ``mask`` whether its 53 bits are below ``below`` (1.0 or 0.0).
 
     Words are drawn a chunk at a time into a small buffer that stays in cache.
     """
@@ -135,7 +135,8 @@ def _drop_rows(mt, left, next_, X, rows, below, scale, words, out):
 
 
 def _advance(kernel, *args) -> None:
-    """Run ``kernel(words, left, next, *args)`` on torch's generator, which then continues after its draws."""
+    """Run ``kernel(mt, left, next, *args)`` on torch's generator state (its 624 words and torch's position
+    bookkeeping), which then continues after the kernel's draws."""
     with _LOCK:
         raw = torch.get_rng_state()
         state = raw.numpy().view(_STATE)
@@ -172,13 +173,14 @@ def keep_mask(n: int, keep: float) -> np.ndarray:
 
 def dropped_rows(X: np.ndarray, rows: np.ndarray, keep: float, scale: float, out: np.ndarray) -> np.ndarray:
     """``X[rows]`` times ``bernoulli_(keep)``'s mask times ``scale``, into ``out``: gathered, drawn and scaled in
-    one compiled pass (``scale`` a float32 value: what torch's ``div_(keep)`` makes of a 1)."""
+    one compiled pass (``scale`` a float32 value: what torch's ``div_(keep)`` makes of a 1). Dropout draws only
+    for 0 < keep < 1, so only those are taken."""
     below, rows = _below(keep), np.asarray(rows, dtype=np.int64)
-    if not (X.dtype == out.dtype == np.float32 and X.ndim == 2 and X.flags.c_contiguous and out.flags.c_contiguous
+    if not (0 < keep < 1 and rows.ndim == 1 and X.dtype == out.dtype == np.float32 and X.ndim == 2 and X.flags.c_contiguous and out.flags.c_contiguous
             and out.shape == (len(rows), X.shape[1]) and float(np.float32(scale)) == scale
             and (len(rows) == 0 or 0 <= rows.min() <= rows.max() < len(X))):
-        raise ValueError("dropped_rows takes C-ordered float32 rows, rows within them, an output of (len(rows), "
-                         "columns) and a float32 scale")
+        raise ValueError("dropped_rows takes 0 < keep < 1, C-ordered float32 rows, a 1-d index within them, an "
+                         "output of (len(rows), columns) and a float32 scale")
     with _LOCK:
         if _WORDS[0].size < 2 * out.size:
             _WORDS[0] = np.empty(2 * out.size, dtype=np.uint32)
@@ -191,6 +193,11 @@ def mismatch(draw=keep_mask) -> str | None:
 
     Compared over 1,500 elements (several twists) at two probabilities; the generator is left as it was.
     """
+    with _LOCK:
+        return _mismatch(draw)
+
+
+def _mismatch(draw) -> str | None:
     saved = torch.get_rng_state()
     try:
         if saved.numel() != _STATE.itemsize:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ def dropout_(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.nn.functional.dropout(x, p, training=True, inplace=True)
 
 
-def dropped_batches(X: torch.Tensor, p: float, batch_size: int):
+def dropped_batches(X: torch.Tensor, p: float, batch_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function of a batch's row indices: ``dropout_(X.index_select(0, batch), p)``, bit for bit.
 
     On the CPU (float32, 0 < p < 1, the block stream matching torch) it gathers the rows, draws the mask and

@@ -121,9 +121,9 @@ def select_beside(spec: ClassifierSpec, params: Any, features: Features, groups:
     built there (memory-mapped features reach a worker as files, not copies), on one BLAS and OpenMP thread.
 
     One thread wherever it runs, so the final model does not depend on ``cv.n_jobs``, the engine or the
-    machine's cores (a floating-point sum depends on how many threads share it). A second thread would only
-    contend with the folds running beside it; alone at 16,000 rows it took the SVM's selection as long and
-    logreg's longer (``benchmarks/README.md``).
+    machine's cores (a floating-point sum depends on how many threads share it). Beside the folds a second
+    thread only contends with them; alone, at 16,000 rows, two threads took the SVM's selection as long,
+    logreg's longer and kNN's about 15% less (``benchmarks/selection_threads.py``).
     """
     with threadpool_limits(limits=1):
         return timed_select(spec, params, training_data(features, groups, views=views, device=device), cv)
