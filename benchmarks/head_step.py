@@ -2,7 +2,7 @@
 
 Prints, on one thread: the time to draw one batch's mask (64 x 1280) with torch's ``bernoulli_`` (what
 ``nn.Dropout`` runs), with ``torch.rand`` in float64 and with ``_torch_stream.keep_mask``; the time to gather a
-batch's rows and drop them out with ``nn.Dropout``, with ``dropout_`` (the loop before d481a15) and with
+batch's rows and drop them out with ``nn.Dropout``, with ``index_select`` then ``dropout_`` (the loop's two steps before d481a15) and with
 ``dropped_batches`` (one compiled pass), alternating, fastest and median of the rounds; then ms per step of
 the training loop written with torch's own modules (``nn.Dropout``, ``X[b].clone()``: the loop before the
 block stream) and of ``LinearHeadClassifier.fit``, alternating, on the same synthetic rows, and whether the

@@ -64,12 +64,9 @@ def test_fast_dropout_draws_torchs_mask_and_leaves_the_generator_as_torch_does(p
     assert torch.equal(bits(got), bits(expected)) and torch.equal(torch.get_rng_state(), expected_state)
 
 
-@pytest.mark.parametrize("p", [0.2, 0.37, 0.9])
-def test_dropped_batches_are_torchs_dropout_of_the_gathered_rows(p):
-    """Gathered, drawn and scaled in one pass into a reused buffer: the bits of nn.Dropout on X[batch], batch after
-    batch (the last one short), and the generator left where it leaves it."""
-    X = torch.randn(301, 1280, generator=torch.Generator().manual_seed(2))
-    X[7, :4] = torch.tensor([-0.0, float("inf"), float("-inf"), float("nan")])
+def batches_both_ways(X, p):
+    """Each batch of X (64 rows, the last short) dropped out by nn.Dropout and by dropped_batches from the same
+    seed: (ours, torch's, the generator's state after ours, after torch's)."""
     batches = torch.randperm(len(X), generator=torch.Generator().manual_seed(3)).split(64)
     torch.manual_seed(5)
     expected = [nn.Dropout(p, inplace=True).train()(X[batch].clone()) for batch in batches]
@@ -77,23 +74,27 @@ def test_dropped_batches_are_torchs_dropout_of_the_gathered_rows(p):
     torch.manual_seed(5)
     dropped = dropped_batches(X, p, 64)
     got = [dropped(batch).clone() for batch in batches]  # clone: the next batch reuses the buffer
+    return got, expected, torch.get_rng_state(), expected_state
+
+
+@pytest.mark.parametrize("p", [0.2, 0.37, 0.9])
+def test_dropped_batches_are_torchs_dropout_of_the_gathered_rows(p):
+    """Gathered, drawn and scaled in one pass into a reused buffer: the bits of nn.Dropout on X[batch], batch after
+    batch (the last one short), and the generator left where it leaves it."""
+    X = torch.randn(301, 1280, generator=torch.Generator().manual_seed(2))
+    X[7, :4] = torch.tensor([-0.0, float("inf"), float("-inf"), float("nan")])
+    got, expected, state, expected_state = batches_both_ways(X, p)
     assert [len(g) for g in got] == [64, 64, 64, 64, 45]
     assert all(torch.equal(bits(g), bits(e)) for g, e in zip(got, expected))
-    assert torch.equal(torch.get_rng_state(), expected_state)
+    assert torch.equal(state, expected_state)
 
 
 @pytest.mark.parametrize("p, dtype", [(0.0, torch.float32), (1.0, torch.float32), (0.2, torch.float64)])
 def test_dropped_batches_fall_back_to_torchs_dropout_where_the_one_pass_does_not_apply(p, dtype):
     X = torch.randn(130, 1280, generator=torch.Generator().manual_seed(2), dtype=dtype)
-    batches = torch.randperm(len(X), generator=torch.Generator().manual_seed(3)).split(64)
-    torch.manual_seed(5)
-    expected = [nn.Dropout(p, inplace=True).train()(X[batch].clone()) for batch in batches]
-    expected_state = torch.get_rng_state()
-    torch.manual_seed(5)
-    dropped = dropped_batches(X, p, 64)
-    got = [dropped(batch).clone() for batch in batches]
+    got, expected, state, expected_state = batches_both_ways(X, p)
     assert all(torch.equal(bits(g), bits(e)) for g, e in zip(got, expected))
-    assert torch.equal(torch.get_rng_state(), expected_state)
+    assert torch.equal(state, expected_state)
 
 
 def reference_fit(X, y, *, dropout, epochs, batch_size, seed):

@@ -31,7 +31,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _N, _M = 624, 397  # MT19937's state length and shift
-_CHUNK = 2048  # draws per pass: 16 KiB of words, kept in cache
+_CHUNK = 2048  # doubles drawn per pass: 16 KiB of words, kept in cache
 _LOCK = threading.RLock()
 _WORDS = [np.empty(0, dtype=np.uint32)]  # dropped_rows' words, kept from call to call (page faults cost) under _LOCK
 # torch's CPU generator state (get_rng_state): the legacy C struct, 5,056 bytes
@@ -100,22 +100,14 @@ def _bits(pairs, i):
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill(mt, left, next_, mask, below, out):
-    """``out[i]``: the i-th next double, or with ``mask`` whether its 53 bits are below ``below`` (1.0 or 0.0).
-
-    Words are drawn a chunk at a time into a small buffer that stays in cache.
-    """
+def _doubles(mt, left, next_, out):
+    """``out[i]``: the i-th next double. Words are drawn a chunk at a time into a small buffer that stays in cache."""
     words = np.empty(2 * _CHUNK, dtype=np.uint32)
-    pairs, limit = words.view(np.int64), np.int64(below)
     for start in range(0, out.size, _CHUNK):
         m = min(_CHUNK, out.size - start)
         left, next_ = _words(mt, left, next_, words[:2 * m])
-        if mask:
-            for i in range(m):
-                out[start + i] = 1.0 if _bits(pairs, i) < limit else 0.0
-        else:
-            for i in range(m):
-                out[start + i] = _double(words, i)
+        for i in range(m):
+            out[start + i] = _double(words, i)
     return left, next_
 
 
@@ -152,7 +144,7 @@ def _advance(kernel, *args) -> None:
 def uniform(n: int) -> np.ndarray:
     """The stream's next ``n`` doubles: what ``torch.rand(n, dtype=torch.float64)`` draws (the masks' test)."""
     out = np.empty(n, dtype=np.float64)
-    _advance(_fill, False, np.uint64(0), out)
+    _advance(_doubles, out)
     return out
 
 
@@ -164,11 +156,15 @@ def _below(keep: float) -> np.uint64:
 
 
 def keep_mask(n: int, keep: float) -> np.ndarray:
-    """``torch.empty(n).bernoulli_(keep)``: 1.0 where the next double is below ``keep``, else 0.0."""
-    below = _below(keep)
-    out = np.empty(n, dtype=np.float32)
-    _advance(_fill, True, below, out)
-    return out
+    """``torch.empty(n).bernoulli_(keep)``: 1.0 where the next double is below ``keep``, else 0.0.
+
+    ``dropped_rows``' own loop on one row of ones, so that ``matches_torch``, which checks this, checks the
+    loop that training runs.
+    """
+    below, out = _below(keep), np.empty((1, n), dtype=np.float32)
+    _advance(_drop_rows, np.ones((1, n), dtype=np.float32), np.zeros(1, dtype=np.int64), below, 1.0,
+             np.empty(2 * n, dtype=np.uint32), out)
+    return out[0]
 
 
 def dropped_rows(X: np.ndarray, rows: np.ndarray, keep: float, scale: float, out: np.ndarray) -> np.ndarray:
@@ -176,7 +172,8 @@ def dropped_rows(X: np.ndarray, rows: np.ndarray, keep: float, scale: float, out
     one compiled pass (``scale`` a float32 value: what torch's ``div_(keep)`` makes of a 1). Dropout draws only
     for 0 < keep < 1, so only those are taken."""
     below, rows = _below(keep), np.asarray(rows, dtype=np.int64)
-    if not (0 < keep < 1 and rows.ndim == 1 and X.dtype == out.dtype == np.float32 and X.ndim == 2 and X.flags.c_contiguous and out.flags.c_contiguous
+    if not (0 < keep < 1 and rows.ndim == 1 and X.dtype == out.dtype == np.float32 and X.ndim == 2
+            and X.flags.c_contiguous and out.flags.c_contiguous
             and out.shape == (len(rows), X.shape[1]) and float(np.float32(scale)) == scale
             and (len(rows) == 0 or 0 <= rows.min() <= rows.max() < len(X))):
         raise ValueError("dropped_rows takes 0 < keep < 1, C-ordered float32 rows, a 1-d index within them, an "

@@ -32,36 +32,44 @@ def make_head(dim: int, n_classes: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Dropout(p=dropout, inplace=True), nn.Linear(dim, n_classes))
 
 
+def _in_one_pass(x: torch.Tensor, p: float) -> bool:
+    """Whether dropout on ``x`` runs as ``_torch_stream.dropped_rows``: on the CPU, contiguous float32, 0 < p < 1,
+    with a torch whose draw it matches; anywhere else (a GPU, say) torch's own dropout runs."""
+    return (0 < p < 1 and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+            and _torch_stream.matches_torch())
+
+
+def _kept_value(keep: float) -> float:
+    """What dropout's ``div_(keep)`` makes of a kept element (a 1), in float32, computed by torch itself."""
+    return torch.ones(1).div_(keep).item()
+
+
 def dropout_(x: torch.Tensor, p: float) -> torch.Tensor:
     """``nn.Dropout(p, inplace=True)`` in training, bit for bit; on the CPU in a fraction of its time.
 
     On the CPU torch draws the mask with ``bernoulli_(1 - p)``: a serial kernel, one double from the
-    default generator per element, over half of a training step at batch 64.
-    ``_torch_stream.keep_mask`` draws the very same mask from the same generator in compiled loops;
-    the rest (``div_``, ``mul_``) is torch's own sequence. Anywhere else (a GPU, p of 0 or 1, other
-    dtypes or layouts, a torch whose draw differs) torch's own dropout runs. Tests compare outputs,
-    weights and the generator's state with ``nn.Dropout``'s.
+    default generator per element, over half of a training step at batch 64. ``_torch_stream.dropped_rows``
+    draws the very same mask from the same generator in compiled loops and scales ``x`` in place by it, as
+    dropout's ``div_`` and ``mul_`` do. Tests compare outputs and the generator's state with ``nn.Dropout``'s.
     """
-    if (0 < p < 1 and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
-            and _torch_stream.matches_torch()):
-        keep = 1 - p
-        noise = torch.from_numpy(_torch_stream.keep_mask(x.numel(), keep)).view(x.shape)
-        return x.mul_(noise.div_(keep))
-    return torch.nn.functional.dropout(x, p, training=True, inplace=True)
+    if not _in_one_pass(x, p):
+        return torch.nn.functional.dropout(x, p, training=True, inplace=True)
+    flat = x.detach().numpy().reshape(1, -1)  # x's own memory
+    # into a new array, then back: written in place, the loop does not vectorise (3 times slower, measured)
+    flat[:] = _torch_stream.dropped_rows(flat, np.zeros(1, dtype=np.int64), 1 - p, _kept_value(1 - p),
+                                         np.empty_like(flat))
+    return x
 
 
 def dropped_batches(X: torch.Tensor, p: float, batch_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function of a batch's row indices: ``dropout_(X.index_select(0, batch), p)``, bit for bit.
 
-    On the CPU (float32, 0 < p < 1, the block stream matching torch) it gathers the rows, draws the mask and
-    scales in one compiled pass into one buffer, reused from batch to batch (autograd is done with the last
-    batch by then); elsewhere it is that expression.
+    Where dropout runs in one pass, it gathers the rows, draws the mask and scales them in that pass, into one
+    buffer reused from batch to batch (autograd is done with the last batch by then).
     """
-    if not (0 < p < 1 and X.device.type == "cpu" and X.dtype == torch.float32 and X.is_contiguous()
-            and _torch_stream.matches_torch()):
+    if not _in_one_pass(X, p):
         return lambda batch: dropout_(X.index_select(0, batch), p)
-    keep, rows = 1 - p, X.numpy()
-    scale = torch.ones(1).div_(keep).item()  # what dropout's div_(keep) makes of a kept element, in float32
+    keep, rows, scale = 1 - p, X.numpy(), _kept_value(1 - p)
     buffer = np.empty((batch_size, X.shape[1]), dtype=np.float32)
     return lambda batch: torch.from_numpy(_torch_stream.dropped_rows(rows, batch.numpy(), keep, scale,
                                                                      buffer[:len(batch)]))
