@@ -161,3 +161,28 @@ def test_the_one_line_comes_after_the_progress_bar_of_a_stream_left_open(stop, c
     last = err.strip().splitlines()[-1]
     assert "items:" in err and "Traceback" not in err
     assert (code, last) == ((130, "interrupted") if stop == "ctrl-c" else (2, "error: the second item is bad")), err
+
+
+def test_a_thread_left_running_does_not_keep_the_stage_from_ending_with_its_line(tmp_path):
+    """``ray.init`` left waiting on an address that never answers cannot be stopped, and finalising the
+    interpreter under it aborted the process (exit -6, after our line). A thread recorded with
+    ``leave_running`` makes ``run`` end the process itself: here one that never returns, which an
+    ordinary exit would wait for forever."""
+    import sys
+
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "import threading\n"
+        "from pipeline.common.cli import leave_running, run\n"
+        "from pipeline.common.errors import PipelineError\n"
+        "def main(argv):\n"
+        "    thread = threading.Thread(target=threading.Event().wait)  # not a daemon: exit would join it\n"
+        "    thread.start()\n"
+        "    leave_running(thread)\n"
+        "    print('written before the error')\n"
+        "    raise PipelineError('the cluster never answered')\n"
+        "raise SystemExit(run(main, []))\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result
+    assert result.stderr.strip().splitlines()[-1] == "error: the cluster never answered", result.stderr
+    assert result.stdout == "written before the error\n"  # flushed, though the interpreter is not finalised

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -19,6 +21,16 @@ from pipeline.common.errors import PipelineError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+_left_running: list[threading.Thread] = []
+
+
+def leave_running(thread: threading.Thread) -> None:
+    """Record a thread abandoned inside native code, which nothing can stop (``ray.init`` waiting on
+    an address that never answers). While it runs, the process must not finalise the interpreter:
+    C++ destructors running under it aborted the process (``std::bad_alloc``, exit -6, in 3 of 6
+    runs here), so ``run`` then ends the process itself, after its line."""
+    _left_running.append(thread)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,4 +73,9 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     gc.collect()  # frames caught in reference cycles too
     sys.stderr.flush()
     print(line, file=sys.stderr)
+    if any(thread.is_alive() for thread in _left_running):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # no interpreter finalisation under a thread still in native code (leave_running)
     return code

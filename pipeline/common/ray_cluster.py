@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 
+from pipeline.common.cli import leave_running
 from pipeline.common.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def _init_within(ray, address: str, timeout: float) -> None:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
+        leave_running(thread)
         raise _unreachable(address, f"it accepted a connection but did not answer as a Ray cluster within "
                                     f"{timeout:g} s")
     if failure:
