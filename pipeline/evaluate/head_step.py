@@ -5,12 +5,13 @@ spends about a millisecond on the CPU building autograd's graph and keeping the 
 ``training_step`` calls the kernels that autograd and AdamW's single-tensor loop (torch's default on
 the CPU) call, in their order, with the weight and bias held as views of one buffer, so that each of
 AdamW's elementwise operations is one call for both. A probe per shape compares its bits with torch's
-own step; wherever the probe fails or does not apply (a GPU, other optimiser settings), torch's own
-step runs. ``benchmarks/head_step.py`` measures both.
+own step; wherever the probe fails or does not apply (a GPU, float64), torch's own step runs.
+``benchmarks/head_step.py`` measures both.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,19 +29,22 @@ _probed: dict[tuple, bool] = {}
 _LOCK = threading.Lock()
 
 
-def training_step(linear: nn.Linear, optimiser: torch.optim.Optimizer, batch_sizes: Sequence[int]) -> Step:
-    """A function that takes one step of ``optimiser`` on ``CrossEntropyLoss()(linear(x), y)`` and returns the loss.
+def training_step(linear: nn.Linear, *, lr: float, weight_decay: float, batch_sizes: Sequence[int]) -> Step:
+    """A function that takes one step of ``AdamW(linear.parameters(), lr=lr, weight_decay=weight_decay)`` on
+    ``CrossEntropyLoss()(linear(x), y)`` and returns the loss.
 
-    The flat step when ``linear`` is a float32 layer on the CPU, ``optimiser`` an AdamW over its weight and bias
-    with default options, and the probe finds its bits equal torch's for these shapes (``batch_sizes``: every
-    batch size the loop will use); otherwise torch's own step. The flat step makes ``linear``'s parameters views
-    of its buffer: call ``standalone`` on them when training is done.
+    The flat step when ``linear`` is a float32 layer with a bias on the CPU and the probe finds its bits equal
+    torch's for these shapes (``batch_sizes``: every batch size the loop will use); otherwise torch's own step.
+    Only then is the optimiser built: its first construction in a process imports ``torch._dynamo`` (2.6 s,
+    measured), which the flat step and the probe avoid. The flat step makes ``linear``'s parameters views of
+    its buffer: call ``standalone`` on them when training is done.
     """
-    settings = _adamw_settings(linear, optimiser)
-    if settings is not None and all(_flat_step_matches(linear.weight.shape, size, settings)
-                                    for size in sorted(set(batch_sizes))):
+    settings = {**_ADAMW_DEFAULTS, "lr": float(lr), "weight_decay": float(weight_decay)}
+    weight, bias = linear.weight, linear.bias
+    if (bias is not None and weight.device.type == "cpu" and weight.dtype == bias.dtype == torch.float32
+            and all(_flat_step_matches(weight.shape, size, settings) for size in sorted(set(batch_sizes)))):
         return _FlatAdamW(linear, settings)
-    return _torch_step(linear, optimiser)
+    return _torch_step(linear, torch.optim.AdamW(linear.parameters(), lr=lr, weight_decay=weight_decay))
 
 
 def standalone(module: nn.Module) -> None:
@@ -62,22 +66,13 @@ def _torch_step(linear: nn.Linear, optimiser: torch.optim.Optimizer) -> Step:
     return step
 
 
-def _adamw_settings(linear: nn.Linear, optimiser: torch.optim.Optimizer) -> dict[str, Any] | None:
-    """AdamW's lr, betas, eps and weight decay, when the flat step computes what it would; else None."""
-    if type(optimiser) is not torch.optim.AdamW or len(optimiser.param_groups) != 1 or linear.bias is None:
-        return None
-    group = optimiser.param_groups[0]
-    if ([id(p) for p in group["params"]] != [id(linear.weight), id(linear.bias)]
-            or any(group.get(option) for option in ("amsgrad", "maximize", "foreach", "fused", "capturable",
-                                                    "differentiable"))
-            or any(isinstance(group[key], torch.Tensor) for key in ("lr", "weight_decay"))
-            or any(isinstance(beta, torch.Tensor) for beta in group["betas"])
-            or optimiser.state):
-        return None
-    if linear.weight.device.type != "cpu" or linear.weight.dtype != torch.float32 or linear.bias.dtype != torch.float32:
-        return None
-    return {"lr": float(group["lr"]), "betas": tuple(map(float, group["betas"])), "eps": float(group["eps"]),
-            "weight_decay": float(group["weight_decay"])}
+def _adamw_defaults() -> dict[str, Any]:
+    """AdamW's default betas and eps, read from its signature (as its constructor would take them)."""
+    parameters = inspect.signature(torch.optim.AdamW.__init__).parameters
+    return {"betas": tuple(map(float, parameters["betas"].default)), "eps": float(parameters["eps"].default)}
+
+
+_ADAMW_DEFAULTS = _adamw_defaults()
 
 
 class _FlatAdamW:
@@ -135,6 +130,10 @@ def _flat_step_matches(shape: torch.Size, batch_size: int, settings: dict[str, A
 def _probe(shape: tuple[int, int], batch_size: int, settings: dict[str, Any], flat_step: type | None = None) -> bool:
     """Three steps both ways from the same start on random rows (drawn by numpy: torch's generators are untouched).
 
+    Torch's way is autograd and ``torch.optim.adam.adam``, the function ``AdamW.step`` calls, with the
+    arguments and initial state it passes on the CPU: the optimiser itself is not built (see
+    ``training_step``); the tests compare the flat step with ``AdamW`` itself.
+
     ``flat_step``: the flat step's class (``_FlatAdamW``; a test hands it one that is off by a bit).
     """
     flat_step = flat_step or _FlatAdamW
@@ -147,11 +146,35 @@ def _probe(shape: tuple[int, int], batch_size: int, settings: dict[str, Any], fl
     for flat in (False, True):
         linear = nn.Linear(dim, n_classes, device="meta")  # no draw from torch's generator
         linear.weight, linear.bias = (nn.Parameter(t.clone()) for t in start)
-        optimiser = torch.optim.AdamW(linear.parameters(), lr=settings["lr"], betas=settings["betas"],
-                                      eps=settings["eps"], weight_decay=settings["weight_decay"])
-        step = flat_step(linear, settings) if flat else _torch_step(linear, optimiser)
+        step = flat_step(linear, settings) if flat else _functional_adamw_step(linear, settings)
         losses = [step(x, y) for x, y in batches]
         layers.append((losses, linear.weight.detach(), linear.bias.detach()))
     (losses, weight, bias), (flat_losses, flat_weight, flat_bias) = layers
     return (losses == flat_losses and torch.equal(weight.view(torch.int32), flat_weight.view(torch.int32))
             and torch.equal(bias.view(torch.int32), flat_bias.view(torch.int32)))
+
+
+def _functional_adamw_step(linear: nn.Linear, settings: dict[str, Any]) -> Step:
+    """Torch's step without the optimiser object: autograd, then ``adam`` called as ``AdamW.step`` calls it."""
+    from torch.optim.adam import adam  # noqa: PLC0415 - torch's own update, the probe's reference
+
+    params = [linear.weight, linear.bias]
+    exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
+    exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
+    steps = [torch.tensor(0.0) for _ in params]
+    loss_fn = nn.CrossEntropyLoss()
+    beta1, beta2 = settings["betas"]
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        for p in params:
+            p.grad = None
+        loss = loss_fn(linear(x), y)
+        loss.backward()
+        with torch.no_grad():
+            adam(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps, foreach=None, capturable=False,
+                 differentiable=False, fused=None, grad_scale=None, found_inf=None, has_complex=False, amsgrad=False,
+                 beta1=beta1, beta2=beta2, lr=settings["lr"], weight_decay=settings["weight_decay"],
+                 eps=settings["eps"], maximize=False, decoupled_weight_decay=True)
+        return loss.item()
+
+    return step

@@ -104,7 +104,6 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         generator = torch.Generator().manual_seed(self.seed)
         device = torch.device(self.device)
         head = make_head(X.shape[1], n_classes, self.dropout).to(device)
-        optimiser = torch.optim.AdamW(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = nn.CrossEntropyLoss()  # the valid loss; training_step computes the same loss on each batch
         X_t, y_t = _tensor(X).to(device), torch.as_tensor(np.array(y), dtype=torch.long).to(device)
         has_valid = X_valid is not None
@@ -114,9 +113,9 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         best_loss, best_state, best_epoch, waited = float("inf"), None, self.max_epochs, 0
         history = []
         dropped = dropped_batches(X_t, head[0].p, self.batch_size)
-        # zero_grad, loss_fn(head[1](x), y).backward() and optimiser.step(), with the same bits, faster
-        step = training_step(head[1], optimiser, [min(self.batch_size, len(X_t)), len(X_t) % self.batch_size or
-                                                  self.batch_size])
+        # AdamW's zero_grad, loss_fn(head[1](x), y).backward() and step, with the same bits, faster
+        step = training_step(head[1], lr=self.lr, weight_decay=self.weight_decay,
+                             batch_sizes=[min(self.batch_size, len(X_t)), len(X_t) % self.batch_size or self.batch_size])
         for epoch in range(1, self.max_epochs + 1):
             head.train()
             total = 0.0
