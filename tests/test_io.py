@@ -181,8 +181,30 @@ def test_a_thread_left_running_does_not_keep_the_stage_from_ending_with_its_line
         "    leave_running(thread)\n"
         "    print('written before the error')\n"
         "    raise PipelineError('the cluster never answered')\n"
-        "raise SystemExit(run(main, []))\n")
+        "raise SystemExit(run(main))\n")  # the command line: argv None
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result
     assert result.stderr.strip().splitlines()[-1] == "error: the cluster never answered", result.stderr
     assert result.stdout == "written before the error\n"  # flushed, though the interpreter is not finalised
+
+
+def test_run_in_process_returns_its_status_though_a_thread_was_left_running(capfd):
+    """Called with arguments (a test, a notebook), ``run`` never ends the process: it returns the status."""
+    import threading
+
+    from pipeline.common.cli import leave_running, run
+    from pipeline.common.errors import PipelineError
+
+    release = threading.Event()
+
+    def main(argv):
+        thread = threading.Thread(target=release.wait, daemon=True)
+        thread.start()
+        leave_running(thread)
+        raise PipelineError("the cluster never answered")
+
+    try:
+        assert run(main, []) == 2
+    finally:
+        release.set()
+    assert capfd.readouterr().err.strip().splitlines()[-1] == "error: the cluster never answered"

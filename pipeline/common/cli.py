@@ -26,10 +26,10 @@ _left_running: list[threading.Thread] = []
 
 
 def leave_running(thread: threading.Thread) -> None:
-    """Record a thread abandoned inside native code, which nothing can stop (``ray.init`` waiting on
-    an address that never answers). While it runs, the process must not finalise the interpreter:
-    C++ destructors running under it aborted the process (``std::bad_alloc``, exit -6, in 3 of 6
-    runs here), so ``run`` then ends the process itself, after its line."""
+    """Record a thread that may be abandoned inside native code, which nothing can stop (``ray.init``
+    waiting on an address that never answers). While it runs, the process must not finalise the
+    interpreter: C++ destructors running under it aborted the process (``std::bad_alloc``, exit -6, in
+    3 of 6 runs here), so ``run`` on the command line then ends the process itself, after its line."""
     _left_running.append(thread)
 
 
@@ -62,8 +62,11 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     The line is printed after leaving the ``except`` block: until then the traceback keeps the
     failed frames alive, and with them any generator suspended in a ``with tqdm(...)``, whose
     progress bar would print its closing line after ours when it is finally collected.
+    ``argv`` None is the command line (a stage run as a program): only then may ``run`` end the
+    process itself (``leave_running``); called in-process with arguments, it returns the status.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    recorded = len(_left_running)
     try:
         return main(argv)
     except PipelineError as err:
@@ -73,7 +76,7 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     gc.collect()  # frames caught in reference cycles too
     sys.stderr.flush()
     print(line, file=sys.stderr)
-    if any(thread.is_alive() for thread in _left_running):
+    if argv is None and any(thread.is_alive() for thread in _left_running[recorded:]):
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -82,9 +82,9 @@ def _init_within(ray, address: str, timeout: float) -> None:
 
     thread = threading.Thread(target=init, name="ray-init", daemon=True)
     thread.start()
+    leave_running(thread)  # from the start: a Ctrl-C during the wait leaves it running too
     thread.join(timeout)
     if thread.is_alive():
-        leave_running(thread)
         raise _unreachable(address, f"it accepted a connection but did not answer as a Ray cluster within "
                                     f"{timeout:g} s")
     if failure:
