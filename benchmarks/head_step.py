@@ -5,8 +5,9 @@ Prints, on one thread: the time to draw one batch's mask (64 x 1280) with torch'
 batch's rows and drop them out with ``nn.Dropout``, with ``index_select`` then ``dropout_`` (the loop's two steps before d481a15) and with
 ``dropped_batches`` (one compiled pass), alternating, fastest and median of the rounds; then ms per step of
 the training loop written with torch's own modules (``nn.Dropout``, ``X[b].clone()``: the loop before the
-block stream) and of ``LinearHeadClassifier.fit``, alternating, on the same synthetic rows, and whether the
-two give the same weights bit for bit. No network, no files.
+block stream, autograd and ``AdamW``) and of ``LinearHeadClassifier.fit`` (the one-pass dropout and
+``head_step``'s flat step), alternating, on the same synthetic rows, and whether the two give the same
+weights bit for bit. No network, no files.
 """
 
 from __future__ import annotations

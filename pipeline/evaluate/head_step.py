@@ -4,13 +4,15 @@ At batch 64 a step's arithmetic takes microseconds; ``zero_grad(); loss.backward
 spends about a millisecond on the CPU building autograd's graph and keeping the optimiser's books.
 ``training_step`` calls the kernels that autograd and AdamW's single-tensor loop (torch's default on
 the CPU) call, in their order, with the weight and bias held as views of one buffer, so that each of
-AdamW's elementwise operations is one call for both. A probe per shape compares its bits with torch's
-own step; wherever the probe fails or does not apply (a GPU, float64), torch's own step runs.
-``benchmarks/head_step.py`` measures both.
+AdamW's elementwise operations is one call for both. A probe per layer shape, batch size, setting and
+thread count compares its bits with autograd and torch's functional AdamW (what ``AdamW.step``
+calls); wherever the probe fails or does not apply (a GPU, float64), torch's own step runs.
+``benchmarks/head_step.py`` times the head's training loop with torch's modules and with this step.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Sequence
@@ -35,13 +37,13 @@ def training_step(linear: nn.Linear, *, lr: float, weight_decay: float, batch_si
 
     The flat step when ``linear`` is a float32 layer with a bias on the CPU and the probe finds its bits equal
     torch's for these shapes (``batch_sizes``: every batch size the loop will use); otherwise torch's own step.
-    Only then is the optimiser built: its first construction in a process imports ``torch._dynamo`` (2.6 s,
-    measured), which the flat step and the probe avoid. The flat step makes ``linear``'s parameters views of
+    Only then is the optimiser built: its first construction in a process imports ``torch._dynamo`` (2.1 to
+    2.6 s, measured), which the flat step and the probe avoid. The flat step makes ``linear``'s parameters views of
     its buffer: call ``standalone`` on them when training is done.
     """
-    settings = {**_ADAMW_DEFAULTS, "lr": float(lr), "weight_decay": float(weight_decay)}
+    settings = {**(_ADAMW_DEFAULTS or {}), "lr": float(lr), "weight_decay": float(weight_decay)}
     weight, bias = linear.weight, linear.bias
-    if (bias is not None and weight.device.type == "cpu" and weight.dtype == bias.dtype == torch.float32
+    if (_ADAMW_DEFAULTS is not None and bias is not None and weight.device.type == "cpu" and weight.dtype == bias.dtype == torch.float32
             and all(_flat_step_matches(weight.shape, size, settings) for size in sorted(set(batch_sizes)))):
         return _FlatAdamW(linear, settings)
     return _torch_step(linear, torch.optim.AdamW(linear.parameters(), lr=lr, weight_decay=weight_decay))
@@ -66,10 +68,14 @@ def _torch_step(linear: nn.Linear, optimiser: torch.optim.Optimizer) -> Step:
     return step
 
 
-def _adamw_defaults() -> dict[str, Any]:
-    """AdamW's default betas and eps, read from its signature (as its constructor would take them)."""
-    parameters = inspect.signature(torch.optim.AdamW.__init__).parameters
-    return {"betas": tuple(map(float, parameters["betas"].default)), "eps": float(parameters["eps"].default)}
+def _adamw_defaults() -> dict[str, Any] | None:
+    """AdamW's default betas and eps, read from its signature (as its constructor would take them); None where a
+    torch spells them otherwise (then torch's own step runs)."""
+    try:
+        parameters = inspect.signature(torch.optim.AdamW.__init__).parameters
+        return {"betas": tuple(map(float, parameters["betas"].default)), "eps": float(parameters["eps"].default)}
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 _ADAMW_DEFAULTS = _adamw_defaults()
@@ -155,8 +161,15 @@ def _probe(shape: tuple[int, int], batch_size: int, settings: dict[str, Any], fl
 
 
 def _functional_adamw_step(linear: nn.Linear, settings: dict[str, Any]) -> Step:
-    """Torch's step without the optimiser object: autograd, then ``adam`` called as ``AdamW.step`` calls it."""
-    from torch.optim.adam import adam  # noqa: PLC0415 - torch's own update, the probe's reference
+    """Torch's step without the optimiser object: autograd, then torch's AdamW update called as ``AdamW.step``
+    calls it: ``adam(..., decoupled_weight_decay=True)`` since torch 2.7, the ``adamw`` function before (where
+    its arguments differ, the probe fails and torch's own step runs)."""
+    from torch.optim import adam as adam_module  # noqa: PLC0415 - torch's own update, the probe's reference
+
+    if "decoupled_weight_decay" in inspect.signature(adam_module.adam).parameters:
+        update = functools.partial(adam_module.adam, decoupled_weight_decay=True)
+    else:
+        from torch.optim.adamw import adamw as update  # noqa: PLC0415
 
     params = [linear.weight, linear.bias]
     exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
@@ -171,10 +184,10 @@ def _functional_adamw_step(linear: nn.Linear, settings: dict[str, Any]) -> Step:
         loss = loss_fn(linear(x), y)
         loss.backward()
         with torch.no_grad():
-            adam(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps, foreach=None, capturable=False,
-                 differentiable=False, fused=None, grad_scale=None, found_inf=None, has_complex=False, amsgrad=False,
-                 beta1=beta1, beta2=beta2, lr=settings["lr"], weight_decay=settings["weight_decay"],
-                 eps=settings["eps"], maximize=False, decoupled_weight_decay=True)
+            update(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps, foreach=None, capturable=False,
+                   differentiable=False, fused=None, grad_scale=None, found_inf=None, has_complex=False, amsgrad=False,
+                   beta1=beta1, beta2=beta2, lr=settings["lr"], weight_decay=settings["weight_decay"],
+                   eps=settings["eps"], maximize=False)
         return loss.item()
 
     return step
