@@ -115,6 +115,20 @@ def first_image(root: Path, split: str = "train") -> Path:
     return sorted(folder.iterdir())[0]
 
 
+def unix_socket_at(path: Path) -> None:
+    """A socket file at ``path``, bound by its name from its folder: an absolute path over 107 bytes (a deep
+    pytest temp folder) is refused by AF_UNIX."""
+    import os
+    import socket
+
+    cwd = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        socket.socket(socket.AF_UNIX).bind(path.name)
+    finally:
+        os.chdir(cwd)
+
+
 def held_out_image(root: Path) -> Path:
     return first_image(root, "test")
 
@@ -338,7 +352,7 @@ CASES = [
     ("FIFO in a split folder", "prepare", None, lambda r: os.mkfifo(r / DATA / "Master Folder" / "valid" / "p.png"),
      "Stray file"),
     ("socket named like an image", "prepare", None,
-     lambda r: __import__("socket").socket(__import__("socket").AF_UNIX).bind(str(first_image(r).parent / "s.jpg")),
+     lambda r: unix_socket_at(first_image(r).parent / "s.jpg"),
      "s.jpg is not a regular file (a socket)"),
     ("stray folder next to the splits", "prepare", None, lambda r: (r / DATA / "Master Folder" / "extra").mkdir(),
      "Stray folder"),
