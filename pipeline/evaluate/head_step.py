@@ -93,7 +93,9 @@ class _FlatAdamW:
         self.grad = torch.empty_like(self.flat)
         self.grad_weight, self.grad_bias = self.grad[:size].view_as(weight), self.grad[size:]
         self.exp_avg, self.exp_avg_sq, self.denom = (torch.zeros_like(self.flat) for _ in range(3))
-        self.settings, self.steps = settings, 0
+        self.lr, (self.beta1, self.beta2), self.eps, self.decay = (settings[k] for k in ("lr", "betas", "eps",
+                                                                                            "weight_decay"))
+        self.steps = 0
         self.one = torch.ones(())  # d loss / d loss, where backward starts
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -109,7 +111,7 @@ class _FlatAdamW:
 
     def _adamw(self) -> None:
         """AdamW's single-tensor update (decoupled weight decay, no amsgrad), one call per operation for both."""
-        lr, (beta1, beta2), eps, decay = (self.settings[k] for k in ("lr", "betas", "eps", "weight_decay"))
+        lr, beta1, beta2, eps, decay = self.lr, self.beta1, self.beta2, self.eps, self.decay
         self.steps += 1
         if decay != 0:
             self.flat.mul_(1 - lr * decay)
