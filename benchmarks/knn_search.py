@@ -9,7 +9,10 @@ training rows of every query found by
 - the project's ``IVFKNeighborsClassifier`` with the same lists and probes, scanned list by list
   with matrix products;
 
-with the seconds to build and to search, and the recall of the exact neighbours. The
+with the seconds to build and to search, and the recall of the exact neighbours; then, on the blocks
+of (queries x a list's rows) that the list-by-list scan scores, the selection of each query's best 21
+timed alone: numpy's ``argpartition`` and the chosen scores gathered (what the scan did before
+2026-12-03), against the compiled one pass that it uses now, which also sorts them (``pipeline/evaluate/_select_kernels.py``). The
 synthetic rows have no neighbourhood structure (isotropic noise around 4 class centres), so
 any inverted file's recall is low here; the cost is what this script compares.
 """
@@ -24,6 +27,7 @@ import numpy as np
 from sklearn.preprocessing import Normalizer
 
 from pipeline.evaluate import knn
+from pipeline.evaluate._select_kernels import smallest_sorted
 from train import CLASSES, DIM, synthetic_split
 
 K = 21
@@ -66,6 +70,31 @@ def main() -> None:
         _, found = ours.kneighbors(queries)
         print(f"rows={rows:,} list by list ({lists} lists, {knn.PROBES} probed): build {built:.2f} s, "
               f"search {time.perf_counter() - start:.2f} s, recall@{K} {knn.recall_of(exact, found):.3f}", flush=True)
+        numpy_s, compiled_s, elements = selection_seconds(ours, queries)
+        print(f"rows={rows:,} selecting each query's best {K} of every probed list ({elements / 1e6:.0f} M scores): "
+              f"argpartition {numpy_s:.2f} s, one compiled pass {compiled_s:.2f} s", flush=True)
+
+
+def selection_seconds(index: knn.IVFKNeighborsClassifier, queries: np.ndarray) -> tuple[float, float, int]:
+    """Seconds of the two selections over the blocks the scan scores (the blocks computed once, not timed)."""
+    probes = index._probe(queries, min(knn.PROBES, len(index.bounds_) - 1))
+    smallest_sorted(np.zeros((1, K), dtype=np.float32), K)  # compiled (or loaded from its cache) before timing
+    numpy_s = compiled_s = 0.0
+    elements = 0
+    for lst in range(len(index.bounds_) - 1):
+        low, high = index.bounds_[lst], index.bounds_[lst + 1]
+        query = np.flatnonzero((probes == lst).any(axis=1))
+        if high - low <= K or len(query) == 0:
+            continue
+        scores = knn.distance_less_norm(queries[query], index.rows_[low:high], index.norms_[low:high])
+        elements += scores.size
+        start = time.perf_counter()
+        np.take_along_axis(scores, np.argpartition(scores, K - 1, axis=1)[:, :K], axis=1)
+        numpy_s += time.perf_counter() - start
+        start = time.perf_counter()
+        smallest_sorted(scores, K)
+        compiled_s += time.perf_counter() - start
+    return numpy_s, compiled_s, elements
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from sklearn.preprocessing import Normalizer
 from sklearn.utils.extmath import weighted_mode
 
 from pipeline.common.errors import PipelineError
+from pipeline.evaluate._select_kernels import smallest_sorted
 from pipeline.evaluate.grid_scores import choose, fit_chosen, grid_cells, grid_record
 from pipeline.evaluate.splits import inner_splitter
 
@@ -92,17 +93,6 @@ def distance_less_norm(X: np.ndarray, rows: np.ndarray, norms: np.ndarray) -> np
     return scores
 
 
-def _smallest(values: np.ndarray, k: int, *, ordered: bool) -> np.ndarray:
-    """Column indices of the ``k`` smallest values of each row (smallest first when ``ordered``)."""
-    if k < values.shape[1]:
-        top = np.argpartition(values, k - 1, axis=1)[:, :k]
-    else:
-        top = np.broadcast_to(np.arange(values.shape[1]), values.shape)
-    if not ordered:
-        return top
-    return np.take_along_axis(top, np.argsort(np.take_along_axis(values, top, axis=1), axis=1, kind="stable"), axis=1)
-
-
 class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
     """kNN on an inverted file (Euclidean): each query scans the ``nprobe`` lists whose centres are nearest to it.
 
@@ -139,9 +129,9 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _probe(self, X: np.ndarray, n: int) -> np.ndarray:
-        """The ``n`` lists whose centres are nearest to each row (in no order)."""
-        return _smallest(distance_less_norm(X, self.centres_, np.einsum("ij,ij->i", self.centres_, self.centres_)), n,
-                         ordered=False)
+        """The ``n`` lists whose centres are nearest to each row, nearest first."""
+        return smallest_sorted(distance_less_norm(X, self.centres_, np.einsum("ij,ij->i", self.centres_,
+                                                                               self.centres_)), n)[1]
 
     def kneighbors(self, X: np.ndarray, n_neighbors: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, indices into the training rows), nearest first; distances are Euclidean, as scikit-learn's."""
@@ -159,18 +149,16 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
             query, slot = np.divmod(pairs[starts[lst]:starts[lst + 1]], probes.shape[1])
             if high == low or len(query) == 0:
                 continue
-            scores = distance_less_norm(X[query], self.rows_[low:high], self.norms_[low:high])
-            best = _smallest(scores, min(k, high - low), ordered=False)
-            found[query, slot, : best.shape[1]] = np.take_along_axis(scores, best, axis=1)
-            where[query, slot, : best.shape[1]] = low + best
+            kept = min(k, high - low)
+            found[query, slot, :kept], best = smallest_sorted(
+                distance_less_norm(X[query], self.rows_[low:high], self.norms_[low:high]), kept)
+            where[query, slot, :kept] = low + best
         found, where = found.reshape(len(X), -1), where.reshape(len(X), -1)
-        best = _smallest(found, k, ordered=True)
-        scores, rows = np.take_along_axis(found, best, axis=1), np.take_along_axis(where, best, axis=1)
+        scores, best = smallest_sorted(found, k)  # ties: the list probed first (the nearer centre), then its order
+        rows = np.take_along_axis(where, best, axis=1)
         short = (rows < 0).any(axis=1)  # the probed lists held fewer than k rows: scan every row for those
         if short.any():
-            everything = distance_less_norm(X[short], self.rows_, self.norms_)
-            rows[short] = _smallest(everything, k, ordered=True)
-            scores[short] = np.take_along_axis(everything, rows[short], axis=1)
+            scores[short], rows[short] = smallest_sorted(distance_less_norm(X[short], self.rows_, self.norms_), k)
         squared = np.einsum("ij,ij->i", X, X)[:, None] + scores
         return np.sqrt(np.maximum(squared, 0)), self.ids_[rows]
 
