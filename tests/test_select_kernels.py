@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 
+from sklearn.preprocessing import Normalizer
+
 from pipeline.evaluate._select_kernels import smallest_sorted
+from pipeline.evaluate.knn import IVFKNeighborsClassifier
 
 
 def reference(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -25,6 +28,28 @@ def test_the_k_smallest_of_each_row_sorted_ties_by_the_smaller_column(dtype, sha
     assert found.dtype == dtype and columns.shape == (shape[0], k)
     np.testing.assert_array_equal(columns, expected_columns)
     np.testing.assert_array_equal(found, expected)  # NaN equals NaN here
+
+
+@pytest.mark.parametrize("layout", ["sliced", "fortran"])
+def test_an_array_not_in_c_order_gives_the_same_answer(layout):
+    values = np.random.default_rng(3).integers(0, 9, size=(40, 60)).astype(np.float32)
+    odd = values[:, ::2] if layout == "sliced" else np.asfortranarray(values)
+    found, columns = smallest_sorted(odd, 7)
+    expected, expected_columns = reference(np.ascontiguousarray(odd), 7)
+    np.testing.assert_array_equal(columns, expected_columns)
+    np.testing.assert_array_equal(found, expected)
+
+
+def test_the_ivf_index_probes_its_lists_nearest_centre_first():
+    rng = np.random.default_rng(4)
+    X = Normalizer().fit_transform(rng.standard_normal((2000, 16))).astype(np.float32)
+    index = IVFKNeighborsClassifier(n_neighbors=5, nprobe=6).fit(X, np.zeros(len(X), dtype=np.int64))
+    queries = X[:100]
+    probes = index._probe(queries, 6)
+    distances = ((queries[:, None, :] - index.centres_[probes]) ** 2).sum(axis=2)
+    assert (np.diff(distances, axis=1) >= -1e-5).all()  # float32 rounding aside
+    every = ((queries[:, None, :] - index.centres_[None]) ** 2).sum(axis=2)
+    np.testing.assert_allclose(distances[:, 0], every.min(axis=1), atol=1e-5)
 
 
 def test_distinct_values_give_argpartitions_set_in_sorted_order():

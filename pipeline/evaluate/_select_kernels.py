@@ -1,10 +1,11 @@
 """The ``k`` smallest values of each row, sorted, in one compiled pass (numba; cached on disk).
 
-``np.argpartition`` then a sort of the chosen costs about 17 ns an element on the IVF index's
-blocks of (queries x a list's rows) at 64,000 rows, a quarter of a kNN fold; one pass keeping each
-row's best ``k`` in a sorted buffer rejects most elements with one comparison
-(``benchmarks/knn_search.py`` prints both). Ties are broken by the smaller column, so the result
-is defined whatever the data; NaN sorts after every number, as in numpy's sorts.
+``np.argpartition`` and the gather of the chosen scores cost 8 to 17 ns an element on the IVF index's
+blocks of (queries x a list's rows) (``benchmarks/knn_search.py`` at 8,500 and 34,000 rows prints both
+selections); at 64,000 rows that was 12.4 s of a 44.1 s kNN fold. One pass keeping each row's best ``k``
+in a sorted buffer rejects most elements with one comparison: about ``k ln(m / k)`` insertions a row of
+``m`` in random order, ``m k`` moves at worst (descending rows). Ties are broken by the smaller column,
+so the result is defined whatever the data; NaN sorts after every number, as in numpy's sorts.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always")
 def _before(a, b):
     """``a`` sorts before ``b``: smaller, or a number against NaN."""
     return a < b or (b != b and a == a)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _smallest_sorted(values, k):
     n, m = values.shape
     best = np.empty((n, k), values.dtype)

@@ -157,6 +157,7 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         scores, best = smallest_sorted(found, k)  # ties: the list probed first (the nearer centre), then its order
         rows = np.take_along_axis(where, best, axis=1)
         short = (rows < 0).any(axis=1)  # the probed lists held fewer than k rows: scan every row for those
+        # (their ties: by list, then by position in it)
         if short.any():
             scores[short], rows[short] = smallest_sorted(distance_less_norm(X[short], self.rows_, self.norms_), k)
         squared = np.einsum("ij,ij->i", X, X)[:, None] + scores
