@@ -12,7 +12,8 @@ training rows of every query found by
 with the seconds to build and to search, and the recall of the exact neighbours; then, on the blocks
 of (queries x a list's rows) that the list-by-list scan scores, the selection of each query's best 21
 timed alone: numpy's ``argpartition`` and the chosen scores gathered (what the scan did before
-2026-12-03), against the compiled one pass that it uses now, which also sorts them (``pipeline/evaluate/_select_kernels.py``). The
+2026-12-03), against the compiled one pass that it uses now, which also sorts them
+(``pipeline/evaluate/_select_kernels.py``). The
 synthetic rows have no neighbourhood structure (isotropic noise around 4 class centres), so
 any inverted file's recall is low here; the cost is what this script compares.
 """
@@ -76,19 +77,16 @@ def main() -> None:
 
 
 def selection_seconds(index: knn.IVFKNeighborsClassifier, queries: np.ndarray) -> tuple[float, float, int]:
-    """Seconds of the two selections over the blocks the scan scores (the blocks computed once, not timed)."""
+    """Seconds of the two selections over the blocks the scan scores (the blocks' products not timed)."""
     probes = index._probe(queries, min(knn.PROBES, len(index.bounds_) - 1))
     smallest_sorted(np.zeros((1, K), dtype=np.float32), K)  # compiled (or loaded from its cache) before timing
     numpy_s = compiled_s = 0.0
     elements = 0
-    for lst in range(len(index.bounds_) - 1):
-        low, high = index.bounds_[lst], index.bounds_[lst + 1]
-        query = np.flatnonzero((probes == lst).any(axis=1))
-        if high - low <= K or len(query) == 0:
+    for turn, (low, high, _, _, scores) in enumerate(index.scanned_blocks(queries, probes)):
+        if high - low <= K:  # argpartition needs more than K columns (the scan keeps all of such a list)
             continue
-        scores = knn.distance_less_norm(queries[query], index.rows_[low:high], index.norms_[low:high])
         elements += scores.size
-        for which in (0, 1) if lst % 2 else (1, 0):  # in turns first, so neither always finds the block in cache
+        for which in (0, 1) if turn % 2 else (1, 0):  # in turns first, so neither always finds the block in cache
             start = time.perf_counter()
             if which == 0:
                 np.take_along_axis(scores, np.argpartition(scores, K - 1, axis=1)[:, :K], axis=1)

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,9 +119,6 @@ def first_image(root: Path, split: str = "train") -> Path:
 def unix_socket_at(path: Path) -> None:
     """A socket file at ``path``, bound by its name from its folder: an absolute path over 107 bytes (a deep
     pytest temp folder) is refused by AF_UNIX."""
-    import os
-    import socket
-
     cwd = os.getcwd()
     os.chdir(path.parent)
     try:
@@ -186,8 +184,6 @@ def swap_splits(root: Path, a: str = "valid.npy", b: str = "test.npy") -> None:
 
 def free_port() -> int:
     """A local port where nothing listens."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

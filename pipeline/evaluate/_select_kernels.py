@@ -1,6 +1,6 @@
 """The ``k`` smallest values of each row, sorted, in one compiled pass (numba; cached on disk).
 
-``np.argpartition`` and the gather of the chosen scores cost 8 to 17 ns an element on the IVF index's
+``np.argpartition`` and the gather of the chosen scores cost 8 to 18 ns an element (three runs) on the IVF index's
 blocks of (queries x a list's rows) (``benchmarks/knn_search.py`` at 8,500 and 34,000 rows prints both
 selections); at 64,000 rows that was 12.4 s of a 44.1 s kNN fold. One pass keeping each row's best ``k``
 in a sorted buffer rejects most elements with one comparison: about ``k ln(m / k)`` insertions a row of

@@ -41,11 +41,12 @@ def training_step(linear: nn.Linear, *, lr: float, weight_decay: float, batch_si
     2.6 s, measured), which the flat step and the probe avoid. The flat step makes ``linear``'s parameters views of
     its buffer: call ``standalone`` on them when training is done.
     """
-    settings = {**(_ADAMW_DEFAULTS or {}), "lr": float(lr), "weight_decay": float(weight_decay)}
     weight, bias = linear.weight, linear.bias
-    if (_ADAMW_DEFAULTS is not None and bias is not None and weight.device.type == "cpu" and weight.dtype == bias.dtype == torch.float32
-            and all(_flat_step_matches(weight.shape, size, settings) for size in sorted(set(batch_sizes)))):
-        return _FlatAdamW(linear, settings)
+    if (_ADAMW_DEFAULTS is not None and bias is not None and weight.device.type == "cpu"
+            and weight.dtype == bias.dtype == torch.float32):
+        settings = {**_ADAMW_DEFAULTS, "lr": float(lr), "weight_decay": float(weight_decay)}
+        if all(_flat_step_matches(weight.shape, size, settings) for size in sorted(set(batch_sizes))):
+            return _FlatAdamW(linear, settings)
     return _torch_step(linear, torch.optim.AdamW(linear.parameters(), lr=lr, weight_decay=weight_decay))
 
 
@@ -88,8 +89,8 @@ class _FlatAdamW:
         weight, bias = linear.weight, linear.bias
         size = weight.numel()
         self.flat = torch.cat([weight.detach().reshape(-1), bias.detach()])  # the weight first, as torch steps it
-        weight.data, bias.data = self.flat[:size].view_as(weight), self.flat[size:]
         self.weight, self.bias = self.flat[:size].view_as(weight), self.flat[size:]
+        weight.data, bias.data = self.weight, self.bias
         self.grad = torch.empty_like(self.flat)
         self.grad_weight, self.grad_bias = self.grad[:size].view_as(weight), self.grad[size:]
         self.exp_avg, self.exp_avg_sq, self.denom = (torch.zeros_like(self.flat) for _ in range(3))
@@ -138,8 +139,8 @@ def _flat_step_matches(shape: torch.Size, batch_size: int, settings: dict[str, A
 def _probe(shape: tuple[int, int], batch_size: int, settings: dict[str, Any], flat_step: type | None = None) -> bool:
     """Three steps both ways from the same start on random rows (drawn by numpy: torch's generators are untouched).
 
-    Torch's way is autograd and ``torch.optim.adam.adam``, the function ``AdamW.step`` calls, with the
-    arguments and initial state it passes on the CPU: the optimiser itself is not built (see
+    Torch's way is autograd and the AdamW update function that ``AdamW.step`` calls
+    (``_functional_adamw_step``), with the arguments and initial state it passes on the CPU: the optimiser itself is not built (see
     ``training_step``); the tests compare the flat step with ``AdamW`` itself.
 
     ``flat_step``: the flat step's class (``_FlatAdamW``; a test hands it one that is off by a bit).

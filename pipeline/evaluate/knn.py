@@ -137,31 +137,34 @@ class IVFKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         """(distances, indices into the training rows), nearest first; distances are Euclidean, as scikit-learn's."""
         k = n_neighbors or self.n_neighbors
         X = np.ascontiguousarray(X, dtype=np.float32)
-        lists = len(self.bounds_) - 1
-        probes = self._probe(X, min(self.nprobe, lists))
+        probes = self._probe(X, min(self.nprobe, len(self.bounds_) - 1))
         # per query, per probed list, that list's best k by |r|^2 - 2 x.r (the squared distance less |x|^2)
         found = np.full((len(X), probes.shape[1], k), np.inf, dtype=np.float32)
         where = np.full(found.shape, -1, dtype=np.int64)
-        pairs = np.argsort(probes.ravel(), kind="stable")
-        starts = np.searchsorted(probes.ravel()[pairs], np.arange(lists + 1))
-        for lst in range(lists):
-            low, high = self.bounds_[lst], self.bounds_[lst + 1]
-            query, slot = np.divmod(pairs[starts[lst]:starts[lst + 1]], probes.shape[1])
-            if high == low or len(query) == 0:
-                continue
+        for low, high, query, slot, scores in self.scanned_blocks(X, probes):
             kept = min(k, high - low)
-            found[query, slot, :kept], best = smallest_sorted(
-                distance_less_norm(X[query], self.rows_[low:high], self.norms_[low:high]), kept)
+            found[query, slot, :kept], best = smallest_sorted(scores, kept)
             where[query, slot, :kept] = low + best
         found, where = found.reshape(len(X), -1), where.reshape(len(X), -1)
         scores, best = smallest_sorted(found, k)  # ties: the list probed first (the nearer centre), then its order
         rows = np.take_along_axis(where, best, axis=1)
-        short = (rows < 0).any(axis=1)  # the probed lists held fewer than k rows: scan every row for those
-        # (their ties: by list, then by position in it)
+        # the probed lists held fewer than k rows: scan every row for those (ties: by list, then within it)
+        short = (rows < 0).any(axis=1)
         if short.any():
             scores[short], rows[short] = smallest_sorted(distance_less_norm(X[short], self.rows_, self.norms_), k)
         squared = np.einsum("ij,ij->i", X, X)[:, None] + scores
         return np.sqrt(np.maximum(squared, 0)), self.ids_[rows]
+
+    def scanned_blocks(self, X: np.ndarray, probes: np.ndarray):
+        """Per non-empty list its rows' span, the queries probing it, their probe slots, and the block of their
+        scores against its rows (|r|^2 - 2 x.r): the scan's work, one matrix product a list."""
+        pairs = np.argsort(probes.ravel(), kind="stable")
+        starts = np.searchsorted(probes.ravel()[pairs], np.arange(len(self.bounds_)))
+        for lst in range(len(self.bounds_) - 1):
+            low, high = self.bounds_[lst], self.bounds_[lst + 1]
+            query, slot = np.divmod(pairs[starts[lst]:starts[lst + 1]], probes.shape[1])
+            if high > low and len(query):
+                yield low, high, query, slot, distance_less_norm(X[query], self.rows_[low:high], self.norms_[low:high])
 
     def _votes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dist, ind = self.kneighbors(X)
