@@ -20,8 +20,8 @@ from threadpoolctl import threadpool_limits
 from train import BACKBONE, PROJECT, write_features
 
 from pipeline.common.params import load_section
-from pipeline.data.grouping import read_groups
-from pipeline.embed import features as features_io
+from pipeline.common.groups import read_groups
+from pipeline.common import features as features_io
 from pipeline.evaluate.classifiers import get_classifier, parse_classifier_params
 from pipeline.evaluate.training import timed_select, training_data
 

@@ -19,7 +19,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.io import output_set, read_csv, read_json, writing
 from pipeline.common.params import DEFAULT_PARAMS, backbones_section, classifiers_section
 from pipeline.data.carving import read_splits, split_origins
-from pipeline.embed.features import META, read_meta
+from pipeline.common.features import META, read_meta
 from pipeline.evaluate.leaderboard import leaderboard, pair_name, render_markdown
 from pipeline.evaluate.splits import read_folds
 

@@ -16,7 +16,7 @@ from pipeline.common.cli import run, stage_parser
 from pipeline.common.io import write_csv
 from pipeline.common.params import DEFAULT_PARAMS, load_section
 from pipeline.data.dataset import read_manifest
-from pipeline.data.grouping import read_groups
+from pipeline.common.groups import read_groups
 from pipeline.evaluate.splits import assign_folds, folds_frame
 
 

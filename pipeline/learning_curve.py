@@ -18,8 +18,8 @@ from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import output_set, read_json
 from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
-from pipeline.data.grouping import read_groups
-from pipeline.embed import features as features_io
+from pipeline.common.groups import read_groups
+from pipeline.common import features as features_io
 from pipeline.evaluate.classifiers import parse_classifier_params
 from pipeline.evaluate.engine import engine_of
 from pipeline.evaluate.learning_curve import curve_points, full_point, learning_curve_scores, reading

@@ -25,9 +25,9 @@ from pipeline.common.cli import EXIT_USER_ERROR, positive_int, run, stage_parser
 from pipeline.common.errors import PipelineError
 from pipeline.data.dataset import IMAGE_SUFFIXES, is_clutter
 from pipeline.embed.backbone import Backbone, rebuild_backbone
-from pipeline.embed.device import resolve_device
+from pipeline.common.device import resolve_device
 from pipeline.embed.embedding import Settings, embed_paths
-from pipeline.embed.features import BACKBONE_KEYS
+from pipeline.common.features import BACKBONE_KEYS
 from pipeline.evaluate.protocol import probability_columns
 from pipeline.evaluate.results import SavedModel, load_model, model_path
 

@@ -388,8 +388,8 @@ CASES = [
     ("svm exact_max_rows below the number of classes", "train", "svm",
      lambda r: edit_params(r, classifiers__svm__exact_max_rows=3),
      "classifiers.svm.exact_max_rows=3 is below the number of classes (4)"),
-    ("knn exact_max_rows of zero", "prepare", None, lambda r: edit_params(r, classifiers__knn__exact_max_rows=0),
-     "classifiers.knn.exact_max_rows=0 is invalid"),
+    ("knn exact_max_rows, gone since kNN is exact at every size", "prepare", None,
+     lambda r: edit_params(r, classifiers__knn__exact_max_rows=0), "Unknown key(s) ['classifiers.knn.exact_max_rows']"),
     ("Nystroem with no components", "prepare", None, lambda r: edit_params(r, classifiers__svm__n_components=0),
      "classifiers.svm.n_components=0 is invalid"),
     # writes that fail: the outputs of a stage change together or not at all (each run here would change them)

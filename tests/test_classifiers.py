@@ -99,7 +99,7 @@ def test_the_scaling_fitted_once_per_inner_fold_scores_and_chooses_as_grid_searc
         ("svm", {"gamma": [1]}, r"Unknown key\(s\) \['classifiers.svm.gamma'\]; allowed: \['C', 'exact_max_rows', "
                                 r"'n_components'\]"),
         ("svm", {"C": [1.0], "n_components": 0}, r"classifiers.svm.n_components=0 is invalid: it must be an integer"),
-        ("knn", {"n_neighbors": [3], "exact_max_rows": "many"}, r"classifiers.knn.exact_max_rows='many' is invalid"),
+        ("knn", {"n_neighbors": [3], "exact_max_rows": 10}, r"Unknown key\(s\) \['classifiers.knn.exact_max_rows'\]"),
         ("svm", {"C": [-1.0]}, r"classifiers.svm.C=\[-1.0\] is invalid: values must be positive numbers"),
         ("knn", {"n_neighbors": [0]}, r"classifiers.knn.n_neighbors=\[0\] is invalid: values must be integers >= 1"),
         ("knn", {"weights": ["near"]}, r"classifiers.knn.weights=\['near'\] is invalid"),

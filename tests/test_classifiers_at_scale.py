@@ -1,7 +1,6 @@
-"""The classifiers' paths for many rows: kNN's one search per fold and its IVF index, the SVM's Nystroem map,
-and the Ray engine for the CV fits; each checked against the exact, cell-by-cell, local way."""
+"""The classifiers' paths for many rows: kNN's one search per fold, the SVM's Nystroem map and Newton solver,
+and the Ray engine for the CV fits; each checked against the cell-by-cell, local way."""
 
-import pickle
 import warnings
 
 import numpy as np
@@ -9,12 +8,14 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_approximation import Nystroem
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
-from sklearn.preprocessing import StandardScaler
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import LinearSVC
 
 from pipeline.common.params import CVParams, ParamsError
 from pipeline.evaluate import knn, svm
 from pipeline.evaluate.classifiers import _GRIDS, CLASSIFIERS, TrainingData, parse_classifier_params
+from pipeline.evaluate.grid_scores import fit_chosen
 from pipeline.evaluate.protocol import cv_scores
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
 from pipeline.evaluate.statistics import corrected_cv_interval
@@ -38,15 +39,15 @@ def test_one_search_per_fold_gives_grid_search_cv_scores_ranks_and_choice():
     X, y, groups = pictures(160)
     X[7] = X[300]  # an exact duplicate: distance ties and a zero distance for distance weighting
     X[8] = X[300]
-    search = GridSearchCV(knn.build_knn(knn.EXACT), GRID, scoring="accuracy",
+    search = GridSearchCV(knn.build_knn(), GRID, scoring="accuracy",
                           cv=StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=0)).fit(X, y, groups=groups)
-    chosen, record = knn.grid_search(GRID, X, y, groups, inner_folds=3, seed=0, search=knn.EXACT)
+    chosen, record = knn.grid_search(GRID, X, y, groups, inner_folds=3, seed=0)
     np.testing.assert_array_equal(record["mean_accuracy"], search.cv_results_["mean_test_score"])
     np.testing.assert_array_equal(record["std_accuracy"], search.cv_results_["std_test_score"])
     np.testing.assert_array_equal(record["rank"], search.cv_results_["rank_test_score"])
     assert record["n_neighbors"].tolist() == list(search.cv_results_["param_clf__n_neighbors"])
     assert {f"clf__{k}": v for k, v in chosen.items()} == search.best_params_
-    model, _ = knn.select_knn(GRID, X, y, groups, inner_folds=3, seed=0, search=knn.EXACT)
+    model = fit_chosen(knn.build_knn(), chosen, X, y)
     queries = pictures(20, seed=1)[0]
     np.testing.assert_array_equal(model.predict_proba(queries), search.best_estimator_.predict_proba(queries))
 
@@ -55,40 +56,12 @@ def test_one_search_per_fold_gives_grid_search_cv_scores_ranks_and_choice():
 def test_votes_follow_scikit_learn_rules_ties_and_zero_distances_included(weights):
     X, y, _ = pictures(60)
     X[5] = X[100]
-    fitted = knn.build_knn(knn.EXACT).set_params(clf__n_neighbors=6, clf__weights=weights).fit(X, y)
+    fitted = knn.build_knn().set_params(clf__n_neighbors=6, clf__weights=weights).fit(X, y)
     queries = np.concatenate([X[100:110], pictures(10, seed=3)[0]])  # some at distance 0 from a training row
     dist, ind = fitted[-1].kneighbors(fitted[0].transform(queries), 6)
     proba, predicted = knn.votes(dist, ind, y, k=6, weights=weights, n_classes=4)
     np.testing.assert_allclose(proba, fitted.predict_proba(queries), rtol=0, atol=1e-12)
     np.testing.assert_array_equal(predicted, fitted.predict(queries))
-
-
-def test_ivf_index_finds_almost_every_exact_neighbour_and_survives_pickling():
-    X, y, groups = pictures(1500, dim=32, copies=1, spread=1.0)
-    recall = knn.ivf_recall(X, 15, queries=150)
-    assert recall.queries == 150 and recall.recall > 0.9
-    model = knn.build_knn(knn.IVF).set_params(clf__n_neighbors=5).fit(X, y)
-    again = pickle.loads(pickle.dumps(model))
-    np.testing.assert_array_equal(again.predict_proba(X[:200]), model.predict_proba(X[:200]))
-    exact = knn.build_knn(knn.EXACT).set_params(clf__n_neighbors=5).fit(X, y)
-    assert (model.predict(X[:300]) == exact.predict(X[:300])).mean() > 0.95
-
-
-def test_ivf_probing_every_list_is_exact_search():
-    X, y, _ = pictures(400, dim=16, copies=1)
-    ivf = knn.IVFKNeighborsClassifier(n_neighbors=7, nprobe=10**6).fit(knn.Normalizer().fit_transform(X), y)
-    queries = knn.Normalizer().fit_transform(pictures(50, dim=16, copies=1, seed=5)[0])
-    dist, found = ivf.kneighbors(queries)
-    exact_dist, expected = knn.neighbours(knn.Normalizer().fit_transform(X), queries, 7, knn.EXACT)
-    assert (np.sort(found, axis=1) == np.sort(expected, axis=1)).mean() > 0.99  # float ties aside
-    np.testing.assert_allclose(dist, exact_dist, atol=1e-5)
-    # one probed list (about 40 rows here) holds fewer than k = 60: those queries scan every row, exactly
-    few = knn.IVFKNeighborsClassifier(n_neighbors=60, nprobe=1).fit(knn.Normalizer().fit_transform(X), y)
-    assert (np.diff(few.bounds_) < 60).all()
-    dist, found = few.kneighbors(queries)
-    exact_dist, expected = knn.neighbours(knn.Normalizer().fit_transform(X), queries, 60, knn.EXACT)
-    assert (np.sort(found, axis=1) == np.sort(expected, axis=1)).mean() > 0.99
-    np.testing.assert_allclose(dist, exact_dist, atol=1e-5)
 
 
 def data_of(X, y, groups):
@@ -98,18 +71,16 @@ def data_of(X, y, groups):
 CV = CVParams(folds=3, repeats=1, inner_folds=3, seed=0, n_jobs=1)
 
 
-def test_knn_above_exact_max_rows_uses_the_index_and_reports_its_recall():
+def test_knn_searches_exactly_at_every_size_and_says_so():
     X, y, groups = pictures(400, copies=3)
-    exact = CLASSIFIERS["knn"].select(parse_classifier_params("knn", {"n_neighbors": [5, 9], "weights": ["uniform"]}),
-                                      data_of(X, y, groups), CV)
-    assert exact.method == {"name": "exact search"}
-    params = parse_classifier_params("knn", {"n_neighbors": [5, 9], "weights": ["uniform"], "exact_max_rows": 600})
-    approximate = CLASSIFIERS["knn"].select(params, data_of(X, y, groups), CV)
-    assert approximate.method["name"] == "IVF index" and approximate.method["recall_at_9"] > 0.8
-    assert isinstance(approximate.model[-1], knn.IVFKNeighborsClassifier)
-    assert isinstance(approximate.fit_fold(X[:900], y[:900], groups[:900])[-1], knn.IVFKNeighborsClassifier)
-    queries, truth, _ = pictures(50, seed=9)
-    assert (approximate.model.predict(queries) == exact.model.predict(queries)).mean() > 0.9
+    selection = CLASSIFIERS["knn"].select(parse_classifier_params("knn", {"n_neighbors": [5, 9], "weights": ["uniform"]}),
+                                          data_of(X, y, groups), CV)
+    assert selection.method == {"name": "exact search"}
+    assert isinstance(selection.model[-1], KNeighborsClassifier)
+    queries = pictures(50, seed=9)[0]
+    reference = KNeighborsClassifier(n_neighbors=selection.selected["n_neighbors"]).fit(Normalizer().fit_transform(X), y)
+    np.testing.assert_array_equal(selection.model.predict_proba(queries),
+                                  reference.predict_proba(Normalizer().fit_transform(queries)))
 
 
 def test_exact_max_rows_below_the_number_of_classes_is_refused_by_name():
@@ -151,15 +122,6 @@ def test_newton_linear_svc_finds_linear_svcs_optimum(classes):
             np.testing.assert_allclose(model.decision_function(F), reference.decision_function(F), atol=2e-3)
 
 
-def test_the_float32_nystroem_map_is_scikit_learns():
-    X = StandardScaler().fit_transform(pictures(300, dim=64)[0])
-    ours, theirs = svm.RBFNystroem(n_components=200, random_state=0).fit(X), Nystroem(n_components=200, random_state=0).fit(X)
-    np.testing.assert_array_equal(ours.component_indices_, theirs.component_indices_)  # the same basis rows
-    queries = X[:40] + 0.1
-    assert ours.transform(queries).dtype == np.float32
-    np.testing.assert_allclose(ours.transform(queries), theirs.transform(queries), atol=1e-5)
-
-
 def test_svm_search_sharing_one_map_per_fold_scores_as_grid_search_cv():
     X, y, groups = pictures(200, dim=64, spread=0.35)
     params = parse_classifier_params("svm", {"C": [10.0, 0.1, 1.0], "exact_max_rows": 10, "n_components": 200})
@@ -192,3 +154,4 @@ def test_unfitted_pipelines_switch_at_exact_max_rows():
     assert svm.build(grid, 100)[1] == "exact RBF SVC"
     pipeline, method = svm.build(grid, 101)
     assert method == "nystroem 50 + linear SVM" and pipeline.named_steps["nystroem"].n_components == 50
+    assert isinstance(pipeline.named_steps["nystroem"], Nystroem)  # scikit-learn's own map

@@ -112,6 +112,17 @@ def test_every_module_a_stage_imports_is_one_of_its_deps(name):
     assert not unused, f"{name} depends on {unused} but imports nothing there: edits there re-run it for nothing"
 
 
+def test_editing_the_image_decoder_re_runs_extract_and_no_train_stage():
+    """The train and learning-curve stages read features, not images: the decoder is not among their deps."""
+    decoder = PACKAGE / "data" / "images.py"
+    for name, stage in stages().items():
+        depends = covered(decoder, paths_of(stage["deps"]))
+        if name.startswith(("train@", "learning_curve@")):
+            assert not depends, f"{name} would re-run when the image decoder changes"
+        elif name.startswith("extract@"):
+            assert depends, f"{name} would not re-run when the image decoder changes"
+
+
 def test_the_package_file_every_stage_imports_holds_no_code():
     """pipeline/__init__.py is imported by every stage but listed by none: it may hold only its docstring."""
     body = ast.parse((PACKAGE / "__init__.py").read_text()).body

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.common.params import backbones_section, load_section
 from pipeline.data.dataset import build_manifest
-from pipeline.embed import features
+from pipeline.common import features
 from pipeline.embed.backbone import build_backbone, parse_backbone
 from pipeline.embed.embedding import embed_paths, resolve_settings
 from pipeline.embed.extraction import extract_features

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.embed import features
+from pipeline.common import features
 
 
 def write(directory, n_train=3, dim=4):

@@ -4,7 +4,7 @@ import pytest
 from sklearn.model_selection import StratifiedKFold, learning_curve
 
 from pipeline.common.params import CVParams, EvaluationParams, LearningCurveParams, ParamsError
-from pipeline.embed.features import Features, SplitFeatures
+from pipeline.common.features import Features, SplitFeatures
 from pipeline.evaluate.classifiers import _GRIDS, parse_classifier_params
 from pipeline.evaluate.learning_curve import (
     curve_folds,

@@ -4,8 +4,8 @@ import pytest
 from sklearn.base import clone
 
 from pipeline.common.params import CVParams, EvaluationParams
-from pipeline.data.grouping import GroupsError, read_groups
-from pipeline.embed.features import Features, SplitFeatures
+from pipeline.common.groups import GroupsError, read_groups
+from pipeline.common.features import Features, SplitFeatures
 from pipeline.evaluate.classifiers import _GRIDS, select_and_fit
 from pipeline.evaluate.protocol import evaluate_classifier, with_views
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold

@@ -1,5 +1,3 @@
-import itertools
-
 import numpy as np
 import pytest
 
@@ -63,32 +61,3 @@ def test_the_shared_assignment_gives_back_the_splitters_own_folds(tmp_path):
 
     with pytest.raises(FoldsError, match="lists other train images"):
         read_folds(tmp_path / "folds.csv", paths[::-1])
-
-
-@pytest.mark.parametrize("n_splits,n_classes,mixed", [(2, 2, False), (3, 4, False), (5, 4, True), (10, 7, True),
-                                                      (3, 8, False), (3, 9, True), (4, 21, True), (2, 128, True),
-                                                      (2, 130, True)])
-def test_our_stratified_group_kfold_makes_scikit_learns_folds(n_splits, n_classes, mixed):
-    from sklearn import model_selection
-
-    from pipeline.evaluate.splits import StratifiedGroupKFold
-
-    rng = np.random.default_rng(n_splits * 100 + n_classes)
-    groups = np.repeat(np.arange(400), rng.integers(1, 6, size=400))  # pictures of 1 to 5 copies
-    y = rng.integers(0, n_classes, size=groups.max() + 1)[groups]  # a picture's copies share its label...
-    if mixed:  # ...or not: scikit-learn allows groups of several classes
-        flip = rng.random(len(y)) < 0.2
-        y[flip] = rng.integers(0, n_classes, size=flip.sum())
-    for shuffle, seed in [(True, 0), (True, 7), (False, None)]:
-        ours = StratifiedGroupKFold(n_splits=n_splits, shuffle=shuffle, random_state=seed).split(y, y, groups)
-        theirs = model_selection.StratifiedGroupKFold(n_splits=n_splits, shuffle=shuffle,
-                                                      random_state=seed).split(y, y, groups)
-        for (train, test), (train_ref, test_ref) in itertools.zip_longest(ours, theirs):
-            np.testing.assert_array_equal(test, test_ref)
-            np.testing.assert_array_equal(train, train_ref)
-
-
-def test_the_step_our_splitter_overrides_still_exists_in_scikit_learn():
-    from sklearn import model_selection
-
-    assert callable(getattr(model_selection.StratifiedGroupKFold, "_find_best_fold", None))  # else silently slow

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from pipeline.embed import features
+from pipeline.common import features
 from pipeline.evaluate.splits import assign_folds, folds_frame
 from tests.conftest import DEFAULT_BACKBONE, SMALL_RUN, run_stage, write_params
 
@@ -109,7 +109,7 @@ def test_the_final_selection_beside_the_folds_gives_what_it_gives_before_them(tm
     import pickle
 
     from pipeline.common.params import CVParams, EvaluationParams
-    from pipeline.data.grouping import read_groups
+    from pipeline.common.groups import read_groups
     from pipeline.evaluate.classifiers import parse_classifier_params
     from pipeline.evaluate.splits import read_folds
     from pipeline.evaluate.training import train_classifier

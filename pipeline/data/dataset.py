@@ -37,7 +37,6 @@ from pipeline.data.pool import ordered_map
 
 log = logging.getLogger(__name__)
 
-HELD_OUT = ("valid", "test")  # scored, never fitted on
 
 
 MANIFEST_COLUMNS = ["path", "split", "label", "sha256", "width", "height"]

@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipeline.common.params import CarveParams
 from pipeline.data.carving import assign_splits, split_manifest
-from pipeline.data.dataset import HELD_OUT
+from pipeline.common.features import HELD_OUT
 from pipeline.data.grouping import Hashes, components, near_duplicate_pairs, picture_groups
 
 

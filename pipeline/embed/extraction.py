@@ -25,7 +25,7 @@ import torchvision
 
 from pipeline.common.io import atomic_path, write_csv, write_json
 from pipeline.common.params import ExtractParams, ViewsParams
-from pipeline.embed import features
+from pipeline.common import features
 from pipeline.embed.backbone import Backbone
 from pipeline.embed.embedding import Settings, Stats, embed_items
 from pipeline.embed.loading import Preprocess

@@ -32,7 +32,7 @@ import pandas as pd
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import atomic_path, reserve
-from pipeline.embed import features
+from pipeline.common import features
 
 log = logging.getLogger(__name__)
 

@@ -23,22 +23,14 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.svm import SVC
+from sklearn.preprocessing import StandardScaler
 
 from pipeline.common.params import CVParams, ParamsError, check_seed, in_range, number_from_text, parse_section
 from pipeline.evaluate import knn, svm
 from pipeline.evaluate.grid_scores import fit_chosen, search_shared_features
 from pipeline.evaluate.protocol import FitFold
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold, inner_splitter
-
-
-# Training rows up to which the exact algorithm runs (defaults of classifiers.<name>.exact_max_rows);
-# above them the approximate one, whose cost grows more slowly with the rows (benchmarks/README.md measures both).
-EXACT_MAX_ROWS = {"svm": 2000, "knn": 10000}
-NYSTROEM_COMPONENTS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +151,6 @@ class GridClassifier:
     # replaces ``search_shared_features`` (each cell fitted in turn) where the grid can be searched faster
     # (the same choice and scores)
     search: Callable[..., tuple[dict[str, Any], pd.DataFrame]] | None = None
-    # (grid, training data) -> what the method needs said beside the scores (e.g. an index's recall)
-    describe: Callable[[Grid, TrainingData], dict[str, Any]] | None = None
 
     def parse(self, raw: Any, name: str) -> Grid:
         if not isinstance(raw, dict) or not raw:
@@ -227,10 +217,9 @@ class GridClassifier:
         def fit_fixed(X, y, groups):
             return clone(configured).fit(X, y)
 
-        details = self.describe(grid, data) if self.describe else {}
         return Selection(model=model, selected=selected_params(configured, grid.values),
                          fit_fold=self._fit_fold(pipeline, grid, cv), fit_fixed=fit_fixed, record=record,
-                         method={"name": method, **details})
+                         method={"name": method})
 
 
 def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, inner_folds: int, seed: int) -> CalibratedClassifierCV:
@@ -282,63 +271,21 @@ def _build_logreg(grid: Grid, rows: int) -> tuple[Pipeline, str]:
     return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=5000))]), "logistic regression"
 
 
-def _build_svm(grid: Grid, rows: int) -> tuple[Pipeline, str]:
-    """Exact RBF ``SVC`` up to ``exact_max_rows``; above it a Nystroem map of the same kernel and a linear SVM.
-
-    Kernel SVC's cost grows with the square of the rows and more (scikit-learn: "may be
-    impractical beyond tens of thousands of samples"); the Nystroem features approximate the
-    RBF kernel (gamma 1/n_features, SVC's "scale" on standardised features) at a cost linear in rows.
-    """
-    steps = [("l2", Normalizer()), ("scale", StandardScaler())]
-    if rows <= grid.options["exact_max_rows"]:
-        return Pipeline([*steps, ("clf", SVC(kernel="rbf", random_state=0))]), "exact RBF SVC"
-    components = grid.options["n_components"]
-    nystroem = svm.RBFNystroem(n_components=min(components, rows), random_state=0)
-    return Pipeline([*steps, ("nystroem", nystroem), ("clf", svm.NewtonLinearSVC())]), f"nystroem {components} + linear SVM"
-
-
-def _search_svm(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *, inner_folds: int,
-                seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    search = svm.grid_search if isinstance(pipeline[-1], svm.NewtonLinearSVC) else search_shared_features
-    return search(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
-
-
-def _build_knn(grid: Grid, rows: int) -> tuple[Pipeline, str]:
-    search = knn.search_kind(rows, grid.options["exact_max_rows"])
-    return knn.build_knn(search), "exact search" if search == knn.EXACT else "IVF index"
-
-
-def _search_knn(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *, inner_folds: int,
-                seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    search = knn.EXACT if isinstance(pipeline[-1], KNeighborsClassifier) else knn.IVF
-    return knn.grid_search(param_grid, X, y, groups, inner_folds=inner_folds, seed=seed, search=search)
-
-
-def _describe_knn(grid: Grid, data: TrainingData) -> dict[str, Any]:
-    """The IVF index's recall of the exact neighbours, on a subsample of the training rows."""
-    if knn.search_kind(len(data.X), grid.options["exact_max_rows"]) == knn.EXACT:
-        return {}
-    recall = knn.ivf_recall(data.X, max(grid.values["clf__n_neighbors"]))
-    return {f"recall_at_{recall.k}": round(recall.recall, 4), "recall_queries": recall.queries}
-
-
 _GRIDS = {
     "logreg": GridClassifier(build=_build_logreg, keys={"C": (_positive, "positive numbers")}),
     "svm": GridClassifier(
-        build=_build_svm,
+        build=svm.build,
         keys={"C": (_positive, "positive numbers")},
-        options={"exact_max_rows": Option(_positive_int, "an integer >= 1 (training rows)", EXACT_MAX_ROWS["svm"]),
-                 "n_components": Option(_positive_int, "an integer >= 1", NYSTROEM_COMPONENTS)},
-        search=_search_svm,
+        options={"exact_max_rows": Option(_positive_int, "an integer >= 1 (training rows)", svm.EXACT_MAX_ROWS),
+                 "n_components": Option(_positive_int, "an integer >= 1", svm.NYSTROEM_COMPONENTS)},
+        search=svm.search,
         finalize=calibrate_grouped,
     ),
     "knn": GridClassifier(
-        build=_build_knn,
+        build=knn.build,
         keys={"n_neighbors": (_positive_int, "integers >= 1"),
               "weights": (lambda v: v in ("uniform", "distance"), "'uniform' or 'distance'")},
-        options={"exact_max_rows": Option(_positive_int, "an integer >= 1 (training rows)", EXACT_MAX_ROWS["knn"])},
-        search=_search_knn,
-        describe=_describe_knn,
+        search=knn.search,
     ),
 }
 

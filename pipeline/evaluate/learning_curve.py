@@ -25,7 +25,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from pipeline.common.params import CVParams, LearningCurveParams, ParamsError
-from pipeline.embed.features import Features
+from pipeline.common.features import Features
 from pipeline.evaluate.classifiers import get_classifier
 from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.protocol import cv_scores

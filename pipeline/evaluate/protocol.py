@@ -22,8 +22,8 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
 from pipeline.common.params import CVParams, EvaluationParams
-from pipeline.data.dataset import HELD_OUT
-from pipeline.embed.features import Features
+from pipeline.common.features import HELD_OUT
+from pipeline.common.features import Features
 from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.statistics import corrected_cv_interval, held_out_metrics, macro_f1
 

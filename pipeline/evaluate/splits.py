@@ -11,33 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn import model_selection
+from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import read_csv
 from pipeline.common.params import ParamsError
-
-
-class StratifiedGroupKFold(model_selection.StratifiedGroupKFold):
-    """scikit-learn's ``StratifiedGroupKFold``, the same folds, its greedy step scoring every fold at once.
-
-    For each group (a picture) scikit-learn tries every fold in turn, each trial a handful of
-    small numpy calls; with thousands of pictures that loop took 24.6 of the 82.7 s of a kNN stage
-    at 16,000 rows (cProfile), and it runs for every split of every fold. Here a compiled loop
-    does the same arithmetic in the same order, so the choice, ties included, is scikit-learn's
-    (tested against it). Should a scikit-learn release rename the private step, the override goes
-    unused: the folds stay the same, only slower.
-    """
-
-    def _find_best_fold(self, y_counts_per_fold: np.ndarray, y_cnt: np.ndarray,
-                        group_y_counts: np.ndarray) -> int | None:
-        from pipeline.evaluate._fold_kernels import MAX_CLASSES, best_fold  # numba: loaded by the stages that split
-
-        if len(y_cnt) > MAX_CLASSES:
-            return super()._find_best_fold(y_counts_per_fold, y_cnt, group_y_counts)
-        best = best_fold(np.ascontiguousarray(y_counts_per_fold, dtype=np.float64), np.ascontiguousarray(y_cnt),
-                         np.ascontiguousarray(group_y_counts, dtype=np.float64))
-        return None if best < 0 else best
 
 
 def inner_splitter(inner_folds: int, seed: int) -> StratifiedGroupKFold:

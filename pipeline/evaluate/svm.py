@@ -1,13 +1,16 @@
 """The RBF SVM above ``exact_max_rows``: a Nystroem map of the kernel, then a linear SVM, the C grid sharing the map.
 
 Kernel ``SVC`` costs the square of the rows and more, so above ``exact_max_rows`` the kernel is
-approximated by a Nystroem map and a linear SVM is trained on its dense features. scikit-learn's
+approximated by scikit-learn's ``Nystroem`` map and a linear SVM is trained on its dense features. scikit-learn's
 ``LinearSVC`` hands dense rows to liblinear as sparse (index, value) pairs in double precision and
 solves each C from zero; ``NewtonLinearSVC`` solves the same problem (squared hinge, L2 penalty,
 one-vs-rest, the intercept penalised like a feature, as liblinear does) by a finite Newton method
 on the float32 matrix, a few matrix products per step. Its optimum is LinearSVC's: the objective
 is strictly convex. The grid search fits the map once per inner fold and walks the C values
-upwards, each fit starting from the last one's solution.
+upwards, each fit starting from the last one's solution. ``LinearSVC(dual=False)`` on the same features
+took 6 times as long for the C grid at 51,200 rows (48.7 s against 8.0 s on one thread,
+``benchmarks/linear_svm.py``), so the solver stays; it uses only public scipy (BLAS, LAPACK) and
+scikit-learn APIs.
 """
 
 from __future__ import annotations
@@ -19,57 +22,20 @@ import numpy as np
 import pandas as pd
 from scipy.linalg import lapack
 from scipy.linalg.blas import ssyrk
-from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model._base import LinearClassifierMixin
+from sklearn.kernel_approximation import Nystroem
 from sklearn.pipeline import Pipeline
-from sklearn.utils import check_random_state
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import SVC
 
 from pipeline.evaluate.grid_scores import search_shared_features
-from pipeline.evaluate.knn import distance_less_norm
 
 
-class RBFNystroem(TransformerMixin, BaseEstimator):
-    """scikit-learn's ``Nystroem(kernel="rbf")`` map (the same basis rows, the same features) in float32.
-
-    scikit-learn computes the kernel's distances in float64 blocks and normalises by an SVD;
-    here one float32 matrix product gives the distances and ``eigh`` the normalisation
-    (the kernel of the basis is symmetric): for 12,800 rows of 1280 features and 1,000 components on one
-    thread, fit 0.31 s against 0.56 s and transform 0.70 s against 1.24 s (``benchmarks/nystroem.py``).
-    ``gamma`` None is scikit-learn's default, 1 / n_features.
-    """
-
-    def __init__(self, n_components: int = 100, *, gamma: float | None = None, random_state: Any = None) -> None:
-        self.n_components = n_components
-        self.gamma = gamma
-        self.random_state = random_state
-
-    def fit(self, X: np.ndarray, y: Any = None) -> RBFNystroem:
-        X = np.asarray(X, dtype=np.float32)
-        inds = check_random_state(self.random_state).permutation(len(X))[:min(self.n_components, len(X))]
-        self.component_indices_, self.components_ = inds, X[inds]
-        self.gamma_ = 1.0 / X.shape[1] if self.gamma is None else float(self.gamma)
-        self._norms = np.einsum("ij,ij->i", self.components_, self.components_)
-        values, vectors = np.linalg.eigh(self._kernel(self.components_).astype(np.float64))
-        # scikit-learn's U S^-1/2 V from the SVD: an eigenvalue's size is a singular value (floored at 1e-12, as
-        # there), its sign the sign of U's vector against V's
-        scale = np.where(values < 0, -1.0, 1.0) / np.sqrt(np.maximum(np.abs(values), 1e-12))
-        self.normalization_ = ((vectors * scale) @ vectors.T).astype(np.float32)
-        self.n_features_in_ = X.shape[1]
-        return self
-
-    def _kernel(self, X: np.ndarray) -> np.ndarray:
-        """``exp(-gamma |x - b|^2)`` against every basis row, built in place in one (rows x components) array."""
-        kernel = distance_less_norm(X, self.components_, self._norms)
-        kernel += np.einsum("ij,ij->i", X, X)[:, None]
-        np.maximum(kernel, 0, out=kernel)  # rounding can make a distance slightly negative
-        kernel *= -self.gamma_
-        return np.exp(kernel, out=kernel)
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        return self._kernel(np.asarray(X, dtype=np.float32)) @ self.normalization_.T
-
-
+# Training rows up to which the exact kernel SVC runs (classifiers.svm.exact_max_rows' default); above them the
+# Nystroem map and the linear SVM, whose cost grows about linearly with the rows (benchmarks/README.md measures both).
+EXACT_MAX_ROWS = 2000
+NYSTROEM_COMPONENTS = 1000
 SETTLED = 1e-4  # a gradient this small (of its size at w = 0) is done once the rows stop moving
 
 
@@ -180,7 +146,7 @@ class _SquaredHinge:
         return max_iter
 
 
-class NewtonLinearSVC(LinearClassifierMixin, BaseEstimator):
+class NewtonLinearSVC(ClassifierMixin, BaseEstimator):
     """``LinearSVC``'s model (squared hinge, L2, one-vs-rest, intercept_scaling 1) solved by finite Newton on dense rows.
 
     Its optimum is LinearSVC's (the objective is strictly convex); the cost is matrix products
@@ -195,6 +161,15 @@ class NewtonLinearSVC(LinearClassifierMixin, BaseEstimator):
     def fit(self, X: np.ndarray, y: np.ndarray) -> NewtonLinearSVC:
         [(self.classes_, self.coef_, self.intercept_, self.n_iter_)] = self._solve(X, y, [self.C])
         return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """One score per class (one column for two classes, its sign the class), as ``LinearSVC``'s."""
+        scores = np.asarray(X) @ self.coef_.T + self.intercept_
+        return scores[:, 0] if scores.shape[1] == 1 else scores
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        scores = self.decision_function(X)
+        return self.classes_[(scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)]
 
     def fit_path(self, X: np.ndarray, y: np.ndarray, Cs: list[float]) -> list[NewtonLinearSVC]:
         """One fitted copy per C, in the order given; each solve starts from the previous one's solution."""
@@ -239,3 +214,26 @@ def _fit_upwards(classifier: NewtonLinearSVC, cells: list[dict[str, Any]], X: np
     for i, model in zip(upwards, classifier.fit_path(X, y, [cells[i]["C"] for i in upwards])):
         models[i] = model
     return models
+
+
+def build(grid: Any, rows: int) -> tuple[Pipeline, str]:
+    """Exact RBF ``SVC`` up to ``exact_max_rows``; above it a Nystroem map of the same kernel and a linear SVM.
+
+    Kernel SVC's cost grows with the square of the rows and more (scikit-learn: "may be
+    impractical beyond tens of thousands of samples"); the Nystroem features approximate the
+    RBF kernel (gamma 1/n_features, SVC's "scale" on standardised features) at a cost linear in rows.
+    ``grid``: the registry's validated entry (its ``options``).
+    """
+    steps = [("l2", Normalizer()), ("scale", StandardScaler())]
+    if rows <= grid.options["exact_max_rows"]:
+        return Pipeline([*steps, ("clf", SVC(kernel="rbf", random_state=0))]), "exact RBF SVC"
+    components = grid.options["n_components"]
+    nystroem = Nystroem(n_components=min(components, rows), random_state=0)  # gamma 1 / n_features
+    return Pipeline([*steps, ("nystroem", nystroem), ("clf", NewtonLinearSVC())]), f"nystroem {components} + linear SVM"
+
+
+def search(pipeline: Pipeline, param_grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
+           inner_folds: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The C grid's search: one shared map per inner fold and warm starts above exact_max_rows, else cell by cell."""
+    find = grid_search if isinstance(pipeline[-1], NewtonLinearSVC) else search_shared_features
+    return find(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)

@@ -19,8 +19,8 @@ from threadpoolctl import threadpool_limits
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import CVParams, EvaluationParams
-from pipeline.data.dataset import HELD_OUT
-from pipeline.embed.features import Features
+from pipeline.common.features import HELD_OUT
+from pipeline.common.features import Features
 from pipeline.evaluate.classifiers import ClassifierSpec, Selection, TrainingData, get_classifier
 from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.protocol import Evaluation, cv_scores, cv_scores_beside, evaluate_classifier, with_views
@@ -71,7 +71,7 @@ def stage_device(name: str, requested: str) -> str:
     the CPU. Only then is torch imported: seconds at the start of the other stages and of each of their workers."""
     if not get_classifier(name).uses_device:
         return "cpu"
-    from pipeline.embed.device import resolve_device
+    from pipeline.common.device import resolve_device
 
     return str(resolve_device(requested))
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline.common.checks import ReuseError, finite_columns, known_labels, require_columns
 from pipeline.data.images import ImageError, load_rgb
-from pipeline.embed import features as features_io
+from pipeline.common import features as features_io
 from pipeline.reporting.figures import (
     confusion_figure,
     embedding_map_figure,

@@ -31,6 +31,7 @@ import numpy as np
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import file_sha256, read_csv, read_json, reserve, writing
 
+HELD_OUT = ("valid", "test")  # scored, never fitted on
 INDEX = "index.csv"
 META = "meta.json"
 INDEX_COLUMNS = ["split", "path", "label"]
