@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"{fix}")
 
     start = time.perf_counter()
-    scores = (learning_curve_scores(args.classifier, params, features=feats, groups=groups, cv=cv,
-                                    use_views=use_views, curve=curve, engine=engine, device=device)
-              if curve.enabled else None)
+    scores, skipped = (learning_curve_scores(args.classifier, params, features=feats, groups=groups, cv=cv,
+                                             use_views=use_views, curve=curve, engine=engine, device=device)
+                       if curve.enabled else (None, []))
     seconds = time.perf_counter() - start
     full = full_point(args.classifier, metrics, n_images=len(feats["train"].y))
     points = curve_points(args.classifier, scores, full)
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         out.write_csv(args.out, points)
         out.write_json(args.summary, {"backbone": args.backbone, "classifier": args.classifier, **read,
                                       "enabled": curve.enabled, "fractions": [float(f) for f in points["fraction"]],
-                                      "draws": curve.draws, "fold_fits": fits, "seconds": round(seconds, 1)})
+                                      "draws": curve.draws, "fold_fits": fits, "seconds": round(seconds, 1),
+                                      "skipped": skipped})
     print(points.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"learning_curve@{args.backbone}-{args.classifier}: {read['sentence']}")
     print(f"cost: {seconds:.1f} s for {fits} cross-validation folds ({len(curve.below_full) if curve.enabled else 0} "

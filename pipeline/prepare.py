@@ -19,7 +19,7 @@ from pathlib import Path
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.io import output_set
 from pipeline.common.params import DEFAULT_PARAMS, backbones_section, classifiers_section, load_section, validate_all
-from pipeline.data.dataset import build_manifest, resolve_layout
+from pipeline.data.dataset import build_manifest, dataset_origin, resolve_layout
 from pipeline.data.pool import resolve_workers
 from pipeline.embed.backbone import check_backbones, parse_backbone, resize_of
 from pipeline.evaluate.classifiers import check_classifiers
@@ -51,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     with output_set() as out:  # the three change together or not at all
         out.write_csv(args.manifest, manifest)
         out.write_csv(args.skipped, skipped)
-        out.write_json(args.source, {"root": str(root.resolve()), "handle": data.handle, "splits": given})
+        out.write_json(args.source, {"root": str(root.resolve()), **dataset_origin(data), "splits": given})
     counts = manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
     print(f"{len(manifest)} images from {root}; {len(skipped)} skipped; {workers} worker(s), "
           f"{seconds:.1f} s ({(len(manifest) + len(skipped)) / seconds:.0f} img/s)\n{counts}")
     return 0
+
 
 
 if __name__ == "__main__":

@@ -200,8 +200,9 @@ ENV = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.
 DVC = [sys.executable, "-m", "dvc"]
 
 
-def init_project(root, data):
-    """A git repository holding the project's files, with params for a small run on ``data``."""
+def init_project(root, data, overrides: dict | None = None):
+    """A git repository holding the project's files, with params for a small run on ``data`` (``overrides``:
+    other dotted-key overrides than ``SMALL_RUN``)."""
     for name in PROJECT_FILES:
         source = PROJECT / name
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +210,7 @@ def init_project(root, data):
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, root / name)
-    write_params(root / "params.yaml", {**SMALL_RUN, "data.root": str(data)})
+    write_params(root / "params.yaml", {**(SMALL_RUN if overrides is None else overrides), "data.root": str(data)})
     run(["git", "init", "-q"], root, ENV)
     run(["git", "add", "-A"], root, ENV)
     run(["git", "commit", "-qm", "project"], root, ENV)

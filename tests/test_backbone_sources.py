@@ -119,3 +119,16 @@ def test_an_exported_file_is_a_backbone_end_to_end(tmp_path, monkeypatch, kind):
     saved = load_model(tmp_path / "artifacts" / "models" / "mine" / "logreg.joblib")
     assert saved.backbone == "mine" and saved.features_meta["fingerprint"] == meta["fingerprint"]
     assert predict([str(data / "Master Folder" / "test"), "--model", "mine/logreg", "--format", "csv"]) == 0
+
+
+def test_an_exported_file_under_home_is_found_through_a_tilde(tmp_path, monkeypatch):
+    """``~/models/encoder.pt2`` means what a shell user means by it, for the file and its recorded hash."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    write_exported(tmp_path / "models" / "encoder.pt2", "pt2")
+    entry = {"source": "exported", "file": "~/models/encoder.pt2", "pretrained": True, "crop_size": 64,
+             "resize_size": 72}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = build_backbone("mine", parse_backbone("mine", entry))
+    assert backbone.info["feature_dim"] == 24 and len(backbone.info["fingerprint"]) == 64

@@ -302,8 +302,6 @@ CASES = [
     ("groups.csv empty", "train", "logreg", lambda r: (r / "artifacts/data/groups.csv").write_text(""),
      "groups.csv is not a readable CSV file"),
     # learning_curve
-    ("learning curve fraction too few pictures", "learning_curve", "logreg",
-     lambda r: edit_params(r, learning_curve__fractions=[0.05]), "learning_curve.fractions: 0.05 of the pictures"),
     ("learning curve without the train metrics", "learning_curve", "logreg",
      lambda r: (r / "artifacts/metrics/efficientnet_b1/logreg.json").unlink(),
      "artifacts/metrics/efficientnet_b1/logreg.json not found"),
@@ -338,6 +336,23 @@ CASES = [
     ("exported model of the wrong shape", "extract", None, lambda r: wrong_shape_model(r),
      "backbones.efficientnet_b1.file='maps.pt'"),
     ("backbone not in params", "extract", "nope", lambda r: None, "has no backbones.nope entry"),
+    # issue 33: exported models that misbehave are caught where they are loaded, naming the file's key
+    ("exported model returning no features", "extract", None, lambda r: traced_model(r, "empty.pt", lambda x: x[:, 0, :0, 0]),
+     "backbones.efficientnet_b1.file='empty.pt': the model returns (2, 0)"),
+    ("exported model ignoring the batch size", "extract", None,
+     lambda r: traced_model(r, "fixed.pt", lambda x: x.new_ones(2, 8)), "backbones.efficientnet_b1.file='fixed.pt'"),
+    ("exported model returning NaN", "extract", None,
+     lambda r: traced_model(r, "nan.pt", lambda x: x.mean((2, 3)) * float("nan")),
+     "backbones.efficientnet_b1.file='nan.pt': the model returns NaN"),
+    ("exported program of random bytes", "extract", None, lambda r: random_bytes_program(r),
+     "backbones.efficientnet_b1.file='random.pt2' is not a readable torch.export program"),
+    # issue 33: params.yaml as people write it, read as DVC reads it
+    ("params.yaml saved as UTF-16", "prepare", None,
+     lambda r: (r / "params.yaml").write_bytes((r / "params.yaml").read_text().encode("utf-16")),
+     "params.yaml is not UTF-8 text"),
+    ("a params key written twice", "prepare", None,
+     lambda r: (r / "params.yaml").write_text((r / "params.yaml").read_text().replace("cv:\n", "cv:\n  seed: 1\n", 1)),
+     "the key 'seed' is written twice"),
     ("folds file of other images", "train", "logreg",
      lambda r: pd.read_csv(r / "artifacts/data/folds.csv").iloc[2:].to_csv(r / "artifacts/data/folds.csv", index=False),
      "folds.csv lists other train images"),
@@ -547,6 +562,25 @@ def wrong_shape_model(root: Path) -> None:
 
     torch.jit.script(torch.nn.Conv2d(3, 4, 3)).save(str(root / "maps.pt"))
     exported_entry(root, "maps.pt")
+
+
+def traced_model(root: Path, file: str, forward) -> None:
+    """A TorchScript model (traced) whose forward is ``forward`` of the input batch."""
+    import torch
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return forward(x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing warns about constants: they are what these models are
+        torch.jit.trace(Model(), torch.zeros(2, 3, 64, 64)).save(str(root / file))
+    exported_entry(root, file)
+
+
+def random_bytes_program(root: Path) -> None:
+    (root / "random.pt2").write_bytes(np.random.default_rng(0).bytes(5000))
+    exported_entry(root, "random.pt2")
 
 
 def nan_checkpoint(root: Path) -> None:

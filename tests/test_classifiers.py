@@ -113,7 +113,7 @@ def test_bad_params_name_the_parameter(name, grid, message):
         parse_classifier_params(name, grid)
 
 
-def test_knn_k_larger_than_the_smallest_training_fold_is_refused_before_fitting():
+def test_knn_k_larger_than_the_smallest_training_fold_is_dropped_and_said(caplog):
     from pipeline.evaluate.classifiers import smallest_training_fold
 
     y = np.repeat(np.arange(4), 10)
@@ -125,7 +125,12 @@ def test_knn_k_larger_than_the_smallest_training_fold_is_refused_before_fitting(
     views = TrainingData(X=X, y=np.tile(y, 2), groups=np.tile(groups, 2), X_valid=X[:4], y_valid=y[:4], n_classes=4,
                          n_images=40, copies=2)  # one view per image doubles every fold
     too_big = 2 * smallest + 1
-    with pytest.raises(ParamsError, match=rf"classifiers.knn.n_neighbors=\[{too_big}\] is larger than the "
-                                          rf"smallest training fold \({2 * smallest} rows"):
-        CLASSIFIERS["knn"].select(parse_classifier_params("knn", {"n_neighbors": [3, too_big]}), views, cv)
-    CLASSIFIERS["knn"].select(parse_classifier_params("knn", {"n_neighbors": [2 * smallest]}), views, cv)
+    selection = CLASSIFIERS["knn"].select(parse_classifier_params("knn", {"n_neighbors": [3, too_big]}), views, cv)
+    assert selection.selected["n_neighbors"] == 3
+    note = (f"classifiers.knn.n_neighbors=[{too_big}] dropped: larger than the smallest training fold "
+            f"({2 * smallest} rows under the cv params); searching [3]")
+    assert selection.method["notes"] == [note] and note in caplog.text
+    only_too_big = CLASSIFIERS["knn"].select(parse_classifier_params("knn", {"n_neighbors": [too_big]}), views, cv)
+    assert only_too_big.selected["n_neighbors"] == 2 * smallest  # clipped to what the smallest fold holds
+    fits = CLASSIFIERS["knn"].select(parse_classifier_params("knn", {"n_neighbors": [2 * smallest]}), views, cv)
+    assert "notes" not in fits.method

@@ -9,6 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_approximation import Nystroem
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import LinearSVC
 
@@ -56,7 +57,7 @@ def test_one_search_per_fold_gives_grid_search_cv_scores_ranks_and_choice():
 def test_votes_follow_scikit_learn_rules_ties_and_zero_distances_included(weights):
     X, y, _ = pictures(60)
     X[5] = X[100]
-    fitted = knn.build_knn().set_params(clf__n_neighbors=6, clf__weights=weights).fit(X, y)
+    fitted = Pipeline([("l2", Normalizer()), ("clf", KNeighborsClassifier(n_neighbors=6, weights=weights))]).fit(X, y)
     queries = np.concatenate([X[100:110], pictures(10, seed=3)[0]])  # some at distance 0 from a training row
     dist, ind = fitted[-1].kneighbors(fitted[0].transform(queries), 6)
     proba, predicted = knn.votes(dist, ind, y, k=6, weights=weights, n_classes=4)
@@ -76,11 +77,22 @@ def test_knn_searches_exactly_at_every_size_and_says_so():
     selection = CLASSIFIERS["knn"].select(parse_classifier_params("knn", {"n_neighbors": [5, 9], "weights": ["uniform"]}),
                                           data_of(X, y, groups), CV)
     assert selection.method == {"name": "exact search"}
-    assert isinstance(selection.model[-1], KNeighborsClassifier)
-    queries = pictures(50, seed=9)[0]
-    reference = KNeighborsClassifier(n_neighbors=selection.selected["n_neighbors"]).fit(Normalizer().fit_transform(X), y)
-    np.testing.assert_array_equal(selection.model.predict_proba(queries),
-                                  reference.predict_proba(Normalizer().fit_transform(queries)))
+    assert isinstance(selection.model[-1], knn.ExactKNeighborsClassifier)
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_the_exact_classifier_is_scikit_learns_knn_up_to_float32_rounding(weights):
+    X, y, _ = pictures(500, copies=1, dim=64)
+    queries = Normalizer().fit_transform(pictures(200, copies=1, dim=64, seed=9)[0])
+    rows = Normalizer().fit_transform(X)
+    ours = knn.ExactKNeighborsClassifier(n_neighbors=7, weights=weights).fit(rows, y)
+    theirs = KNeighborsClassifier(n_neighbors=7, weights=weights, algorithm="brute").fit(rows, y)
+    dist, ind = ours.kneighbors(queries)
+    their_dist, their_ind = theirs.kneighbors(queries)
+    np.testing.assert_array_equal(ind, their_ind)  # no ties in these rows: the same neighbours, in the same order
+    np.testing.assert_allclose(dist, their_dist, atol=1e-6)
+    np.testing.assert_array_equal(ours.predict(queries), theirs.predict(queries))
+    np.testing.assert_allclose(ours.predict_proba(queries), theirs.predict_proba(queries), atol=1e-6)
 
 
 def test_exact_max_rows_below_the_number_of_classes_is_refused_by_name():

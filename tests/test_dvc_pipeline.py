@@ -289,3 +289,16 @@ def test_train_and_val_folders_only_give_a_carved_test_split_that_the_leaderboar
     assert f"Held-out images: **valid**: 8 images, folder val/; **test**: 8 images, {carved}." in board
     about = (root / "artifacts" / "report.html").read_text()
     assert f"test: {html.escape(carved)}" in about and "valid: folder val/" in about
+
+
+def test_the_shipped_params_run_end_to_end_on_eight_pictures_a_class(tmp_path):
+    """People try a pipeline on a few dozen images first: what the data is too small for is dropped and said."""
+    data = make_dataset(tmp_path / "data", train_per_class=8, held_out_per_class=4, augs=1)
+    root = tmp_path / "project"
+    root.mkdir()
+    init_project(root, data, overrides={f"backbones.{B}.weights": None})  # offline: random weights
+    out = run([*DVC, "repro"], root, ENV)
+    assert f"learning_curve@{B}-knn" in ran(out) and (root / "artifacts" / "report.html").is_file()
+    skipped = json.loads((root / "artifacts" / "learning_curve" / B / "knn.json").read_text())["skipped"]
+    assert skipped and all(point["reason"].startswith("learning_curve.fractions: ") for point in skipped)
+    assert "skipped: too few for the folds" in out  # said, in one line a point

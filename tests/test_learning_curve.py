@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import StratifiedKFold, learning_curve
 
-from pipeline.common.params import CVParams, EvaluationParams, LearningCurveParams, ParamsError
+from pipeline.common.params import CVParams, EvaluationParams, LearningCurveParams
 from pipeline.common.features import Features, SplitFeatures
 from pipeline.evaluate.classifiers import _GRIDS, parse_classifier_params
 from pipeline.evaluate.learning_curve import (
@@ -44,8 +44,9 @@ def test_row_sliced_learning_curve_sits_above_the_picture_sliced_one_when_copies
     sizes, _, test_scores = learning_curve(_GRIDS["knn"].pipeline().set_params(clf__n_neighbors=1), X, y,
                                            train_sizes=fractions, cv=StratifiedKFold(4, shuffle=True, random_state=0),
                                            shuffle=True, random_state=0)
-    rows = learning_curve_scores("knn", params, features=feats, groups=groups, cv=CV, use_views=False,
-                                 curve=LearningCurveParams(enabled=True, fractions=fractions, draws=1, seed=0))
+    rows, skipped = learning_curve_scores("knn", params, features=feats, groups=groups, cv=CV, use_views=False,
+                                          curve=LearningCurveParams(enabled=True, fractions=fractions, draws=1, seed=0))
+    assert skipped == []
     by_pictures = rows.groupby("fraction")["accuracy"].mean()
     row_sliced = test_scores.mean(axis=1)
     assert (row_sliced > 0.6).all() and row_sliced[-1] > 0.9  # copies of its training rows, recalled
@@ -58,8 +59,8 @@ def test_row_sliced_learning_curve_sits_above_the_picture_sliced_one_when_copies
 def test_curve_folds_keep_whole_pictures_and_never_put_a_picture_on_both_sides():
     feats, groups = copies_dataset(n_pictures=60, copies=3)
     y = feats["train"].y
-    plan = curve_folds(y, groups, fractions=[0.25, 0.5], draws=3, seed=0, cv=CV)
-    assert len(plan) == 6
+    plan, skipped = curve_folds(y, groups, fractions=[0.25, 0.5], draws=3, seed=0, cv=CV)
+    assert len(plan) == 6 and skipped == []
     for point in plan:
         kept = groups[point.rows]
         assert np.array_equal(np.flatnonzero(np.isin(groups, kept)), point.rows)  # every copy of a kept picture
@@ -84,10 +85,14 @@ def test_draws_are_stratified_seeded_and_nested_within_a_draw():
     assert not np.array_equal(a[0.5], draw_pictures(y, groups, fractions=[0.5], seed=0, draw=1)[0.5])
 
 
-def test_a_fraction_too_small_for_the_folds_names_the_learning_curve_key():
+def test_a_fraction_too_small_for_the_folds_is_skipped_with_its_reason_and_the_rest_runs(caplog):
     feats, groups = copies_dataset(n_pictures=24, copies=2)
-    with pytest.raises(ParamsError, match=r"learning_curve.fractions: 0.1 of the pictures \(4\) is too few"):
-        curve_folds(feats["train"].y, groups, fractions=[0.1], draws=1, seed=0, cv=CV)
+    plan, skipped = curve_folds(feats["train"].y, groups, fractions=[0.1, 0.5], draws=1, seed=0, cv=CV)
+    assert [point.fraction for point in plan] == [0.5]
+    [point] = skipped
+    assert point["fraction"] == 0.1 and point["pictures"] == 4
+    assert point["reason"].startswith("learning_curve.fractions: 0.1 of the pictures (4, draw 0) skipped: too few")
+    assert point["reason"] in caplog.text
 
 
 def test_the_full_point_is_the_train_stage_grouped_cv_figure_and_closes_the_curve():
@@ -100,8 +105,8 @@ def test_the_full_point_is_the_train_stage_grouped_cv_figure_and_closes_the_curv
                                evaluation=EvaluationParams(n_bootstrap=100, ece_bins=10, seed=0), use_views=False)
     metrics = trained.evaluation.metrics
     full = full_point("knn", metrics, n_images=len(groups))
-    scores = learning_curve_scores("knn", params, features=feats, groups=groups, cv=CV, use_views=False,
-                                   curve=LearningCurveParams(enabled=True, fractions=[0.5, 1.0], draws=2, seed=0))
+    scores, _ = learning_curve_scores("knn", params, features=feats, groups=groups, cv=CV, use_views=False,
+                                      curve=LearningCurveParams(enabled=True, fractions=[0.5, 1.0], draws=2, seed=0))
     assert set(scores["fraction"]) == {0.5}  # 1.0 is never recomputed
     points = curve_points("knn", scores, full)
     assert points["pictures"].tolist() == [sum(max(1, int(n / 2 + 0.5)) for n in np.bincount(

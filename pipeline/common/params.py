@@ -336,13 +336,33 @@ def parse_section(cls: type, raw: Any, name: str) -> Any:
     return section
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (as DVC does), instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is written twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    """Load params.yaml as plain data, with a clear error if it is missing or malformed."""
+    """Load params.yaml as plain data, read as DVC reads it (UTF-8, no key twice), with one clear line if it is
+    missing, not UTF-8 or malformed."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"Parameter file {path} not found; run from the project root or pass --params.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}); "
+                          "save it as UTF-8, the encoding DVC reads it in.") from None
+    try:
+        raw = yaml.load(text.removeprefix("\ufeff"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

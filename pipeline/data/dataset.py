@@ -73,6 +73,16 @@ def dataset_folder(data: DataParams) -> Path:
         ) from err
 
 
+def dataset_origin(data: DataParams) -> dict[str, str | None]:
+    """What the data is, for ``source.json`` and the report: the Kaggle handle kagglehub fetched, or the local
+    folder or list that ``data.root`` / ``data.list`` named (then no handle: it was not used)."""
+    if data.list is not None:
+        return {"dataset": f"local list {data.list}", "handle": None}
+    if data.root is not None:
+        return {"dataset": f"local folder {data.root}", "handle": None}
+    return {"dataset": f"Kaggle {data.handle}", "handle": data.handle}
+
+
 def resolve_layout(data: DataParams) -> Layout:
     """Where the images are and how their splits are given: a CSV list (``data.list``), or folders under
     ``data.layout_dir`` (found under the dataset when it is null)."""

@@ -290,7 +290,8 @@ def embed_items(backbone: Backbone, work: Work, batches: list[tuple[int, int]], 
                 if bad.size:
                     fix = ("set extract.precision: fp32 or bf16 (fp16 overflows where they do not)"
                            if settings.precision == "fp16" else "the backbone's weights are damaged or diverge "
-                           "on this image; check model.checkpoint, or try another precision")
+                           "on this image; check the backbone's checkpoint or file (params.yaml's backbones entry), or "
+                           "try another precision")
                     raise EmbeddingError(f"The {settings.precision} embedding of {work.paths[batch_items[bad[0]]]} "
                                          f"is not finite; {fix}.")
                 stats.rows += len(batch_items)

@@ -15,6 +15,7 @@ stage serves every classifier, and adding one means adding an entry here.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ from pipeline.evaluate import knn, svm
 from pipeline.evaluate.grid_scores import fit_chosen, search_shared_features
 from pipeline.evaluate.protocol import FitFold
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold, inner_splitter
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +131,7 @@ class Grid:
     values: dict[str, list[Any]]
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     name: str = "classifiers.<name>"  # the params entry, for messages
+    notes: tuple[str, ...] = ()  # values dropped because the data is too small for them (grid_that_fits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,16 +184,16 @@ class GridClassifier:
         """The unfitted pipeline for ``rows`` training rows, with the default settings (the exact algorithms)."""
         return self.build(Grid({}, {key: option.default for key, option in self.options.items()}), rows)[0]
 
-    def _pipeline(self, grid: Grid, data: TrainingData, cv: CVParams) -> tuple[Pipeline, str]:
-        """The unfitted pipeline for this many training rows, once the grid is known to fit the data."""
+    def _pipeline(self, grid: Grid, data: TrainingData, cv: CVParams) -> tuple[Grid, Pipeline, str]:
+        """The grid as it can apply to this data, and the unfitted pipeline for this many training rows."""
         if "clf__n_neighbors" in grid.values:  # the one hyperparameter bounded by the data
             smallest = smallest_training_fold(data.y[: data.n_images], data.groups[: data.n_images], folds=cv.folds,
                                               repeats=cv.repeats, inner_folds=cv.inner_folds, seed=cv.seed)
-            check_grid_fits(grid, smallest * data.copies)
+            grid = grid_that_fits(grid, smallest * data.copies)
         if "exact_max_rows" in grid.options and grid.options["exact_max_rows"] < data.n_classes:
             raise ParamsError(f"{grid.name}.exact_max_rows={grid.options['exact_max_rows']} is below the number of "
                               f"classes ({data.n_classes}): no training set is that small; use a larger value.")
-        return self.build(grid, len(data.X))
+        return (grid, *self.build(grid, len(data.X)))
 
     def _choose(self, pipeline: Pipeline, grid: Grid, X, y, groups, cv: CVParams) -> tuple[dict[str, Any], pd.DataFrame]:
         search = self.search or search_shared_features
@@ -198,7 +202,8 @@ class GridClassifier:
     def fold_fit(self, grid: Grid, data: TrainingData, cv: CVParams) -> FitFold:
         """The whole procedure on a training fold (selection, then the refit): it needs nothing the final
         selection finds, so the folds can run beside it."""
-        return self._fit_fold(self._pipeline(grid, data, cv)[0], grid, cv)
+        grid, pipeline, _ = self._pipeline(grid, data, cv)
+        return self._fit_fold(pipeline, grid, cv)
 
     def _fit_fold(self, pipeline: Pipeline, grid: Grid, cv: CVParams) -> FitFold:
         def fit_fold(X, y, groups):
@@ -207,7 +212,7 @@ class GridClassifier:
         return fit_fold
 
     def select(self, grid: Grid, data: TrainingData, cv: CVParams) -> Selection:
-        pipeline, method = self._pipeline(grid, data, cv)
+        grid, pipeline, method = self._pipeline(grid, data, cv)
         chosen, record = self._choose(pipeline, grid, data.X, data.y, data.groups, cv)
         configured = clone(pipeline).set_params(**{f"clf__{key}": value for key, value in chosen.items()})
         # finalize (the SVM's calibration) refits the pipeline itself: no refit before it
@@ -219,7 +224,7 @@ class GridClassifier:
 
         return Selection(model=model, selected=selected_params(configured, grid.values),
                          fit_fold=self._fit_fold(pipeline, grid, cv), fit_fixed=fit_fixed, record=record,
-                         method={"name": method})
+                         method={"name": method, **({"notes": list(grid.notes)} if grid.notes else {})})
 
 
 def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, inner_folds: int, seed: int) -> CalibratedClassifierCV:
@@ -257,12 +262,18 @@ def smallest_training_fold(y, groups, *, folds: int, repeats: int, inner_folds: 
     return smallest
 
 
-def check_grid_fits(grid: Grid, smallest_fold: int) -> None:
-    """Refuse a kNN grid whose k exceeds the smallest training fold, before any fitting."""
-    too_big = [k for k in grid.values.get("clf__n_neighbors", []) if k > smallest_fold]
-    if too_big:
-        raise ParamsError(f"classifiers.knn.n_neighbors={too_big} is larger than the smallest training fold "
-                          f"({smallest_fold} rows under the cv params); use values <= {smallest_fold}.")
+def grid_that_fits(grid: Grid, smallest_fold: int) -> Grid:
+    """The kNN grid without the k values larger than the smallest training fold (that many rows cannot give
+    k neighbours); if none is left, k = the fold's rows. Said in one warning and kept in the grid's notes."""
+    ks = grid.values.get("clf__n_neighbors", [])
+    too_big = [k for k in ks if k > smallest_fold]
+    if not too_big:
+        return grid
+    kept = [k for k in ks if k <= smallest_fold] or [smallest_fold]
+    note = (f"{grid.name}.n_neighbors={too_big} dropped: larger than the smallest training fold ({smallest_fold} "
+            f"rows under the cv params); searching {kept}")
+    log.warning(note)
+    return dataclasses.replace(grid, values={**grid.values, "clf__n_neighbors": kept}, notes=(*grid.notes, note))
 
 
 # ----------------------------------------------------------------------------- the registry

@@ -72,13 +72,14 @@ def draw_pictures(y: np.ndarray, groups: np.ndarray, *, fractions: list[float], 
 
 
 def curve_folds(y: np.ndarray, groups: np.ndarray, *, fractions: list[float], draws: int, seed: int,
-                cv: CVParams) -> list[CurveFold]:
-    """Every (draw, fraction) of the curve with its grouped folds, all checked to fit before any fitting.
+                cv: CVParams) -> tuple[list[CurveFold], list[dict[str, Any]]]:
+    """Every (draw, fraction) of the curve with its grouped folds, all checked to fit before any fitting; and the
+    points skipped because their pictures are too few for the folds (each with its reason).
 
     A draw runs one repetition of ``cv.folds`` grouped folds (its own seed), so a point
     pools draws x folds scores; ``cv.inner_folds`` nests the selection as in the train stage.
     """
-    planned = []
+    planned, skipped = [], []
     for draw in range(draws):
         drawn = draw_pictures(y, groups, fractions=fractions, seed=seed, draw=draw)
         cv_seed = int(np.random.default_rng([seed, draw, 1]).integers(2**31 - 1))
@@ -91,18 +92,25 @@ def curve_folds(y: np.ndarray, groups: np.ndarray, *, fractions: list[float], dr
                 splits = list(RepeatedStratifiedGroupKFold(n_splits=cv.folds, n_repeats=1, random_state=cv_seed)
                               .split(rows, y[rows], groups[rows]))
             except (ParamsError, ValueError) as err:  # sklearn's splitter refuses too few members per class
-                raise ParamsError(f"learning_curve.fractions: {fraction:g} of the pictures "
-                                  f"({len(drawn[fraction])}) is too few for the folds ({err}); raise the smallest "
-                                  "fraction or lower cv.folds.") from err
+                skipped.append(skip(fraction, draw, len(drawn[fraction]), f"too few for the folds ({err})"))
+                continue
             planned.append(CurveFold(draw=draw, fraction=fraction, pictures=len(drawn[fraction]), rows=rows,
                                      splits=splits, cv=draw_cv))
-    return planned
+    return planned, skipped
+
+
+def skip(fraction: float, draw: int, pictures: int, why: str) -> dict[str, Any]:
+    """A point the data is too small for: recorded with its reason and said in one warning, the curve goes on."""
+    reason = f"learning_curve.fractions: {fraction:g} of the pictures ({pictures}, draw {draw}) skipped: {' '.join(why.split())}"
+    log.warning(reason)
+    return {"fraction": fraction, "draw": draw, "pictures": pictures, "reason": reason}
 
 
 def learning_curve_scores(name: str, params: Any, *, features: Features, groups: np.ndarray, cv: CVParams,
                           use_views: bool, curve: LearningCurveParams, engine: Engine | None = None,
-                          device: str = "cpu") -> pd.DataFrame:
-    """Per-fold grouped-CV scores of classifier ``name`` at each fraction below 100% and each draw.
+                          device: str = "cpu") -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Per-fold grouped-CV scores of classifier ``name`` at each fraction below 100% and each draw, and the
+    points skipped because the data is too small for them (``skip``).
 
     The train stage's whole procedure, hyperparameter selection included, is cross-validated
     on each drawn subset's grouped folds: nested grouped CV inside every fold for the grids
@@ -115,16 +123,17 @@ def learning_curve_scores(name: str, params: Any, *, features: Features, groups:
     train = features["train"]
     views = train.views if use_views else None
     frames = []
-    plan = curve_folds(train.y, groups, fractions=curve.below_full, draws=curve.draws, seed=curve.seed, cv=cv)
+    plan, skipped = curve_folds(train.y, groups, fractions=curve.below_full, draws=curve.draws, seed=curve.seed,
+                                cv=cv)
     for point in tqdm(plan, desc=f"learning curve {name}", unit="point"):
         rows = point.rows
         data = training_data(features, groups, views=views, rows=rows, device=device)
         try:  # only the folds' procedure counts here: the grids' final fit on the subset is never needed
             fit_fold = (spec.fold_fit(params, data, point.cv) if spec.fold_fit is not None
                         else spec.select(params, data, point.cv).fit_fold)
-        except ParamsError as err:
-            raise ParamsError(f"learning_curve.fractions: at {point.fraction:g} of the pictures "
-                              f"({point.pictures}): {err}") from err
+        except ParamsError as err:  # a setting the subset is too small for
+            skipped.append(skip(point.fraction, point.draw, point.pictures, str(err)))
+            continue
         sub_views = None if views is None else np.asarray(views)[:, rows]
         scores = cv_scores(fit_fold, train.X[rows], train.y[rows], groups[rows], point.splits,
                            views=sub_views, n_jobs=cv.n_jobs, engine=engine)
@@ -133,7 +142,8 @@ def learning_curve_scores(name: str, params: Any, *, features: Features, groups:
         log.info("%s at %g of the pictures (%d, draw %d): grouped CV %.3f", name, point.fraction,
                  point.pictures, point.draw, scores["accuracy"].mean())
     columns = ["fraction", "draw", "pictures", "images", "fold", "n_test", "accuracy", "balanced_accuracy", "macro_f1"]
-    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    scores = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    return scores, skipped
 
 
 def full_point(name: str, metrics: dict[str, Any], *, n_images: int) -> dict[str, Any]:

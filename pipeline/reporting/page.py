@@ -93,7 +93,7 @@ def about_table(*, metas: dict[str, dict], source: dict, code_version: str,
     counts = first.get("splits") or counts or {}
     views = (first.get("views") or {}).get("count", 0) if isinstance(first.get("views"), dict) else 0
     rows = {
-        "Dataset": f"{html.escape(str(source.get('handle')))} "
+        "Dataset": f"{html.escape(str(source.get('dataset') or source.get('handle')))} "
                    f"(images read from {html.escape(str(source.get('root')))})",
         "Images": ", ".join(f"{html.escape(str(split))} {n}" for split, n in counts.items())
                   + (f"; {views} augmented view(s) of each train image" if views else ""),

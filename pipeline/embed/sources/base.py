@@ -45,8 +45,9 @@ def state_dict_fingerprint(module: nn.Module) -> str:
 
 
 def existing_file(path: str, key: str, example: str) -> Path:
-    """``path`` as a Path, refused with a line naming ``key`` when it is missing, not a file, or empty."""
-    file = Path(path)
+    """``path`` as a Path (``~`` expanded, as a shell would), refused with a line naming ``key`` when it is missing,
+    not a file, or empty."""
+    file = Path(path).expanduser()
     if not file.exists():
         raise BackboneError(f"{key}={path!r} does not exist; point it at {example}.")
     if not file.is_file():
@@ -105,17 +106,29 @@ def transform_info(transform: ImageClassification, **extra: Any) -> dict[str, An
 
 
 def check_embedding_shape(model: nn.Module, crop_size: int, key: str) -> int:
-    """Run two blank images through ``model``; it must return (2, d) floats. Returns d."""
-    try:
-        with torch.inference_mode():
-            out = model(torch.zeros(2, 3, crop_size, crop_size))
-    except Exception as err:  # whatever the user's program raises
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BackboneError(f"{key}: the model fails on a (2, 3, {crop_size}, {crop_size}) batch ({type(err).__name__}: "
-                            f"{detail[:300]}); it must take a normalised image batch of any size n (export it with "
-                            "a dynamic batch dimension) at the entry's crop_size.") from err
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2 or not out.is_floating_point():
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise BackboneError(f"{key}: the model returns {shape} for a batch of 2 images; it must return (n, d) "
-                            "float embeddings, one row per image (pool and flatten inside the model).")
-    return int(out.shape[1])
+    """Run batches of 2 and 3 images through ``model``: each must give (n, d) finite floats, the same d > 0 for both
+    (a model that ignores the batch size, or returns nothing, is caught here, not by a later stage). Returns d."""
+    dims = []
+    for n in (2, 3):
+        image = torch.linspace(-1, 1, n * 3 * crop_size * crop_size).reshape(n, 3, crop_size, crop_size)
+        try:
+            with torch.inference_mode():
+                out = model(image)
+        except Exception as err:  # whatever the user's program raises
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BackboneError(f"{key}: the model fails on a ({n}, 3, {crop_size}, {crop_size}) batch "
+                                f"({type(err).__name__}: {detail[:300]}); it must take a normalised image batch of "
+                                "any size n (export it with a dynamic batch dimension) at the entry's crop_size.") from err
+        if (not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != n or out.shape[1] == 0
+                or not out.is_floating_point()):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise BackboneError(f"{key}: the model returns {shape} for a batch of {n} images; it must return (n, d) "
+                                "float embeddings with d >= 1, one row per image (pool and flatten inside the model).")
+        if not torch.isfinite(out).all():
+            raise BackboneError(f"{key}: the model returns NaN or infinite embeddings for a batch of {n} test "
+                                "images; check the file (its weights, or its arithmetic in this precision).")
+        dims.append(int(out.shape[1]))
+    if dims[0] != dims[1]:
+        raise BackboneError(f"{key}: the model returns {dims[0]} features per image for a batch of 2 and {dims[1]} "
+                            "for a batch of 3; the width must not depend on the batch size.")
+    return dims[0]

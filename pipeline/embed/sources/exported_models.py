@@ -9,7 +9,9 @@ vouch for the file. Its sha256 is the backbone's fingerprint.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -50,8 +52,8 @@ class ExportedEntry:
             in_range(name, f"std[{i}]", value, 1e-6, None)
 
 
-def _load(entry: ExportedEntry, key: str) -> nn.Module:
-    path = existing_file(entry.file, f"{key}.file", "a torch.export program (.pt2) or a TorchScript file")
+def _load(path: Path, entry: ExportedEntry, key: str) -> nn.Module:
+    logging.disable(logging.WARNING)  # torch logs its own traceback before raising: the one line below says it all
     try:
         if path.suffix == ".pt2":
             return torch.export.load(str(path)).module()
@@ -61,18 +63,21 @@ def _load(entry: ExportedEntry, key: str) -> nn.Module:
         kind = "torch.export program (.pt2)" if path.suffix == ".pt2" else "TorchScript file"
         raise BackboneError(f"{key}.file={entry.file!r} is not a readable {kind} ({type(err).__name__}: "
                             f"{detail[:300]}); save it with torch.export.save or torch.jit.save.") from err
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def resize(entry: ExportedEntry) -> int:
     return entry.resize_size
 
 
-def check(entry: ExportedEntry, key: str) -> None:
-    existing_file(entry.file, f"{key}.file", "a torch.export program (.pt2) or a TorchScript file")
+def check(entry: ExportedEntry, key: str) -> Path:
+    return existing_file(entry.file, f"{key}.file", "a torch.export program (.pt2) or a TorchScript file")
 
 
 def build(entry: ExportedEntry, key: str, *, crop_size: int | None, resize_size: int | None) -> Backbone:
-    model = _load(entry, key)
+    path = check(entry, key)
+    model = _load(path, entry, key)
     for parameter in model.parameters():  # ScriptModules refuse requires_grad_ on the module itself
         parameter.requires_grad_(False)
     if isinstance(model, torch.jit.ScriptModule):
@@ -81,7 +86,7 @@ def build(entry: ExportedEntry, key: str, *, crop_size: int | None, resize_size:
                                   std=entry.std, interpolation=INTERPOLATIONS[entry.interpolation]),
                            crop_size, resize_size)
     dim = check_embedding_shape(model, transform.crop_size[0], f"{key}.file={entry.file!r}")
-    sha = file_sha256(entry.file)
+    sha = file_sha256(path)
     if not entry.pretrained:
         warnings.warn(f"{key}.pretrained is false: results are recorded as pretrained: false.", stacklevel=2)
     info: dict[str, Any] = {"arch": entry.file, "weights": None, "checkpoint": entry.file, "checkpoint_sha256": sha,
