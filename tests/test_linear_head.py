@@ -1,3 +1,4 @@
+import copy
 import warnings
 
 import numpy as np
@@ -8,7 +9,7 @@ from torch import nn
 
 from pipeline.data.images import load_rgb
 from pipeline.common import features
-from pipeline.evaluate.linear_head import LinearHeadClassifier, dropout, make_head
+from pipeline.evaluate.linear_head import AdamWStep, LinearHeadClassifier, dropout, make_head
 from pipeline.evaluate.results import load_model
 from tests.conftest import SMALL_RUN, run_stage, write_params
 
@@ -86,6 +87,25 @@ def reference_fit(X, y, *, epochs, batch_size, seed):
             nn.CrossEntropyLoss()(head(X_t[batch].clone()), y_t[batch]).backward()
             optimiser.step()
     return head
+
+
+@pytest.mark.parametrize(("lr", "weight_decay"), [(1e-3, 1e-2), (3e-2, 0.0)])
+def test_a_flat_step_is_autograd_and_adamw_to_float32_rounding(lr, weight_decay):
+    generator = torch.Generator().manual_seed(0)
+    reference = make_head(1280, 4, 0.0, generator=generator)[1]
+    ours = copy.deepcopy(reference)
+    optimiser = torch.optim.AdamW(reference.parameters(), lr=lr, weight_decay=weight_decay)
+    step = AdamWStep(ours, lr=lr, weight_decay=weight_decay)
+    for size in [64, 64, 37, 64, 1]:  # a short batch and a single row too
+        x = torch.randn(size, 1280, generator=generator)
+        y = torch.randint(0, 4, (size,), generator=generator)
+        optimiser.zero_grad()
+        loss = nn.CrossEntropyLoss()(reference(x), y)
+        loss.backward()
+        optimiser.step()
+        torch.testing.assert_close(step(x, y), loss.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours.weight, reference.weight.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours.bias, reference.bias.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_head_trains_as_torchs_own_modules_and_adamw():

@@ -120,3 +120,18 @@ def test_stage_cli_reports_a_bad_parameter_in_one_line_without_a_traceback(tmp_p
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT)})
     assert result.returncode == 2
     assert result.stderr.strip() == "error: extract.batch_size=0 is out of range: it must be >= 1."
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path):
+    """UTF-8 (an editor's byte-order mark allowed), and a key written twice refused with its line, as DVC refuses it,
+    where YAML alone would keep the last value silently."""
+    shipped = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes(b"\xef\xbb\xbf" + shipped.encode())
+    assert read_params(bom) == yaml.safe_load(shipped)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(shipped.replace("cv:\n", "cv:\n  folds: 4\n", 1))
+    with pytest.raises(ParamsError, match=r"twice.yaml is not valid YAML at line \d+, column 3: the key 'folds' is "
+                                          "written twice"):
+        read_params(twice)
+    assert yaml.safe_load(twice.read_text())["cv"]["folds"] == 5  # what plain YAML would have run with

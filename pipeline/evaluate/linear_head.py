@@ -5,7 +5,8 @@ EfficientNet uses as ``classifier``, so the trained head's state dict loads into
 ``efficientnet_b1(num_classes=n).classifier`` unchanged. Wrapped as a
 scikit-learn estimator so the same cross-validation code serves every classifier.
 
-Training uses torch's public API only (autograd, ``CrossEntropyLoss``, ``AdamW``). Every random draw
+Training uses torch's public API only: ``AdamWStep`` is AdamW on the cross-entropy of a linear layer
+written in public tensor operations (tested against autograd and ``torch.optim.AdamW``). Every random draw
 (the initial weights, the batch order, the dropout masks) comes from generators seeded by ``seed``
 and owned by ``fit``: torch's global generator is neither seeded nor advanced, so a fit does not
 depend on what ran before it in the process, nor change what runs after it.
@@ -54,6 +55,44 @@ def dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tens
     return x * keep / (1 - p)
 
 
+class AdamWStep:
+    """``AdamW(linear.parameters(), lr, weight_decay)`` steps on ``CrossEntropyLoss()(linear(x), y)``, in public
+    tensor operations: the loss's gradient in closed form (softmax less the one-hot labels, over the batch) and
+    AdamW's update (decoupled weight decay, bias-corrected moments, torch's defaults betas (0.9, 0.999) and eps
+    1e-8) on one buffer holding the weight and the bias. The same arithmetic as autograd and ``torch.optim.AdamW``
+    to float32 rounding (tested step by step); without their bookkeeping a step at batch 64 costs a fraction.
+    ``linear``'s weight and bias become views of the buffer (detached from autograd): they follow every step.
+    """
+
+    def __init__(self, linear: nn.Linear, *, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        size = linear.weight.numel()
+        self.flat = torch.cat([linear.weight.detach().reshape(-1), linear.bias.detach()])
+        self.weight, self.bias = self.flat[:size].view_as(linear.weight), self.flat[size:]
+        linear.weight, linear.bias = nn.Parameter(self.weight, requires_grad=False), nn.Parameter(self.bias,
+                                                                                                  requires_grad=False)
+        self.grad = torch.zeros_like(self.flat)
+        self.grad_weight, self.grad_bias = self.grad[:size].view_as(self.weight), self.grad[size:]
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
+        self.lr, self.weight_decay, (self.beta1, self.beta2), self.eps, self.steps = lr, weight_decay, betas, eps, 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One step on the batch; returns its mean loss (a 0-d tensor, where it was computed)."""
+        log_p = torch.log_softmax(torch.addmm(self.bias, x, self.weight.t()), dim=1)
+        picked = log_p.gather(1, y[:, None])
+        grad_logits = log_p.exp_()
+        grad_logits.scatter_add_(1, y[:, None], -torch.ones_like(picked)).div_(len(y))
+        torch.mm(grad_logits.t(), x, out=self.grad_weight)
+        torch.sum(grad_logits, 0, out=self.grad_bias)
+        self.steps += 1
+        self.flat.mul_(1 - self.lr * self.weight_decay)
+        self.exp_avg.lerp_(self.grad, 1 - self.beta1)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(self.grad, self.grad, value=1 - self.beta2)
+        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - self.beta2 ** self.steps)).add_(self.eps)
+        self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - self.beta1 ** self.steps))
+        return -picked.mean()
+
+
 class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
     """Cross-entropy + AdamW on embeddings; early stopping on a validation set when given.
 
@@ -84,7 +123,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         masks = torch.Generator(device=device).manual_seed(self.seed)
         head = make_head(X.shape[1], n_classes, self.dropout, generator=generator).to(device)
         linear = head[1]
-        optimiser = torch.optim.AdamW(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        step = AdamWStep(linear, lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = nn.CrossEntropyLoss()
         X_t, y_t = _tensor(X).to(device), torch.as_tensor(np.array(y), dtype=torch.long).to(device)
         has_valid = X_valid is not None
@@ -96,11 +135,7 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         for epoch in range(1, self.max_epochs + 1):
             total = torch.zeros((), device=device)
             for batch in torch.randperm(len(X_t), generator=generator).to(device).split(self.batch_size):
-                optimiser.zero_grad(set_to_none=True)
-                loss = loss_fn(linear(dropout(X_t[batch], self.dropout, masks)), y_t[batch])
-                loss.backward()
-                optimiser.step()
-                total += loss.detach() * len(batch)
+                total += step(dropout(X_t[batch], self.dropout, masks), y_t[batch]) * len(batch)
             row = {"epoch": epoch, "train_loss": total.item() / len(X_t)}
             if has_valid:
                 with torch.no_grad():
@@ -116,6 +151,8 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
                 break
         if best_state is not None:
             head.load_state_dict(best_state)
+        for parameter in head.parameters():  # each its own storage again, as saved and exported
+            parameter.data = parameter.data.clone()
         self.head_ = head.cpu().eval()
         self.best_epoch_ = best_epoch
         self.history_ = history
