@@ -291,14 +291,41 @@ def test_train_and_val_folders_only_give_a_carved_test_split_that_the_leaderboar
     assert f"test: {html.escape(carved)}" in about and "valid: folder val/" in about
 
 
-def test_the_shipped_params_run_end_to_end_on_eight_pictures_a_class(tmp_path):
+def imagefolder_dataset(root, *, per_class, val_per_class, seed=1):
+    """``train/`` + ``val/`` class folders (the ImageFolder convention: test is carved), one augmented copy each."""
+    from tests.conftest import CLASSES, augment, picture
+
+    rng = np.random.default_rng(seed)
+    n = 0
+    for split, count in [("train", per_class), ("val", val_per_class)]:
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for _ in range(count):
+                n += 1
+                image = picture(rng, c)
+                image.save(folder / f"{n:03d}.jpg", quality=92)
+                if split == "train":
+                    augment(image, rng).save(folder / f"aug-{n * 10}-{n:03d}.jpg", quality=85)
+    return root
+
+
+@pytest.mark.parametrize("small", ["8 pictures a class", "24 pictures a class, train/ + val/, 3 folds"])
+def test_the_shipped_params_run_end_to_end_on_a_few_pictures_a_class(tmp_path, small):
     """People try a pipeline on a few dozen images first: what the data is too small for is dropped and said."""
-    data = make_dataset(tmp_path / "data", train_per_class=8, held_out_per_class=4, augs=1)
+    if small == "8 pictures a class":
+        data, overrides = make_dataset(tmp_path / "data", train_per_class=8, held_out_per_class=4, augs=1), {}
+    else:
+        data = imagefolder_dataset(tmp_path / "data", per_class=24, val_per_class=6)
+        overrides = {"data.layout_dir": None, "cv.folds": 3}
     root = tmp_path / "project"
     root.mkdir()
-    init_project(root, data, overrides={f"backbones.{B}.weights": None})  # offline: random weights
+    init_project(root, data, overrides={f"backbones.{B}.weights": None, **overrides})  # offline: random weights
     out = run([*DVC, "repro"], root, ENV)
     assert f"learning_curve@{B}-knn" in ran(out) and (root / "artifacts" / "report.html").is_file()
-    skipped = json.loads((root / "artifacts" / "learning_curve" / B / "knn.json").read_text())["skipped"]
-    assert skipped and all(point["reason"].startswith("learning_curve.fractions: ") for point in skipped)
-    assert "skipped: too few for the folds" in out  # said, in one line a point
+    notes = [json.loads((root / "artifacts" / "learning_curve" / B / f"{c}.json").read_text())["skipped"]
+             for c in CLASSIFIERS]
+    knn = json.loads((root / "artifacts" / "metrics" / B / "knn.json").read_text())
+    assert any(notes) or knn["method"].get("notes"), "the data is small enough for something to be dropped"
+    for note in [point["reason"] for skipped in notes for point in skipped] + knn["method"].get("notes", []):
+        assert note.startswith(("learning_curve.fractions: ", "classifiers.knn.n_neighbors=")) and note in out
