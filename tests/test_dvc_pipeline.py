@@ -316,7 +316,7 @@ def test_the_shipped_params_run_end_to_end_on_a_few_pictures_a_class(tmp_path, s
     if small == "8 pictures a class":
         data, overrides = make_dataset(tmp_path / "data", train_per_class=8, held_out_per_class=4, augs=1), {}
     else:
-        data = imagefolder_dataset(tmp_path / "data", per_class=24, val_per_class=6)
+        data = imagefolder_dataset(tmp_path / "data", per_class=24, val_per_class=6, seed=2)  # 1: a false leak (issue 31)
         overrides = {"data.layout_dir": None, "cv.folds": 3}
     root = tmp_path / "project"
     root.mkdir()
@@ -327,5 +327,8 @@ def test_the_shipped_params_run_end_to_end_on_a_few_pictures_a_class(tmp_path, s
              for c in CLASSIFIERS]
     knn = json.loads((root / "artifacts" / "metrics" / B / "knn.json").read_text())
     assert any(notes) or knn["method"].get("notes"), "the data is small enough for something to be dropped"
-    for note in [point["reason"] for skipped in notes for point in skipped] + knn["method"].get("notes", []):
-        assert note.startswith(("learning_curve.fractions: ", "classifiers.knn.n_neighbors=")) and note in out
+    for note in knn["method"].get("notes", []):
+        assert note.startswith("classifiers.knn.n_neighbors=") and note in out  # said in one line, and recorded
+    for point in [point for skipped in notes for point in skipped]:
+        assert point["reason"].startswith("learning_curve.fractions: ")
+        assert point["reason"].split(": ", 2)[-1] in out

@@ -209,6 +209,7 @@ class GridClassifier:
         def fit_fold(X, y, groups):
             return fit_chosen(pipeline, self._choose(pipeline, grid, X, y, groups, cv)[0], X, y)
 
+        fit_fold.notes = grid.notes  # what the data was too small for (grid_that_fits), for the caller's record
         return fit_fold
 
     def select(self, grid: Grid, data: TrainingData, cv: CVParams) -> Selection:

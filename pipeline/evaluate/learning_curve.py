@@ -109,8 +109,8 @@ def skip(fraction: float, draw: int, pictures: int, why: str) -> dict[str, Any]:
 def learning_curve_scores(name: str, params: Any, *, features: Features, groups: np.ndarray, cv: CVParams,
                           use_views: bool, curve: LearningCurveParams, engine: Engine | None = None,
                           device: str = "cpu") -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """Per-fold grouped-CV scores of classifier ``name`` at each fraction below 100% and each draw, and the
-    points skipped because the data is too small for them (``skip``).
+    """Per-fold grouped-CV scores of classifier ``name`` at each fraction below 100% and each draw, and what the
+    data was too small for: points skipped (``skip``), or grid values dropped at a point (it still runs).
 
     The train stage's whole procedure, hyperparameter selection included, is cross-validated
     on each drawn subset's grouped folds: nested grouped CV inside every fold for the grids
@@ -134,6 +134,9 @@ def learning_curve_scores(name: str, params: Any, *, features: Features, groups:
         except ParamsError as err:  # a setting the subset is too small for
             skipped.append(skip(point.fraction, point.draw, point.pictures, str(err)))
             continue
+        skipped += [{"fraction": point.fraction, "draw": point.draw, "pictures": point.pictures,
+                     "reason": f"learning_curve.fractions: at {point.fraction:g} of the pictures: {note}"}
+                    for note in getattr(fit_fold, "notes", ())]  # a grid value dropped, the point kept
         sub_views = None if views is None else np.asarray(views)[:, rows]
         scores = cv_scores(fit_fold, train.X[rows], train.y[rows], groups[rows], point.splits,
                            views=sub_views, n_jobs=cv.n_jobs, engine=engine)
