@@ -169,9 +169,11 @@ def test_report_holds_every_section_with_real_images(repo):
         assert f"id='{section}'" in page
     assert "Embedding map" in page and "Linear head training" in page
     about = page[page.index("id='about'"):page.index("</table>", page.index("id='about'"))]
-    for fact in ["anshtanwar/pets-facial-expression-dataset/versions/11", "train 60", "valid 12", "test 12",
+    data_root = yaml.safe_load((root / "params.yaml").read_text())["data"]["root"]
+    for fact in [f"local folder {data_root}", "train 60", "valid 12", "test 12",  # what the data is, not a handle
                  "efficientnet_b1", "<b>pretrained: false</b>", "Code</th><td>git "]:
         assert fact in about, fact
+    assert "anshtanwar" not in about  # the default Kaggle handle was not used
     assert "img{max-width:100%" in page  # figure rows fit the page
     images = re.findall(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)", page)
     decoded = [Image.open(io.BytesIO(base64.b64decode(data))) for _, data in images]
