@@ -4,11 +4,13 @@ Each case copies a small finished project, breaks one thing, runs one stage's CL
 (or predict) exactly as dvc.yaml does, and checks: status 2, a single ``error:``
 line naming the file or key, no traceback, and no output file created or changed.
 
-The table holds 134 cases (59 before issue 21, whose kinds the added 39 cover: odd files, FIFOs and sockets,
+The table holds 142 cases (59 before issue 21, whose kinds the added 39 cover: odd files, FIFOs and sockets,
 stray files and folders, extreme aspect ratios, size bounds, an unanswering Ray address, outputs blocked
 by a file or a folder, swapped or replaced split files, malformed reuse files; issue 22's cover split
 folders under unknown or doubled names, CSV lists, carving shares, unpinned handles, damaged split records;
-issue 19's the classifiers at scale: cv.engine, exact_max_rows, n_components, the CV fits' Ray address);
+issue 19's the classifiers at scale: cv.engine, exact_max_rows, n_components, the CV fits' Ray address;
+issue 33's exported models that misbehave (no features, a fixed batch, NaN, integers, random bytes) and
+params files as people save them (UTF-16, Latin-1, a key twice); its small-dataset learning curve now runs);
 with the four full-disk runs (a file-size limit on extract, train, compare and report) none ends in a traceback.
 """
 
