@@ -48,8 +48,8 @@ def make_head(dim: int, n_classes: int, dropout: float, *, generator: torch.Gene
 
 def dropout_(x: torch.Tensor, p: float, rng: np.random.Generator) -> torch.Tensor:
     """Inverted dropout as ``nn.Dropout`` in training, in place (zero with probability ``p``, scale the rest by
-    1/(1-p)), its mask drawn by numpy's ``rng`` on the CPU: 1.6 times as fast as ``torch.rand`` there (148 against
-    235 us for a 64 x 1280 batch, measured), and the same masks on every device."""
+    1/(1-p)), its mask drawn by numpy's ``rng`` on the CPU: 1.6 times as fast as ``torch.rand`` there (149 against
+    236 us for a 64 x 1280 batch, ``benchmarks/head_step.py``), and the same masks on every device."""
     if p == 0:
         return x
     keep = torch.from_numpy(rng.random(tuple(x.shape), dtype=np.float32) >= p).to(x.device)
