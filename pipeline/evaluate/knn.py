@@ -8,7 +8,7 @@ and the selection are those ``GridSearchCV`` gives with the same classifier.
 
 The search is exact at every size: FAISS's brute-force ``knn`` (float32 matrix products in
 blocks and its own top-k), 2.3 times as fast as scikit-learn's brute force, which computes in
-float64 (one search of 17,000 queries in 34,000 rows on one thread: 14.8 s against 33.6 s). Its
+float64 (17,000 queries in 34,000 rows on one thread: 15.0 s against 34.6 s, ``benchmarks/knn_search.py``). Its
 cost grows with the square of the rows, as exact search does (``benchmarks/train.py``). An
 approximate index would be a different classifier unless its recall of the exact neighbours were
 measured near 1; the inverted file tried before reached 0.44 to 0.53 on the benchmark's rows.
