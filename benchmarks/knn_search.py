@@ -17,9 +17,9 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import Normalizer
 from threadpoolctl import threadpool_limits
+from train import CLASSES, DIM, synthetic_split
 
 from pipeline.evaluate.knn import neighbours
-from train import CLASSES, DIM, synthetic_split
 
 K = 21
 

@@ -20,9 +20,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
+from train import CLASSES, DIM, synthetic_split
 
 from pipeline.evaluate.svm import NewtonLinearSVC
-from train import CLASSES, DIM, synthetic_split
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 from pipeline.common.checks import ReuseError, finite_number, known_labels, require_columns
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
+from pipeline.common.features import META, read_meta
 from pipeline.common.io import output_set, read_csv, read_json, writing
 from pipeline.common.params import DEFAULT_PARAMS, backbones_section, classifiers_section
 from pipeline.data.carving import read_splits, split_origins
-from pipeline.common.features import META, read_meta
 from pipeline.evaluate.leaderboard import leaderboard, pair_name, render_markdown
 from pipeline.evaluate.splits import read_folds
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common.cli import run, stage_parser
+from pipeline.common.groups import read_groups
 from pipeline.common.io import write_csv
 from pipeline.common.params import DEFAULT_PARAMS, load_section
 from pipeline.data.dataset import read_manifest
-from pipeline.common.groups import read_groups
 from pipeline.evaluate.splits import assign_folds, folds_frame
 
 

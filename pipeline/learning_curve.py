@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.common import features as features_io
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
+from pipeline.common.groups import read_groups
 from pipeline.common.io import output_set, read_json
 from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
-from pipeline.common.groups import read_groups
-from pipeline.common import features as features_io
 from pipeline.evaluate.classifiers import parse_classifier_params
 from pipeline.evaluate.engine import engine_of
 from pipeline.evaluate.learning_curve import curve_points, full_point, learning_curve_scores, reading
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"{fix}")
 
     start = time.perf_counter()
-    scores, skipped = (learning_curve_scores(args.classifier, params, features=feats, groups=groups, cv=cv,
-                                             use_views=use_views, curve=curve, engine=engine, device=device)
-                       if curve.enabled else (None, []))
+    scores, notes = (learning_curve_scores(args.classifier, params, features=feats, groups=groups, cv=cv,
+                                           use_views=use_views, curve=curve, engine=engine, device=device)
+                     if curve.enabled else (None, []))
     seconds = time.perf_counter() - start
     full = full_point(args.classifier, metrics, n_images=len(feats["train"].y))
     points = curve_points(args.classifier, scores, full)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write_json(args.summary, {"backbone": args.backbone, "classifier": args.classifier, **read,
                                       "enabled": curve.enabled, "fractions": [float(f) for f in points["fraction"]],
                                       "draws": curve.draws, "fold_fits": fits, "seconds": round(seconds, 1),
-                                      "skipped": skipped})
+                                      "notes": notes})  # points skipped, grid values dropped: too few pictures
     print(points.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"learning_curve@{args.backbone}-{args.classifier}: {read['sentence']}")
     print(f"cost: {seconds:.1f} s for {fits} cross-validation folds ({len(curve.below_full) if curve.enabled else 0} "

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.common.cli import EXIT_USER_ERROR, positive_int, run, stage_parser
+from pipeline.common.device import resolve_device
 from pipeline.common.errors import PipelineError
+from pipeline.common.features import BACKBONE_KEYS
 from pipeline.data.dataset import IMAGE_SUFFIXES, is_clutter
 from pipeline.embed.backbone import Backbone, rebuild_backbone
-from pipeline.common.device import resolve_device
 from pipeline.embed.embedding import Settings, embed_paths
-from pipeline.common.features import BACKBONE_KEYS
 from pipeline.evaluate.protocol import probability_columns
 from pipeline.evaluate.results import SavedModel, load_model, model_path
 

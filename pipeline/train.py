@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common.cli import run, stage_parser
-from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
-from pipeline.common.groups import read_groups
 from pipeline.common import features as features_io
+from pipeline.common.cli import run, stage_parser
+from pipeline.common.groups import read_groups
+from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
 from pipeline.evaluate.classifiers import parse_classifier_params
 from pipeline.evaluate.engine import engine_of
 from pipeline.evaluate.results import ResultPaths, write_results

@@ -10,8 +10,8 @@ import timm
 import torch
 from torch.export import Dim
 
-from pipeline.embed.backbone import BackboneError, build_backbone, full_model_with_head, parse_backbone
 from pipeline.common.features import load
+from pipeline.embed.backbone import BackboneError, build_backbone, full_model_with_head, parse_backbone
 from pipeline.evaluate.results import load_model
 from tests.conftest import PROJECT, SMALL_RUN, make_dataset, run_stage, write_params
 

@@ -325,7 +325,7 @@ def test_the_shipped_params_run_end_to_end_on_a_few_pictures_a_class(tmp_path, s
     init_project(root, data, overrides={f"backbones.{B}.weights": None, **overrides})  # offline: random weights
     out = run([*DVC, "repro"], root, ENV)
     assert f"learning_curve@{B}-knn" in ran(out) and (root / "artifacts" / "report.html").is_file()
-    notes = [json.loads((root / "artifacts" / "learning_curve" / B / f"{c}.json").read_text())["skipped"]
+    notes = [json.loads((root / "artifacts" / "learning_curve" / B / f"{c}.json").read_text())["notes"]
              for c in CLASSIFIERS]
     knn = json.loads((root / "artifacts" / "metrics" / B / "knn.json").read_text())
     assert any(notes) or knn["method"].get("notes"), "the data is small enough for something to be dropped"

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.common import features
 from pipeline.common.params import backbones_section, load_section
 from pipeline.data.dataset import build_manifest
-from pipeline.common import features
 from pipeline.embed.backbone import build_backbone, parse_backbone
 from pipeline.embed.embedding import embed_paths, resolve_settings
 from pipeline.embed.extraction import extract_features

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import StratifiedKFold, learning_curve
 
-from pipeline.common.params import CVParams, EvaluationParams, LearningCurveParams
 from pipeline.common.features import Features, SplitFeatures
+from pipeline.common.params import CVParams, EvaluationParams, LearningCurveParams
 from pipeline.evaluate.classifiers import _GRIDS, parse_classifier_params
 from pipeline.evaluate.learning_curve import (
     curve_folds,

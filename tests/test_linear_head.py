@@ -7,8 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.data.images import load_rgb
 from pipeline.common import features
+from pipeline.data.images import load_rgb
 from pipeline.evaluate.linear_head import AdamWStep, LinearHeadClassifier, dropout_, make_head
 from pipeline.evaluate.results import load_model
 from tests.conftest import SMALL_RUN, run_stage, write_params

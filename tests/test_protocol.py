@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from pipeline.common.params import CVParams, EvaluationParams
-from pipeline.common.groups import GroupsError, read_groups
 from pipeline.common.features import Features, SplitFeatures
+from pipeline.common.groups import GroupsError, read_groups
+from pipeline.common.params import CVParams, EvaluationParams
 from pipeline.evaluate.classifiers import _GRIDS, select_and_fit
 from pipeline.evaluate.protocol import evaluate_classifier, with_views
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold

@@ -108,8 +108,8 @@ def test_the_final_selection_beside_the_folds_gives_what_it_gives_before_them(tm
     sharing it (on 2 cores and more)."""
     import pickle
 
-    from pipeline.common.params import CVParams, EvaluationParams
     from pipeline.common.groups import read_groups
+    from pipeline.common.params import CVParams, EvaluationParams
     from pipeline.evaluate.classifiers import parse_classifier_params
     from pipeline.evaluate.splits import read_folds
     from pipeline.evaluate.training import train_classifier

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.common.features import HELD_OUT
 from pipeline.common.params import CarveParams
 from pipeline.data.carving import assign_splits, split_manifest
-from pipeline.common.features import HELD_OUT
 from pipeline.data.grouping import Hashes, components, near_duplicate_pairs, picture_groups
 
 

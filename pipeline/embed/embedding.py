@@ -32,10 +32,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline.common.device import resolve_device
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import ExtractParams
 from pipeline.embed.backbone import Backbone
-from pipeline.common.device import resolve_device
 from pipeline.embed.loading import Chunk, Preprocess, WorkImages, collate, decode_on_device
 from pipeline.embed.work import PLAIN, Work, plan_batches, work_of_paths
 

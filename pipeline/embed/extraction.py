@@ -23,9 +23,9 @@ import PIL
 import torch
 import torchvision
 
+from pipeline.common import features
 from pipeline.common.io import atomic_path, write_csv, write_json
 from pipeline.common.params import ExtractParams, ViewsParams
-from pipeline.common import features
 from pipeline.embed.backbone import Backbone
 from pipeline.embed.embedding import Settings, Stats, embed_items
 from pipeline.embed.loading import Preprocess

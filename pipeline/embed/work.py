@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.common import features
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import atomic_path, reserve
-from pipeline.common import features
 
 log = logging.getLogger(__name__)
 

@@ -214,6 +214,8 @@ class GridClassifier:
 
     def select(self, grid: Grid, data: TrainingData, cv: CVParams) -> Selection:
         grid, pipeline, method = self._pipeline(grid, data, cv)
+        for note in grid.notes:
+            log.warning(note)
         chosen, record = self._choose(pipeline, grid, data.X, data.y, data.groups, cv)
         configured = clone(pipeline).set_params(**{f"clf__{key}": value for key, value in chosen.items()})
         # finalize (the SVM's calibration) refits the pipeline itself: no refit before it
@@ -265,7 +267,8 @@ def smallest_training_fold(y, groups, *, folds: int, repeats: int, inner_folds: 
 
 def grid_that_fits(grid: Grid, smallest_fold: int) -> Grid:
     """The kNN grid without the k values larger than the smallest training fold (that many rows cannot give
-    k neighbours); if none is left, k = the fold's rows. Said in one warning and kept in the grid's notes."""
+    k neighbours); if none is left, k = the fold's rows. Kept in the grid's notes, which the caller says and records
+    (``select`` once for the train stage; the learning curve per point), so each is said once."""
     ks = grid.values.get("clf__n_neighbors", [])
     too_big = [k for k in ks if k > smallest_fold]
     if not too_big:
@@ -273,7 +276,6 @@ def grid_that_fits(grid: Grid, smallest_fold: int) -> Grid:
     kept = [k for k in ks if k <= smallest_fold] or [smallest_fold]
     note = (f"{grid.name}.n_neighbors={too_big} dropped: larger than the smallest training fold ({smallest_fold} "
             f"rows under the cv params); searching {kept}")
-    log.warning(note)
     return dataclasses.replace(grid, values={**grid.values, "clf__n_neighbors": kept}, notes=(*grid.notes, note))
 
 

@@ -24,8 +24,8 @@ import pandas as pd
 from scipy import stats
 from tqdm import tqdm
 
-from pipeline.common.params import CVParams, LearningCurveParams, ParamsError
 from pipeline.common.features import Features
+from pipeline.common.params import CVParams, LearningCurveParams, ParamsError
 from pipeline.evaluate.classifiers import get_classifier
 from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.protocol import cv_scores
@@ -101,7 +101,12 @@ def curve_folds(y: np.ndarray, groups: np.ndarray, *, fractions: list[float], dr
 
 def skip(fraction: float, draw: int, pictures: int, why: str) -> dict[str, Any]:
     """A point the data is too small for: recorded with its reason and said in one warning, the curve goes on."""
-    reason = f"learning_curve.fractions: {fraction:g} of the pictures ({pictures}, draw {draw}) skipped: {' '.join(why.split())}"
+    return said(fraction, draw, pictures, f"learning_curve.fractions: {fraction:g} of the pictures ({pictures}, draw "
+                f"{draw}) skipped: {' '.join(why.split())}")
+
+
+def said(fraction: float, draw: int, pictures: int, reason: str) -> dict[str, Any]:
+    """What a point of the curve could not do at this size, said in one warning and returned for the record."""
     log.warning(reason)
     return {"fraction": fraction, "draw": draw, "pictures": pictures, "reason": reason}
 
@@ -134,9 +139,8 @@ def learning_curve_scores(name: str, params: Any, *, features: Features, groups:
         except ParamsError as err:  # a setting the subset is too small for
             skipped.append(skip(point.fraction, point.draw, point.pictures, str(err)))
             continue
-        skipped += [{"fraction": point.fraction, "draw": point.draw, "pictures": point.pictures,
-                     "reason": f"learning_curve.fractions: at {point.fraction:g} of the pictures: {note}"}
-                    for note in getattr(fit_fold, "notes", ())]  # a grid value dropped, the point kept
+        skipped += [said(point.fraction, point.draw, point.pictures, f"learning_curve.fractions: at {point.fraction:g} "
+                         f"of the pictures: {note}") for note in getattr(fit_fold, "notes", ())]  # the point runs
         sub_views = None if views is None else np.asarray(views)[:, rows]
         scores = cv_scores(fit_fold, train.X[rows], train.y[rows], groups[rows], point.splits,
                            views=sub_views, n_jobs=cv.n_jobs, engine=engine)

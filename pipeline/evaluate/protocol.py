@@ -21,9 +21,8 @@ from joblib import Parallel, delayed
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from pipeline.common.features import HELD_OUT, Features
 from pipeline.common.params import CVParams, EvaluationParams
-from pipeline.common.features import HELD_OUT
-from pipeline.common.features import Features
 from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.statistics import corrected_cv_interval, held_out_metrics, macro_f1
 

@@ -31,7 +31,6 @@ from sklearn.svm import SVC
 
 from pipeline.evaluate.grid_scores import search_shared_features
 
-
 # Training rows up to which the exact kernel SVC runs (classifiers.svm.exact_max_rows' default); above them the
 # Nystroem map and the linear SVM, whose cost grows about linearly with the rows (benchmarks/README.md measures both).
 EXACT_MAX_ROWS = 2000

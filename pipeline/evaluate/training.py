@@ -18,9 +18,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.features import HELD_OUT, Features
 from pipeline.common.params import CVParams, EvaluationParams
-from pipeline.common.features import HELD_OUT
-from pipeline.common.features import Features
 from pipeline.evaluate.classifiers import ClassifierSpec, Selection, TrainingData, get_classifier
 from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.protocol import Evaluation, cv_scores, cv_scores_beside, evaluate_classifier, with_views

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.common import features as features_io
 from pipeline.common.checks import ReuseError, finite_columns, known_labels, require_columns
 from pipeline.data.images import ImageError, load_rgb
-from pipeline.common import features as features_io
 from pipeline.reporting.figures import (
     confusion_figure,
     embedding_map_figure,
