@@ -6,7 +6,8 @@ lacks (valid, test, or both) is carved from train by whole picture, stratified b
 seeded (``data.carve``); ``splits.csv`` says for every image its split and why, and
 ``split_manifest.csv`` is the manifest with those splits, the one every later stage reads.
 A picture shared between train and valid/test fails the stage (exit status 1) unless
-``audit.on_leak: warn``; the reports are written first so the leak can be inspected.
+``audit.on_leak`` is ``warn`` (go on) or ``drop`` (its images leave valid/test, each said in
+``splits.csv``); the reports are written first so the leak can be inspected.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest = read_manifest(args.manifest)
     source = read_source(args.source)  # the audit reads no image, but the manifest belongs with it
     hashes = manifest_hashes(manifest)  # recorded by prepare: no image is decoded again
-    audit = audit_dataset(manifest, hashes, near_duplicate_bits=params.near_duplicate_bits, carve=carve,
-                          given=source.get("splits") or {})
+    audit = audit_dataset(manifest, hashes, near_duplicate_bits=params.near_duplicate_bits,
+                          near_duplicate_correlation=params.near_duplicate_correlation, carve=carve,
+                          given=source.get("splits") or {}, on_leak=params.on_leak)
 
     with output_set() as out:  # the five change together or not at all
         out.write_json(args.report, audit.report)
@@ -53,12 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     r = audit.report
     print(f"pictures per split: {r['groups_per_split']} (images: {r['images_per_split']}); "
           f"{len(r['exact_duplicate_groups'])} exact and {len(r['near_duplicate_groups'])} near-duplicate "
-          f"group(s); {len(audit.leaks)} cross-split leak(s)")
+          f"group(s); {len(audit.leaks)} cross-split leak(s); largest picture: {(r['largest_group'] or {}).get('images', 0)} "
+          f"image(s); {len(r['groups_across_classes'])} picture(s) across classes")
+    if r["dropped"]:
+        print(f"dropped {len(r['dropped'])} image(s) whose picture is in an earlier split (audit.on_leak: drop); "
+              f"see {args.summary}")
     for split, entry in r["splits"].items():
         print(f"{split}: {entry['how']}")
     if r["leaks_into_held_out"] and params.on_leak == "error":
         print(f"error: {r['leaks_into_held_out']} picture(s) shared between train and valid/test; see "
-              f"{args.summary}. Remove them, or set audit.on_leak: warn to proceed.", file=sys.stderr)
+              f"{args.summary}. Remove them, set audit.on_leak: drop to drop them from valid/test, or "
+              "audit.on_leak: warn to proceed with them.", file=sys.stderr)
         return EXIT_LEAK
     return 0
 

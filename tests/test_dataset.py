@@ -19,7 +19,7 @@ def test_manifest_describes_every_image_in_order(dataset):
     root = dataset / "Master Folder"
     manifest = build_manifest(root)[0]
     assert list(manifest.columns) == ["path", "split", "label", "sha256", "width", "height",
-                                      "dhash", "dhash_mirrored", "informative"]
+                                      "dhash", "dhash_mirrored", "informative", "thumbnail"]
     assert manifest["split"].unique().tolist() == ["train", "valid", "test"]
     assert len(manifest) == 4 * 4 * 3 + 4 * 2 * 2
     row = manifest.iloc[0]

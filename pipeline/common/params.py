@@ -99,10 +99,12 @@ class DataParams:
 @dataclasses.dataclass(frozen=True)
 class AuditParams:
     near_duplicate_bits: int
-    on_leak: Literal["error", "warn"]
+    near_duplicate_correlation: float
+    on_leak: Literal["error", "warn", "drop"]
 
     def check(self, name: str) -> None:
         in_range(name, "near_duplicate_bits", self.near_duplicate_bits, 0, 64)
+        in_range(name, "near_duplicate_correlation", self.near_duplicate_correlation, -1, 1)
 
 
 # Upper bound of extract.crop_size and resize_size: 4x B1's 240, where a batch of 32 in fp32 already takes

@@ -24,6 +24,7 @@ from pipeline.data.layouts import SPLITS
 
 CARVED_FIRST = ("test", "valid")  # the order in which each class's shuffled pictures are dealt out
 SPLITS_COLUMNS = ["path", "split", "why"]
+DROPPED = "dropped:"  # how a why of splits.csv begins for an image the audit dropped for a leak
 
 
 class CarveError(PipelineError):
@@ -119,10 +120,13 @@ def read_splits(path) -> pd.DataFrame:
 
 
 def split_origins(splits: pd.DataFrame) -> dict[str, dict[str, object]]:
-    """Split -> {how: how its images were made, images: how many}, in SPLITS order, from ``splits.csv``."""
+    """Split -> {how: how its images were made, images: how many, dropped: how many the audit dropped for a
+    leak (``audit.on_leak: drop``)}, in SPLITS order, from ``splits.csv``."""
     out: dict[str, dict[str, object]] = {}
+    dropped = splits["why"].str.startswith(DROPPED)
     for s in SPLITS:
-        rows = splits[splits["split"] == s]
+        rows = splits[(splits["split"] == s) & ~dropped]
         if len(rows):
-            out[s] = {"how": str(rows["why"].iloc[0]), "images": len(rows)}
+            out[s] = {"how": str(rows["why"].iloc[0]), "images": len(rows),
+                      "dropped": int((dropped & (splits["split"] == s)).sum())}
     return out

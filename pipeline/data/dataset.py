@@ -6,6 +6,7 @@ when any image changes, and its rows fix the order every later array follows.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from pipeline.common.checks import known_splits, require_columns
 from pipeline.common.io import read_csv, read_json
 from pipeline.common.params import DataParams, SplitNames
-from pipeline.data.grouping import Hashes, image_hashes
+from pipeline.data.grouping import THUMBNAIL, Hashes, image_hashes
 from pipeline.data.images import ImageError, load_rgb, read_image_bytes, resized_too_large
 from pipeline.data.layouts import (
     IMAGE_SUFFIXES,
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ["path", "split", "label", "sha256", "width", "height"]
 # What the audit needs from the pixels, computed by prepare in the same decode: the 64-bit
 # difference hash (16 hex digits), that of the mirror image, and whether it carries information.
-HASH_COLUMNS = ["dhash", "dhash_mirrored", "informative"]
+HASH_COLUMNS = ["dhash", "dhash_mirrored", "informative", "thumbnail"]  # thumbnail: base64 of THUMBNAIL² grey bytes
 
 
 class BadImage(DatasetError):
@@ -218,10 +219,10 @@ def describe_image(path: Path, *, resize: int | None = None) -> tuple[str, int, 
     return inspect_image(path, resize=resize)[:3]
 
 
-def inspect_image(path: Path, *, resize: int | None = None) -> tuple[str, int, int, str, str, bool]:
+def inspect_image(path: Path, *, resize: int | None = None) -> tuple[str, int, int, str, str, bool, str]:
     """Everything later stages need from an image's bytes and pixels, from one read and one decode.
 
-    (sha256, width, height, dhash, mirrored dhash, informative); a file that cannot be read or
+    (sha256, width, height, dhash, mirrored dhash, informative, thumbnail); a file that cannot be read or
     decoded raises ``BadImage``, and so does, with ``resize`` (the extraction's), one whose resized
     size is beyond the bound extract and predict apply.
     """
@@ -238,8 +239,9 @@ def inspect_image(path: Path, *, resize: int | None = None) -> tuple[str, int, i
     refused = resized_too_large(image.size, resize) if resize else None
     if refused:
         raise BadImage(path, refused)
-    plain, mirrored, informative = image_hashes(image)
-    return hashlib.sha256(data).hexdigest(), *image.size, f"{plain:016x}", f"{mirrored:016x}", informative
+    plain, mirrored, informative, thumbnail = image_hashes(image)
+    return (hashlib.sha256(data).hexdigest(), *image.size, f"{plain:016x}", f"{mirrored:016x}", informative,
+            base64.b64encode(thumbnail).decode("ascii"))
 
 
 def _inspect_or_why(path: Path, resize: int | None = None) -> tuple | str:
@@ -316,8 +318,18 @@ def manifest_hashes(manifest: pd.DataFrame) -> Hashes:
     if manifest["informative"].dtype != bool:
         raise DatasetError("The manifest's informative column must hold True or False only; "
                            "run the prepare stage (dvc repro prepare).")
+    side = THUMBNAIL * THUMBNAIL
+    encoded = manifest["thumbnail"].astype(str)
+    if len(encoded) and not encoded.str.len().eq(side * 4 // 3).all():
+        raise DatasetError(f"The manifest's thumbnail column holds a value that is not {side} base64-encoded bytes; "
+                           "run the prepare stage (dvc repro prepare).")
+    try:  # one decode for the column: each value is whole 3-byte blocks, so the values join without padding
+        thumbnails = np.frombuffer(base64.b64decode("".join(encoded), validate=True), dtype=np.uint8)
+    except ValueError as err:
+        raise DatasetError(f"The manifest's thumbnail column is not base64 ({err}); run the prepare stage "
+                           "(dvc repro prepare).") from err
     return Hashes(plain=as_uint64("dhash"), mirrored=as_uint64("dhash_mirrored"),
-                  informative=manifest["informative"].to_numpy(dtype=bool))
+                  informative=manifest["informative"].to_numpy(dtype=bool), thumbnails=thumbnails.reshape(-1, side))
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
@@ -325,7 +337,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
     fix = "run the stages that write it (dvc repro audit: prepare, then audit)."
     frame = read_csv(path, what="Manifest", fix=fix, error=DatasetError,
                      dtype={"path": str, "split": str, "label": str, "sha256": str, "dhash": str,
-                            "dhash_mirrored": str}, keep_default_na=False)
+                            "dhash_mirrored": str, "thumbnail": str}, keep_default_na=False)
     require_columns(frame, path, MANIFEST_COLUMNS, fix=fix)
     known_splits(frame, path, SPLITS, fix=fix)
     return frame

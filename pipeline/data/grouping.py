@@ -1,9 +1,13 @@
 """Group images into original pictures, so no picture is split across folds or splits.
 
-Two sources of evidence are merged: the dataset's naming of offline augmentations
-(``aug-<n>-<original>.jpg`` beside ``<original>.jpg``) and perceptual-hash
-near-duplicates (resized, re-encoded, mirrored or lightly cropped copies), which
-also works on datasets without such naming.
+Three sources of evidence are merged: identical bytes, the dataset's naming of offline
+augmentations (``aug-<n>-<original>.jpg`` beside ``<original>.jpg``) and near-duplicates
+(resized, re-encoded, mirrored, lightly cropped or rotated copies), which also works on
+datasets without such naming. A near-duplicate needs two independent signals: a
+difference hash within a few bits finds candidates fast, and the correlation of small
+grey thumbnails confirms them, because on everyday photos different pictures meet
+within the hash radius (pets, faces, a subject centred on a plain background).
+Confirmed links never chain: see ``star_groups``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def original_name(path: str) -> str:
 
 
 FLAT_RANGE = 8  # grey levels: a thumbnail flatter than this gives a difference hash of noise, or of zeros
+THUMBNAIL = 12  # side of the grey thumbnail that confirms a candidate: 144 bytes an image (benchmarks/near_duplicates.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Hashes:
     plain: np.ndarray  # (n,) uint64
     mirrored: np.ndarray  # (n,) uint64
     informative: np.ndarray  # (n,) bool: False for flat or nearly flat images
+    thumbnails: np.ndarray | None = None  # (n, THUMBNAIL**2) uint8 grey thumbnails, row-major; None: not confirmable
 
 
 def perceptual_hashes(paths: Iterable[Path]) -> Hashes:
@@ -53,7 +59,7 @@ def perceptual_hashes(paths: Iterable[Path]) -> Hashes:
     grey levels) hashes to zeros or to noise, so it is marked uninformative and
     never linked by appearance: two unrelated one-colour images are not one picture.
     """
-    plain, mirrored, informative = [], [], []
+    plain, mirrored, informative, thumbnails = [], [], [], []
     for path in tqdm(list(paths), desc="perceptual hashes", unit="img"):
         try:
             image = load_rgb(path)
@@ -64,18 +70,22 @@ def perceptual_hashes(paths: Iterable[Path]) -> Hashes:
         plain.append(hashed[0])
         mirrored.append(hashed[1])
         informative.append(hashed[2])
+        thumbnails.append(np.frombuffer(hashed[3], dtype=np.uint8))
     return Hashes(plain=np.array(plain, dtype=np.uint64), mirrored=np.array(mirrored, dtype=np.uint64),
-                  informative=np.array(informative, dtype=bool))
+                  informative=np.array(informative, dtype=bool),
+                  thumbnails=np.array(thumbnails, dtype=np.uint8).reshape(-1, THUMBNAIL * THUMBNAIL))
 
 
-def image_hashes(image: Image.Image) -> tuple[int, int, bool]:
-    """The dHash of a decoded RGB image, that of its mirror image, and whether it is informative."""
+def image_hashes(image: Image.Image) -> tuple[int, int, bool, bytes]:
+    """The dHash of a decoded RGB image, that of its mirror image, whether it is informative, and its grey
+    ``THUMBNAIL`` x ``THUMBNAIL`` thumbnail (box-averaged, row-major bytes)."""
     # dHash works on the grey image; converting once, then mirroring it, gives the same bits as
     # hashing the RGB image and its mirror image (the conversion is per pixel), at a third of the cost.
     grey = image.convert("L")
-    thumbnail = np.asarray(grey.resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+    flatness = np.asarray(grey.resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     return (_as_int(imagehash.dhash(grey)), _as_int(imagehash.dhash(ImageOps.mirror(grey))),
-            int(thumbnail.max()) - int(thumbnail.min()) >= FLAT_RANGE)
+            int(flatness.max()) - int(flatness.min()) >= FLAT_RANGE,
+            grey.resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX).tobytes())
 
 
 def _as_int(h: imagehash.ImageHash) -> int:
@@ -83,7 +93,7 @@ def _as_int(h: imagehash.ImageHash) -> int:
 
 
 def near_duplicate_pairs(hashes: Hashes, max_bits: int, *, threads: int | None = None) -> np.ndarray:
-    """Index pairs (i < j) of informative images whose hashes differ in at most ``max_bits`` bits, mirror included.
+    """Candidate pairs (i < j): informative images whose hashes differ in at most ``max_bits`` bits, mirror included.
 
     Compares image i's hash with both the plain and mirrored hash of image j, so
     a horizontally flipped copy is found as readily as a resized one. Sorted by (i, j).
@@ -96,6 +106,66 @@ def near_duplicate_pairs(hashes: Hashes, max_bits: int, *, threads: int | None =
                             pairs_within(plain, mirrored, max_bits, threads=threads)])
     found = np.unique(found, axis=0) if len(found) else np.empty((0, 2), dtype=np.int64)
     return keep[found].reshape(-1, 2).astype(np.int64)
+
+
+def thumbnail_correlation(hashes: Hashes, pairs: np.ndarray) -> np.ndarray:
+    """For each pair (i, j), the Pearson correlation of i's thumbnail with j's or with j's mirror image, the larger.
+
+    Correlation ignores brightness and contrast; a flat thumbnail correlates with nothing (0).
+    Only the images named in ``pairs`` are normalised, so memory follows the candidates, not the dataset.
+    """
+    if hashes.thumbnails is None:
+        raise ValueError("these hashes carry no thumbnails; re-run prepare to record them")
+    if len(pairs) == 0:
+        return np.empty(0)
+    used, local = np.unique(pairs, return_inverse=True)
+    local = local.reshape(-1, 2)
+    side = THUMBNAIL
+    plain = hashes.thumbnails[used].astype(np.float32)
+    mirrored = plain.reshape(-1, side, side)[:, :, ::-1].reshape(len(used), -1)
+
+    def unit(rows: np.ndarray) -> np.ndarray:
+        rows = rows - rows.mean(axis=1, keepdims=True)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-6)
+
+    plain, mirrored = unit(plain), unit(mirrored)
+    first, second = plain[local[:, 0]], local[:, 1]
+    return np.maximum(np.einsum("pd,pd->p", first, plain[second]), np.einsum("pd,pd->p", first, mirrored[second]))
+
+
+def confirmed_pairs(hashes: Hashes, max_bits: int, min_correlation: float, *,
+                    threads: int | None = None) -> tuple[np.ndarray, int]:
+    """Near-duplicate pairs: hash candidates (``near_duplicate_pairs``) whose thumbnails correlate at least
+    ``min_correlation``. Returns the confirmed pairs (sorted, as (k, 2) int64) and the number of candidates."""
+    candidates = near_duplicate_pairs(hashes, max_bits, threads=threads)
+    return candidates[thumbnail_correlation(hashes, candidates) >= min_correlation], len(candidates)
+
+
+def star_groups(n: int, pairs: np.ndarray) -> list[list[int]]:
+    """Groups of linked images in which every member is linked to the group's centre: no chains.
+
+    Images are taken by number of links, most first (then by index); an image not yet grouped
+    becomes a centre and takes each of its linked images not yet grouped. So A~B and B~C with
+    A and C unlinked give {B, A, C} only when B is the centre, the one image near both; a copy is
+    never grouped through a stranger's look-alike. Groups of two or more, each sorted.
+    """
+    if len(pairs) == 0:
+        return []
+    ends = np.concatenate([pairs, pairs[:, ::-1]])
+    ends = ends[np.lexsort((ends[:, 1], ends[:, 0]))]
+    starts = np.searchsorted(ends[:, 0], np.arange(n + 1))
+    degree = np.diff(starts)
+    centre = np.full(n, -1, dtype=np.int64)
+    for i in np.lexsort((np.arange(n), -degree))[: np.count_nonzero(degree)]:
+        if centre[i] < 0:
+            linked = ends[starts[i]:starts[i + 1], 1]
+            linked = linked[centre[linked] < 0]
+            centre[i] = i
+            centre[linked] = i
+    groups: dict[int, list[int]] = {}
+    for i in np.flatnonzero(centre >= 0):
+        groups.setdefault(int(centre[i]), []).append(int(i))
+    return [g for g in groups.values() if len(g) > 1]
 
 
 class UnionFind:
@@ -116,26 +186,18 @@ class UnionFind:
             self.parent[max(a, b)] = min(a, b)
 
 
-def components(n: int, edges: Iterable[tuple[int, int]]) -> list[list[int]]:
-    """Connected components (as sorted index lists) of size >= 2."""
-    uf = UnionFind(n)
-    for i, j in edges:
-        uf.union(int(i), int(j))
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(uf.find(i), []).append(i)
-    return [g for g in groups.values() if len(g) > 1]
-
-
-def picture_groups(paths: Sequence[str], near_pairs: np.ndarray) -> list[str]:
+def picture_groups(paths: Sequence[str], near_groups: Iterable[Sequence[int]],
+                   exact_pairs: Iterable[tuple[int, int]] = ()) -> list[str]:
     """Assign each image the id of its original picture (the first path of its group).
 
-    Images named as augmentations of one original, and images linked by a chain
-    of near-duplicate pairs, end in the same group.
+    Merged: the near-duplicate groups (``star_groups``), images of identical bytes, and images named as
+    augmentations of one original. Identical bytes and names are facts about the files, so those
+    merge transitively; appearance alone never does beyond ``star_groups``.
     """
     index = {p: i for i, p in enumerate(paths)}
     first_copy: dict[str, int] = {}  # for augmentations whose original is absent: join the siblings
-    edges = [tuple(pair) for pair in near_pairs]
+    edges = [(group[0], member) for group in near_groups for member in group[1:]]
+    edges += list(exact_pairs)
     for i, path in enumerate(paths):
         original = original_name(path)
         if original != path:

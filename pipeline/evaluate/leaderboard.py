@@ -180,7 +180,9 @@ def in_words(table: pd.DataFrame, tests: dict[str, Any]) -> list[str]:
 
 def held_out_line(splits: dict[str, dict[str, Any]]) -> str:
     """How valid and test were made (from the audit's splits.csv): a folder, a list, or carved from train."""
-    parts = [f"**{s}**: {entry['images']} images, {entry['how']}" for s, entry in splits.items() if s != "train"]
+    parts = [f"**{s}**: {entry['images']} images, {entry['how']}"
+             + (f" ({entry['dropped']} dropped: their picture is in an earlier split)" if entry.get("dropped") else "")
+             for s, entry in splits.items() if s != "train"]
     return "Held-out images: " + "; ".join(parts) + "."
 
 
