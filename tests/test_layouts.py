@@ -325,6 +325,10 @@ def test_finding_the_split_folders_refuses_what_it_cannot_decide(tmp_path):
     with pytest.raises(DatasetError, match=r"holds neither split folders .* its folders \['training_set'\] hold "
                                            r"folders. Name the split folders in data.splits"):
         resolve_layout(data_params(root=str(tmp_path / "c"), layout_dir=""))
+    write_pictures(tmp_path / "e" / "training_set", rng, 1, copies=0)  # a public cats-and-dogs layout
+    write_pictures(tmp_path / "e" / "test_set", rng, 1, copies=0)
+    with pytest.raises(DatasetError, match=r"these look like data.splits: \{train: training_set, test: test_set\}"):
+        resolve_layout(data_params(root=str(tmp_path / "e"), layout_dir=""))
     with pytest.raises(DatasetError, match=r"data.splits.train='trainig': there is no folder"):
         resolve_layout(data_params(root=str(tmp_path / "b"), layout_dir="", splits=SplitNames(train="trainig")))
     write_pictures(tmp_path / "d" / "val", rng, 1, copies=0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -135,8 +136,8 @@ def split_folders(root: Path, names: SplitNames | None) -> dict[str, str]:
     if not matched:
         if found and not any(_holds_images(root / name) for name in found):
             raise DatasetError(f"{root} holds neither split folders ({_recognised(None)}) nor class folders of images: "
-                               f"its folders {found} hold folders. Name the split folders in data.splits (e.g. "
-                               f"data.splits.train: {found[0]}), or point data.layout_dir at the folder that holds "
+                               f"its folders {found} hold folders. Name the split folders in data.splits "
+                               f"({_suggested_splits(found)}), or point data.layout_dir at the folder that holds "
                                "them.")
         return {}
     if "train" not in matched:
@@ -145,6 +146,21 @@ def split_folders(root: Path, names: SplitNames | None) -> dict[str, str]:
                           "name it in data.splits.train.")
     return {split: folders_of_split[0] for split, folders_of_split in sorted(matched.items(),
                                                                             key=lambda item: SPLITS.index(item[0]))}
+
+
+def _suggested_splits(found: list[str]) -> str:
+    """A ``data.splits`` mapping guessed from folder names that contain a split's word (``training_set`` ->
+    train), or an example naming the first folder when none does."""
+    guessed: dict[str, str] = {}
+    for name in sorted(found):
+        words = re.split(r"[^a-z0-9]+", name.lower())
+        split = next((s for s, names in SPLIT_NAMES.items() if set(names) & set(words)), None)
+        if split is not None:
+            guessed.setdefault(split, name)
+    if "train" not in guessed:
+        return f"e.g. data.splits.train: {found[0]}"
+    pairs = ", ".join(f"{split}: {guessed[split]}" for split in SPLITS if split in guessed)
+    return f"these look like data.splits: {{{pairs}}}"
 
 
 def _walk(base: Path, depth: int) -> Iterator[list[Path]]:
