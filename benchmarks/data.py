@@ -1,11 +1,12 @@
 """How fast are prepare and audit, and the near-duplicate search alone, at scale? Makes its own data.
 
-``--search N [N ...]``: N random 64-bit hashes (plain and mirrored) with planted near pairs
-(a few bits flipped, by plain and by mirrored hash) and exact copies; times
-``near_duplicate_pairs`` at ``--bits`` (default: params.yaml's) in a fresh process per N
-(the compiled kernels are warmed up first, on 1,000 hashes, outside the timing) and prints
-seconds, pairs found and the process's peak RSS. ``--check`` also runs the all-pairs
-comparison (the search as it was) and prints whether the pairs are equal.
+``--search N [N ...]``: N random 64-bit hashes (plain and mirrored) and random thumbnails, with planted
+near copies (a few bits flipped, by plain and by mirrored hash; the thumbnail copied with noise); times
+``confirmed_pairs`` (the search and the thumbnail confirmation) at ``--bits`` and ``--correlation``
+(default: params.yaml's) in a fresh process per N (the compiled kernels are warmed up first, on 1,000
+images, outside the timing) and prints seconds, candidates, confirmed pairs, the bytes held per image
+and the process's peak RSS. ``--check`` also runs the all-pairs comparison (the search as it was) and
+prints whether the candidate pairs are equal.
 
 ``--stages N``: N synthetic JPEGs (``--size``, default 500x375) in Kaggle's layout (70/15/15
 train/valid/test, 4 classes), with planted exact copies and mirrored, resized, re-encoded
@@ -40,42 +41,52 @@ from stage_run import PROJECT, run_stage
 CLASSES = ("Angry", "Other", "Sad", "happy")
 
 
-def planted_hashes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random plain and mirrored hashes; 1 in 20 a near copy (0-10 bits flipped) of another, plain or mirrored."""
+def planted_hashes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random plain and mirrored hashes and thumbnails; 1 in 20 a near copy (0-10 bits flipped) of another, plain or
+    mirrored, its thumbnail the other's (mirrored for a mirrored copy) plus noise."""
+    from pipeline.data.grouping import THUMBNAIL
+
     rng = np.random.default_rng(seed)
     plain = rng.integers(0, 2**64, size=n, dtype=np.uint64)
     mirrored = rng.integers(0, 2**64, size=n, dtype=np.uint64)
+    thumbnails = rng.integers(0, 256, size=(n, THUMBNAIL * THUMBNAIL), dtype=np.uint8)
     targets = rng.choice(n, size=n // 20, replace=False)
-    sources = rng.integers(0, n, size=len(targets))
+    sources = rng.choice(np.setdiff1d(np.arange(n), targets), size=len(targets))  # a copy of a copy's source: stale
     bits = rng.integers(0, 11, size=len(targets))
     for target, source, flips in zip(targets, sources, bits):
         mask = np.uint64(sum(1 << int(b) for b in rng.choice(64, size=flips, replace=False)))
+        copy = thumbnails[source].reshape(THUMBNAIL, THUMBNAIL)
         if rng.random() < 0.5:
             plain[target] = plain[source] ^ mask
         else:
             mirrored[target] = plain[source] ^ mask  # a mirrored copy
-    return plain, mirrored
+            copy = copy[:, ::-1]
+        noise = rng.integers(-8, 9, size=copy.shape)
+        thumbnails[target] = np.clip(copy.astype(np.int16) + noise, 0, 255).astype(np.uint8).ravel()
+    return plain, mirrored, thumbnails
 
 
-def search_once(n: int, bits: int, check: bool) -> None:
-    """In this process: time the search on n hashes, print one line (and the check's)."""
-    from pipeline.data.grouping import Hashes, near_duplicate_pairs
+def search_once(n: int, bits: int, correlation: float, check: bool) -> None:
+    """In this process: time the search and its confirmation on n images, print one line (and the check's)."""
+    from pipeline.data.grouping import Hashes, confirmed_pairs, near_duplicate_pairs
 
-    plain, mirrored = planted_hashes(n)
-    warm = Hashes(plain[:1000], mirrored[:1000], np.ones(1000, dtype=bool))
-    near_duplicate_pairs(warm, bits)  # compiles (or loads) the kernels
-    hashes = Hashes(plain, mirrored, np.ones(n, dtype=bool))
+    plain, mirrored, thumbnails = planted_hashes(n)
+    hashes = Hashes(plain, mirrored, np.ones(n, dtype=bool), thumbnails)
+    per_image = plain.itemsize + mirrored.itemsize + 1 + thumbnails.shape[1]
+    warm = Hashes(plain[:1000], mirrored[:1000], np.ones(1000, dtype=bool), thumbnails[:1000])
+    confirmed_pairs(warm, bits, correlation)  # compiles (or loads) the kernels
     start = time.perf_counter()
-    pairs = near_duplicate_pairs(hashes, bits)
+    pairs, candidates = confirmed_pairs(hashes, bits, correlation)
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"search n={n:,} bits={bits}: {seconds:.2f} s, {len(pairs):,} pairs, peak RSS {rss:.0f} MiB, "
+    print(f"search and confirmation n={n:,} bits={bits} r>={correlation:g}: {seconds:.2f} s, {candidates:,} candidates, "
+          f"{len(pairs):,} confirmed, {per_image} bytes an image held, peak RSS {rss:.0f} MiB, "
           f"threads={len(os.sched_getaffinity(0))}", flush=True)
     if check:
         start = time.perf_counter()
         expected = all_pairs(plain, mirrored, bits)
-        print(f"all-pairs n={n:,} bits={bits}: {time.perf_counter() - start:.2f} s, equal={np.array_equal(pairs, expected)}",
-              flush=True)
+        equal = np.array_equal(near_duplicate_pairs(hashes, bits), expected)
+        print(f"all-pairs n={n:,} bits={bits}: {time.perf_counter() - start:.2f} s, candidates equal={equal}", flush=True)
 
 
 def all_pairs(plain: np.ndarray, mirrored: np.ndarray, bits: int, chunk: int = 1024) -> np.ndarray:
@@ -173,6 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--search", type=int, nargs="+", metavar="N")
     parser.add_argument("--bits", type=int, default=None, help="default: params.yaml's audit.near_duplicate_bits")
+    parser.add_argument("--correlation", type=float, default=None,
+                        help="default: params.yaml's audit.near_duplicate_correlation")
     parser.add_argument("--check", action="store_true", help="also compare with the all-pairs search")
     parser.add_argument("--stages", type=int, metavar="N")
     parser.add_argument("--size", default="500x375")
@@ -180,14 +193,15 @@ def main() -> None:
     parser.add_argument("--extract", action="store_true")
     parser.add_argument("--_search_once", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    bits = args.bits if args.bits is not None else \
-        yaml.safe_load((PROJECT / "params.yaml").read_text())["audit"]["near_duplicate_bits"]
+    audit = yaml.safe_load((PROJECT / "params.yaml").read_text())["audit"]
+    bits = args.bits if args.bits is not None else audit["near_duplicate_bits"]
+    correlation = args.correlation if args.correlation is not None else audit["near_duplicate_correlation"]
     if args._search_once:
-        search_once(args._search_once, bits, args.check)
+        search_once(args._search_once, bits, correlation, args.check)
         return
     for n in args.search or []:  # a fresh process each, so each peak RSS is its own
         subprocess.run([sys.executable, __file__, "--_search_once", str(n), "--bits", str(bits),
-                        *(["--check"] if args.check else [])], check=True,
+                        "--correlation", str(correlation), *(["--check"] if args.check else [])], check=True,
                        env={**os.environ, "PYTHONPATH": str(PROJECT)})
     if args.stages:
         width, height = (int(v) for v in args.size.split("x"))
