@@ -39,7 +39,9 @@ def test_unknown_key_is_named_with_the_known_ones(tmp_path):
         ({"extract__device": "tpu"}, r"extract.device='tpu' is not allowed: choose one of \['auto'"),
         ({"cv__folds": 1}, r"cv.folds=1 is out of range"),
         ({"cv__n_jobs": 0}, r"cv.n_jobs=0 is invalid"),
-        ({"audit__on_leak": "ignore"}, r"audit.on_leak='ignore' is not allowed"),
+        ({"audit__on_leak": "ignore"}, r"audit.on_leak='ignore' is not allowed: choose one of \['error', 'warn', 'drop'\]"),
+        ({"audit__near_duplicate_correlation": 1.5}, r"audit.near_duplicate_correlation=1.5 is out of range: it must be "
+                                                     r"in \[-1, 1\]"),
         ({"extract__decode": "gpu"}, r"extract.decode='gpu' is not allowed: choose one of \['auto', 'cpu', 'device'\]"),
         ({"views__count": True}, r"views.count=True has the wrong type"),
         ({"learning_curve__fractions": [0.5, 0]}, r"learning_curve.fractions=\[0.5, 0\] is out of range: .* \(0, 1\]"),
