@@ -2,7 +2,8 @@
 
 Leaderboard of every backbone/classifier pair, the backbone x classifier grid,
 test confusion matrices, per-class precision and recall, the misclassified test
-images of the best pair, the learning curves by original pictures with their
+images of the best pair, the train pictures whose label looks wrong (the label_issues
+stage's), the learning curves by original pictures with their
 readings, and per backbone a 2-D map of its embeddings and its linear head's
 training curve. Images are embedded, so the file opens anywhere.
 """
@@ -18,7 +19,14 @@ from pipeline.common.cli import run, stage_parser
 from pipeline.common.io import read_csv, read_json, write_text
 from pipeline.data.carving import read_splits, split_origins
 from pipeline.data.dataset import read_source
-from pipeline.reporting.page import build_report, check_history, check_leaderboard, check_predictions
+from pipeline.common.params import DEFAULT_PARAMS, load_section
+from pipeline.reporting.page import (
+    build_report,
+    check_history,
+    check_leaderboard,
+    check_predictions,
+    label_issues_section,
+)
 
 
 def code_version() -> str:
@@ -50,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the learning_curve stages' readings, <backbone>/<classifier>.json")
     parser.add_argument("--splits", type=Path, default=None,
                         help="the audit's splits.csv: how each split was made (omitted: not said)")
+    parser.add_argument("--label-issues", type=Path, default=None,
+                        help="the label_issues stage's CSV (with --label-summary; omitted: no section)")
+    parser.add_argument("--label-summary", type=Path, default=None, help="the label_issues stage's JSON")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -80,9 +92,17 @@ def main(argv: list[str] | None = None) -> int:
                                            fix=fix).get("sentence", "")
     source = read_source(args.source)
     splits = split_origins(read_splits(args.splits)) if args.splits else None
+    suspects = None
+    if args.label_issues is not None and args.label_summary is not None:
+        fix = "re-run the label_issues stage (dvc repro label_issues)."
+        suspects = label_issues_section(
+            read_csv(args.label_issues, what="Label issues", fix=fix, dtype=str, keep_default_na=False,
+                     converters={"score": float, "images": int}),
+            read_json(args.label_summary, what="Label issues summary", fix=fix), Path(source["root"]),
+            show=load_section("label_issues", args.params).show)
     text = build_report(leaderboard=leaderboard, predictions=predictions, feats=feats, histories=histories,
                         image_root=Path(source["root"]), source=source, code_version=code_version(),
-                        learning_curves=curves, learning_readings=readings, splits=splits)
+                        learning_curves=curves, learning_readings=readings, splits=splits, label_issues=suspects)
     write_text(args.out, text)
     print(f"report: {args.out} ({len(text) / 1e6:.1f} MB)")
     return 0

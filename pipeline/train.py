@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                         ("confusion", "test rows for the confusion plot (CSV)"), ("folds", "per-fold CV scores (CSV)"),
                         ("selection", "how the hyperparameters were chosen: grid scores or training curve (CSV)")]:
         parser.add_argument(f"--{name}", type=Path, required=True, help=help_)
+    parser.add_argument("--out-of-fold", type=Path, default=None,
+                        help="train images' out-of-fold probabilities from the grouped CV (CSV; label_issues reads it)")
     args = parser.parse_args(argv)
 
     params = parse_classifier_params(args.classifier, entry_of(classifiers_section(args.params), args.classifier,
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                                evaluation=evaluation, use_views=use_views, engine=engine, device=device)
     write_results(trained, backbone=args.backbone, classes=feats.classes, features_meta=feats.meta,
                   paths=ResultPaths(model=args.model, metrics=args.metrics, predictions=args.predictions,
-                                    confusion=args.confusion, folds=args.folds, selection=args.selection))
+                                    confusion=args.confusion, folds=args.folds, selection=args.selection,
+                                    out_of_fold=args.out_of_fold))
     print(f"{args.backbone}/{trained.summary()}")
     return 0
 

@@ -23,7 +23,8 @@ B = DEFAULT_BACKBONE
 def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
     root, env, dvc, first, _ = repo
     assert ran(first) == {"prepare", "audit", "folds", f"extract@{B}", *(f"train@{B}-{name}" for name in CLASSIFIERS),
-                          *(f"learning_curve@{B}-{name}" for name in CLASSIFIERS), f"export@{B}", "compare", "report"}
+                          *(f"learning_curve@{B}-{name}" for name in CLASSIFIERS), f"export@{B}", "compare",
+                          "label_issues", "report"}
     shown = json.loads(run([*dvc, "metrics", "show", "--json"], root, env))
     files = next(iter(shown.values()))["data"]
     assert sorted(files) == sorted([*(f"artifacts/metrics/{B}/{name}.json" for name in CLASSIFIERS),
@@ -41,6 +42,14 @@ def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
     assert meta["feature_dim"] == 1280 and meta["speed"]["images_per_second"] > 0
     assert "RANDOM" in (root / "artifacts" / "comparison.md").read_text()
     assert (root / "artifacts" / "audit.json").is_file()
+    suspects = json.loads((root / "artifacts" / "label_issues.json").read_text())
+    assert suspects["structure"] is False and "random" in suspects["why"]  # no suspect list from random weights
+    assert pd.read_csv(root / "artifacts" / "data" / "label_issues.csv").empty
+    for name in ["head", "logreg", "knn"]:  # the SVM's fold models give no probabilities
+        oof = pd.read_csv(root / "artifacts" / "out_of_fold" / B / f"{name}.csv")
+        assert len(oof) == 60 and np.allclose(oof.filter(like="p_").sum(axis=1), 1, atol=1e-5)
+        calibration = files[f"artifacts/metrics/{B}/{name}.json"]["data"]["calibration"]
+        assert calibration["temperature"] > 0 and {"before", "after"} <= set(calibration["test"])
     plots = json.loads(run([*dvc, "plots", "show", "--json"], root, env))["data"]
     assert {*(f"artifacts/plots/confusion/{B}/{name}.csv" for name in CLASSIFIERS),
             f"artifacts/selection/head/{B}.csv",
@@ -66,7 +75,7 @@ def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(rep
                                         "classifiers.knn.n_neighbors": [1]})  # SMALL_RUN has [3, 5]
     try:
         assert ran(run([*dvc, "repro"], root, env)) == {"prepare", f"train@{B}-knn", f"learning_curve@{B}-knn",
-                                                        "compare", "report"}
+                                                        "compare", "label_issues", "report"}
     finally:
         write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
         run([*dvc, "repro"], root, env)
@@ -86,6 +95,20 @@ def test_changing_a_learning_curve_param_reruns_only_the_learning_curves_and_the
         write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
         run([*dvc, "repro"], root, env)
     assert (root / "artifacts" / "plots" / "learning_curve" / B / "knn.csv").read_text() == before
+
+
+def test_label_issue_params_rerun_only_the_label_issues_stage_and_the_report(repo):
+    root, env, dvc, _, _ = repo
+    data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"].removesuffix("/Master Folder")
+    try:
+        write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data, "label_issues.alpha": 0.05})
+        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "label_issues", "report"}
+        write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data, "label_issues.alpha": 0.05,
+                                            "label_issues.show": 3})
+        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "report"}
+    finally:
+        write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
+        run([*dvc, "repro"], root, env)
 
 
 def test_a_second_backbone_runs_only_its_own_stages_and_removing_it_restores_the_outputs(repo):
@@ -164,8 +187,8 @@ def test_report_holds_every_section_with_real_images(repo):
     from PIL import Image
 
     page = (root / "artifacts" / "report.html").read_text()
-    for section in ["about", "leaderboard", "grid", "confusion", "per-class", "misclassified", "learning-curve",
-                    f"backbone-{B}"]:
+    for section in ["about", "leaderboard", "grid", "confusion", "per-class", "misclassified", "label-issues",
+                    "learning-curve", f"backbone-{B}"]:
         assert f"id='{section}'" in page
     assert "Embedding map" in page and "Linear head training" in page
     about = page[page.index("id='about'"):page.index("</table>", page.index("id='about'"))]

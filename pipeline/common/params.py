@@ -192,6 +192,16 @@ class EvaluationParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class LabelIssuesParams:
+    alpha: float
+    show: int
+
+    def check(self, name: str) -> None:
+        in_range(name, "alpha", self.alpha, 0, 1)
+        in_range(name, "show", self.show, 0, None)
+
+
+@dataclasses.dataclass(frozen=True)
 class LearningCurveParams:
     """The learning curve by original pictures (``learning_curve`` stage): which fractions of train's
     pictures, how many seeded draws of pictures at each; the 100% point is always the train stage's own."""
@@ -223,6 +233,7 @@ class LearningCurveParams:
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "audit": AuditParams,
+    "label_issues": LabelIssuesParams,
     "extract": ExtractParams,
     "views": ViewsParams,
     "cv": CVParams,

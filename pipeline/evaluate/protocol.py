@@ -23,6 +23,7 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 
 from pipeline.common.features import HELD_OUT, Features
 from pipeline.common.params import CVParams, EvaluationParams
+from pipeline.evaluate.calibration import calibration_report, fit_temperature
 from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.statistics import corrected_cv_interval, held_out_metrics, macro_f1
 
@@ -37,6 +38,7 @@ class Evaluation:
     metrics: dict[str, Any]
     predictions: pd.DataFrame  # image, split, true, predicted, p_<class>...
     folds: pd.DataFrame  # one row per CV fold, both protocols
+    out_of_fold: pd.DataFrame | None = None  # train images: image, true, p_<class>... from the grouped CV's first repetition
 
 
 def with_views(X: np.ndarray, y: np.ndarray, groups: np.ndarray, views: np.ndarray | None,
@@ -55,14 +57,20 @@ def with_views(X: np.ndarray, y: np.ndarray, groups: np.ndarray, views: np.ndarr
 
 
 def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-                views: np.ndarray | None, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+                views: np.ndarray | None, train: np.ndarray, test: np.ndarray) -> dict[str, Any]:
+    """A fold's scores, and its test rows' class probabilities (``proba``: one column per class of ``y``; NaN when
+    the fold's model gives none)."""
     model = fit_fold(*with_views(X, y, groups, views, train))
     pred = model.predict(X[test])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a fold may lack a class; the score is still defined
         balanced = balanced_accuracy_score(y[test], pred)
+    proba = np.full((len(test), int(y.max()) + 1), np.nan)  # NaN: a fold model without probabilities (the SVM's)
+    if hasattr(model, "predict_proba"):
+        proba[:] = 0.0
+        proba[:, getattr(model, "classes_", np.arange(proba.shape[1]))] = model.predict_proba(X[test])
     return {"n_test": len(test), "accuracy": accuracy_score(y[test], pred),
-            "balanced_accuracy": balanced, "macro_f1": macro_f1(y[test], pred)}
+            "balanced_accuracy": balanced, "macro_f1": macro_f1(y[test], pred), "proba": proba}
 
 
 def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
@@ -80,8 +88,10 @@ def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarra
 def cv_scores_beside(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                      splits: Iterable[tuple[np.ndarray, np.ndarray]], *, views: np.ndarray | None = None,
                      n_jobs: int | None = None, engine: Engine | None = None,
-                     beside: Callable[[], Any] | None = None) -> tuple[pd.DataFrame, Any]:
-    """``cv_scores``, with ``beside()`` (when given) run as one more task among the folds; and its result.
+                     beside: Callable[[], Any] | None = None) -> tuple[pd.DataFrame, Any, np.ndarray]:
+    """``cv_scores``, with ``beside()`` (when given) run as one more task among the folds; its result; and the
+    out-of-fold class probabilities of every row of ``X`` from the first repetition (the first folds whose
+    test rows cover every row once; NaN for a row no fold tested).
 
     It goes first, so the folds fill the other workers while it runs (the final selection, which
     needs no fold's result, takes no core of its own then).
@@ -93,7 +103,14 @@ def cv_scores_beside(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np
         tasks = [delayed(_score_fold)(fit_fold, X, y, groups, views, train, test) for train, test in splits]
         rows = Parallel(n_jobs=n_jobs)(tasks if beside is None else [delayed(beside)(), *tasks])
         result, rows = (None, rows) if beside is None else (rows[0], rows[1:])
-    return pd.DataFrame(rows).rename_axis("fold").reset_index(), result
+    oof = np.full((len(y), int(y.max()) + 1), np.nan)
+    filled = np.zeros(len(y), dtype=bool)
+    for (_, test), row in zip(splits, rows):
+        if filled[test].any():
+            break  # a second repetition begins
+        oof[test], filled[test] = row["proba"], True
+    scores = pd.DataFrame([{k: v for k, v in row.items() if k != "proba"} for row in rows])
+    return scores.rename_axis("fold").reset_index(), result, oof
 
 
 def summarise_cv(scores: pd.DataFrame, *, n_samples: int) -> dict[str, Any]:
@@ -128,13 +145,15 @@ def probability_columns(proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
 def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixed: FitFold, features: Features,
                         groups: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], cv: CVParams,
                         evaluation: EvaluationParams, views: np.ndarray | None = None,
-                        engine: Engine | None = None, grouped: pd.DataFrame | None = None) -> Evaluation:
+                        engine: Engine | None = None, grouped: pd.DataFrame | None = None,
+                        out_of_fold: np.ndarray | None = None) -> Evaluation:
     """Run the whole protocol for one classifier; ``model`` is the final fit on train.
 
     ``fit_fold`` repeats the whole fitting procedure, hyperparameter selection
     included, on a training fold (or ``grouped`` holds its scores on ``folds`` already);
     ``fit_fixed`` fits the hyperparameters already chosen and serves only the leaky
-    figure, which is there to show inflation. ``folds`` are the grouped (train, test)
+    figure, which is there to show inflation; ``out_of_fold``: the grouped CV's probabilities of each train
+    image from a fold that did not train on it, kept for label checks. ``folds`` are the grouped (train, test)
     splits shared by every stage (the ``folds`` stage's file); ``views`` (n_views,
     n_train, dim), when given, join every training fold.
     """
@@ -144,7 +163,8 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixe
     if (fit_fold is None) == (grouped is None):
         raise ValueError("evaluate_classifier needs either fit_fold or the grouped scores it gave, not both.")
     if grouped is None:
-        grouped = cv_scores(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs, engine=engine)
+        grouped, _, out_of_fold = cv_scores_beside(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs,
+                                                   engine=engine)
     # every image its own group: inner selection (if any) is as leaky as the outer split
     leaky = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs,
                       engine=engine)
@@ -153,15 +173,23 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixe
                "train_views": 0 if views is None else len(views)},
         "cv_leaky": summarise_cv(leaky, n_samples=len(train.y)),
     }
-    frames = []
+    frames, held_out = [], {}
     for split in HELD_OUT:
         part = features[split]
         proba, predicted = model.predict_proba(part.X), model.predict(part.X)
         metrics[split] = held_out_metrics(part.y, proba, predicted, n_bootstrap=evaluation.n_bootstrap,
                                           ece_bins=evaluation.ece_bins, seed=evaluation.seed)
         frames.append(predictions_frame(features, split, proba, predicted))
+        held_out[split] = (part.y, proba)
+    if out_of_fold is not None and not np.isnan(out_of_fold).any():
+        metrics["calibration"] = calibration_report(fit_temperature(out_of_fold, y), held_out,
+                                                    ece_bins=evaluation.ece_bins)
     predictions = pd.concat(frames, ignore_index=True)
     folds = pd.concat([grouped.assign(protocol="grouped"), leaky.assign(protocol="leaky")], ignore_index=True)
     log.info("cv grouped %.3f +- %.3f, leaky %.3f; test %.3f", metrics["cv"]["accuracy_mean"],
              metrics["cv"]["accuracy_std"], metrics["cv_leaky"]["accuracy_mean"], metrics["test"]["accuracy"])
-    return Evaluation(metrics=metrics, predictions=predictions, folds=folds)
+    oof = None
+    if out_of_fold is not None:
+        oof = pd.concat([pd.DataFrame({"image": train.paths, "true": [features.classes[i] for i in y]}),
+                         probability_columns(out_of_fold, features.classes)], axis=1)
+    return Evaluation(metrics=metrics, predictions=predictions, folds=folds, out_of_fold=oof)

@@ -27,6 +27,7 @@ class ResultPaths:
     confusion: Path
     folds: Path
     selection: Path
+    out_of_fold: Path | None = None  # train images' grouped out-of-fold probabilities (label_issues reads them)
 
 
 @dataclasses.dataclass
@@ -45,19 +46,21 @@ class SavedModel:
 
 def write_results(trained: Trained, *, backbone: str, classes: list[str], features_meta: dict[str, Any],
                   paths: ResultPaths) -> None:
-    """Model, metrics JSON, predictions CSV, test rows for the confusion plot, CV folds, selection record:
-    staged together, so a failed write leaves the previous six whole."""
+    """Model, metrics JSON, predictions CSV, test rows for the confusion plot, CV folds, selection record and
+    out-of-fold probabilities: staged together, so a failed write leaves the previous ones whole."""
     evaluation = trained.evaluation
     saved = SavedModel(name=trained.name, model=trained.selection.model, classes=classes,
                        features_meta=features_meta, selected=trained.selection.selected, backbone=backbone)
     test = evaluation.predictions[evaluation.predictions["split"] == "test"]
-    with output_set() as out:  # all six replace the previous run's together, or none does
+    with output_set() as out:  # all replace the previous run's together, or none does
         with writing(paths.model):
             joblib.dump(vars(saved), out.path(paths.model))  # not dataclasses.asdict: it deep-copies the model
         out.write_csv(paths.predictions, evaluation.predictions)
         out.write_csv(paths.confusion, test[["image", "true", "predicted"]])
         out.write_csv(paths.folds, evaluation.folds)
         out.write_csv(paths.selection, trained.selection.record)
+        if paths.out_of_fold is not None and evaluation.out_of_fold is not None:
+            out.write_csv(paths.out_of_fold, evaluation.out_of_fold)
         out.write_json(paths.metrics, {"backbone": backbone, "classifier": trained.name, **evaluation.metrics,
                                        "selected": trained.selection.selected,
                                        "method": trained.selection.method,

@@ -22,7 +22,7 @@ from pipeline.common.features import HELD_OUT, Features
 from pipeline.common.params import CVParams, EvaluationParams
 from pipeline.evaluate.classifiers import ClassifierSpec, Selection, TrainingData, get_classifier
 from pipeline.evaluate.engine import Engine
-from pipeline.evaluate.protocol import Evaluation, cv_scores, cv_scores_beside, evaluate_classifier, with_views
+from pipeline.evaluate.protocol import Evaluation, cv_scores_beside, evaluate_classifier, with_views
 from pipeline.evaluate.splits import check_cv_fits
 
 log = logging.getLogger(__name__)
@@ -100,17 +100,17 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
     if spec.fold_fit is None:  # the folds train what the selection chose
         selection, fit_seconds = timed_select(spec, params, training_data(features, groups, views=views, device=device),
                                               cv)
-        grouped = cv_scores(selection.fit_fold, train.X, train.y, groups, folds, views=views, n_jobs=cv.n_jobs,
-                            engine=engine)
+        grouped, _, out_of_fold = cv_scores_beside(selection.fit_fold, train.X, train.y, groups, folds, views=views,
+                                                   n_jobs=cv.n_jobs, engine=engine)
     else:  # the final selection runs beside the grouped folds, as one more task
         fold_fit = spec.fold_fit(params, training_data(features, groups, views=views, device=device), cv)
         select = functools.partial(select_beside, spec, params, features, groups, views, device, cv)
-        grouped, (selection, fit_seconds) = cv_scores_beside(fold_fit, train.X, train.y, groups, folds, views=views,
-                                                             n_jobs=cv.n_jobs, engine=engine, beside=select)
+        grouped, (selection, fit_seconds), out_of_fold = cv_scores_beside(
+            fold_fit, train.X, train.y, groups, folds, views=views, n_jobs=cv.n_jobs, engine=engine, beside=select)
     log.info("%s: selected %s in %.1f s", name, selection.selected, fit_seconds)
     result = evaluate_classifier(model=selection.model, fit_fixed=selection.fit_fixed, grouped=grouped,
                                  features=features, groups=groups, folds=folds, cv=cv, evaluation=evaluation, views=views,
-                                 engine=engine)
+                                 engine=engine, out_of_fold=out_of_fold)
     return Trained(name=name, selection=selection, evaluation=result, fit_seconds=fit_seconds)
 
 

@@ -84,6 +84,29 @@ def misclassified_gallery(predictions: pd.DataFrame, image_root: Path) -> str:
     return f'<div class="gallery">{"".join(cards)}</div>'
 
 
+def label_issues_section(table: pd.DataFrame, summary: dict, image_root: Path, *, show: int) -> str:
+    """The train pictures whose label looks most wrong (the label_issues stage's), as thumbnails; or why none is
+    named."""
+    parts = ["<h2 id='label-issues'>Suspected label errors in train</h2>"]
+    if not summary.get("structure"):
+        return parts[0] + f"<p>No suspect is named: {html.escape(str(summary.get('why', '')))}.</p>"
+    parts.append(f"<p>From the out-of-fold probabilities of {html.escape(summary['pair'])} (grouped CV: no fold saw "
+                 f"a copy of the picture it scored), averaged per picture: {summary['flagged']} of "
+                 f"{summary['pictures']} pictures flagged by cleanlab ({html.escape(str(summary['flagged_per_class']))}"
+                 f"); the {show} most suspect below, all in <code>artifacts/data/label_issues.csv</code>.</p>")
+    cards = []
+    for row in table.head(show).to_dict("records"):
+        first = str(row["paths"]).split(";")[0]
+        caption = (f"{html.escape(first)} ({row['images']} image(s))<br>labelled <b>{html.escape(row['given'])}</b>, "
+                   f"looks <b>{html.escape(row['suggested'])}</b> (p of label {row['score']:.2f})")
+        try:
+            picture = img_tag(thumbnail_jpeg(load_rgb(image_root / first)), mime="image/jpeg", alt=first)
+        except ImageError as err:
+            picture = f"<p>(image {html.escape(str(err))})</p>"
+        cards.append(f"<figure>{picture}<figcaption>{caption}</figcaption></figure>")
+    return "".join(parts) + f'<div class="gallery">{"".join(cards)}</div>'
+
+
 def about_table(*, metas: dict[str, dict], source: dict, code_version: str,
                 counts: dict[str, int] | None = None, splits: dict[str, dict] | None = None) -> str:
     """What the report is a report of: data, how each split was made (``splits``), each backbone with its
@@ -152,7 +175,8 @@ def backbone_section(name: str, feats: features_io.Features, history: pd.DataFra
 def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFrame],
                  feats: dict[str, features_io.Features], histories: dict[str, pd.DataFrame], image_root: Path,
                  source: dict, code_version: str, learning_curves: dict[str, pd.DataFrame] | None = None,
-                 learning_readings: dict[str, str] | None = None, splits: dict[str, dict] | None = None) -> str:
+                 learning_readings: dict[str, str] | None = None, splits: dict[str, dict] | None = None,
+                 label_issues: str | None = None) -> str:
     """The report page as HTML text; ``predictions``, ``learning_curves`` and ``learning_readings`` keyed by
     ``<backbone>/<classifier>``, ``feats`` and ``histories`` by backbone; ``splits``: how each split was made."""
     classes = next(iter(feats.values())).classes
@@ -182,6 +206,8 @@ def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFra
               per_class.to_html(float_format=lambda v: f"{v:.2f}")]
     parts += [f"<h2 id='misclassified'>Misclassified test images ({html.escape(best)}, best by grouped CV)</h2>",
               misclassified_gallery(predictions[best], image_root)]
+    if label_issues:
+        parts.append(label_issues)
     if learning_curves:
         parts.append(learning_curve_section(learning_curves, learning_readings or {}))
     for name, f in feats.items():
