@@ -61,7 +61,7 @@ def finished(tmp_path_factory):
     try:
         for stage, key in [("prepare", None), ("audit", None), ("folds", None), ("extract", None), *[("train", k) for k in
                            ("head", "logreg", "svm", "knn")], *[("learning_curve", k) for k in ("head", "logreg", "svm",
-                           "knn")], ("export", None), ("compare", None), ("report", None)]:
+                           "knn")], ("export", None), ("compare", None), ("label_issues", None), ("report", None)]:
             assert stage_main(stage, key) == 0, stage
     finally:
         os.chdir(cwd)
@@ -405,9 +405,9 @@ CASES = [
     # no wait without an end
     ("Ray address where nothing listens", "extract", None,
      lambda r: edit_params(r, extract__engine="ray", extract__ray_address=f"127.0.0.1:{PORT}",
-                           extract__ray_timeout_s=5), f"No Ray cluster answers at '127.0.0.1:{PORT}'"),
+                           extract__ray_timeout_s=0.1), f"No Ray cluster answers at '127.0.0.1:{PORT}'"),
     ("Ray address for the CV fits where nothing listens", "train", "logreg",
-     lambda r: edit_params(r, cv__engine="ray", extract__ray_address=f"127.0.0.1:{PORT}", extract__ray_timeout_s=5),
+     lambda r: edit_params(r, cv__engine="ray", extract__ray_address=f"127.0.0.1:{PORT}", extract__ray_timeout_s=0.1),
      f"No Ray cluster answers at '127.0.0.1:{PORT}'"),
     # the classifiers at scale (issue 19)
     ("unknown cv engine", "train", "logreg", lambda r: edit_params(r, cv__engine="spark"), "cv.engine"),

@@ -102,7 +102,8 @@ def test_label_issue_params_rerun_only_the_label_issues_stage_and_the_report(rep
     data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"].removesuffix("/Master Folder")
     try:
         write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data, "label_issues.alpha": 0.05})
-        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "label_issues", "report"}
+        # random weights: no suspect whatever alpha is, so its outputs are the same and the report is not re-made
+        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "label_issues"}
         write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data, "label_issues.alpha": 0.05,
                                             "label_issues.show": 3})
         assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "report"}
@@ -120,7 +121,8 @@ def test_a_second_backbone_runs_only_its_own_stages_and_removing_it_restores_the
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "extract@resnet18", "export@resnet18", "compare",
-                                                        "report", *(f"train@resnet18-{c}" for c in CLASSIFIERS),
+                                                        "label_issues", "report",
+                                                        *(f"train@resnet18-{c}" for c in CLASSIFIERS),
                                                         *(f"learning_curve@resnet18-{c}" for c in CLASSIFIERS)}
         table = pd.read_csv(root / "artifacts" / "comparison.csv")
         assert len(table) == 8 and set(table["backbone"]) == {B, "resnet18"}
