@@ -260,7 +260,15 @@ CASES = [
     ("manifest written before prepare recorded hashes", "audit", None,
      lambda r: (r / "artifacts/data/manifest.csv").write_text("\n".join(
          ",".join(line.split(",")[:6]) for line in (r / "artifacts/data/manifest.csv").read_text().splitlines())
-         + "\n"), "lacks column(s) ['dhash', 'dhash_mirrored', 'informative']"),
+         + "\n"), "lacks column(s) ['dhash', 'dhash_mirrored', 'informative', 'thumbnail']"),
+    ("manifest written before prepare recorded thumbnails", "audit", None,
+     lambda r: (r / "artifacts/data/manifest.csv").write_text("\n".join(
+         ",".join(line.split(",")[:9]) for line in (r / "artifacts/data/manifest.csv").read_text().splitlines())
+         + "\n"), "lacks column(s) ['thumbnail']"),
+    ("manifest with a damaged thumbnail", "audit", None,
+     lambda r: (r / "artifacts/data/manifest.csv").write_text(
+         (r / "artifacts/data/manifest.csv").read_text().replace(",True,", ",True,@@", 1)),
+     "thumbnail column holds a value that is not 144 base64-encoded bytes"),
     ("manifest with a damaged hash", "audit", None, damage_first_hash,
      "manifest's dhash column holds a value that is not a 64-bit hex hash"),
     # extract
