@@ -78,7 +78,7 @@ def stage_args(classifier: str) -> list[str]:
     a = f"artifacts/{{}}/{BACKBONE}/{classifier}"
     return ["--backbone", BACKBONE, "--classifier", classifier, "--features", f"features/{BACKBONE}",
             "--groups", "artifacts/data/groups.csv", "--cv-folds", "artifacts/data/folds.csv",
-            "--model", a.format("models") + ".joblib", "--metrics", a.format("metrics") + ".json",
+            "--model", a.format("models"), "--metrics", a.format("metrics") + ".json",
             "--predictions", a.format("predictions") + ".csv", "--confusion", a.format("plots/confusion") + ".csv",
             "--folds", a.format("cv") + ".csv", "--selection", f"artifacts/selection/{classifier}/{BACKBONE}.csv"]
 

@@ -4,8 +4,9 @@ Ranks by grouped-CV accuracy; tests differences as pairs on shared material: the
 Nadeau–Bengio corrected t-test on the per-fold scores of the shared folds (Holm
 across the comparisons shown) and an exact McNemar test on the same test images.
 Writes the leaderboard as markdown (people), CSV (tables) and JSON (the tests, a
-DVC metrics file), and copies the best pair's model to its own file, the
-project's ``best-classifier`` artifact.
+DVC metrics file), and copies the best pair's model folder (``model.skops`` and its
+record) to its own folder, the project's ``best-classifier`` artifact, once its bytes
+are the recorded ones and its backbone is the one whose features are ranked.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pipeline.common.io import output_set, read_csv, read_json, writing
 from pipeline.common.params import DEFAULT_PARAMS, backbones_section, classifiers_section
 from pipeline.data.carving import read_splits, split_origins
 from pipeline.evaluate.leaderboard import leaderboard, pair_name, render_markdown
+from pipeline.evaluate.results import MODEL, RECORD, ModelError, verified_model
 from pipeline.evaluate.splits import read_folds
 
 REQUIRED_METRICS = ("cv.accuracy_mean", "cv.accuracy_std", "cv.accuracy_ci95.low", "cv.accuracy_ci95.high",
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, required=True)
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--best-model", type=Path, required=True, help="copy of the best pair's model")
+    parser.add_argument("--best-model", type=Path, required=True, help="copy of the best pair's model folder")
     args = parser.parse_args(argv)
 
     backbones = {name: read_meta(args.features_dir / name / META) for name in backbones_section(args.params)}
@@ -87,13 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         check_predictions(predictions[pair], args.predictions_dir / f"{pair}.csv", fix=fix)
     table, tests = leaderboard(metrics, predictions, folds, read_folds(args.cv_folds, None), backbones)
     best = pair_name(table["backbone"].iloc[0], table["classifier"].iloc[0])
-    if not (args.models_dir / f"{best}.joblib").is_file():
-        raise PipelineError(f"Model file {args.models_dir / f'{best}.joblib'} not found; re-run its train stage "
-                            f"(dvc repro train@{best.replace('/', '-')}).")
+    _, record = verified_model(args.models_dir / best)
+    if record.get("backbone_fingerprint") != backbones[table["backbone"].iloc[0]].get("fingerprint"):
+        raise ModelError(f"Model {args.models_dir / best} was trained on features of another backbone than "
+                         f"{args.features_dir / table['backbone'].iloc[0]} (fingerprints differ); re-run its train "
+                         f"stage (dvc repro train@{best.replace('/', '-')}).")
     text = render_markdown(table, tests, splits=split_origins(read_splits(args.splits)) if args.splits else None)
     with output_set() as out:  # the four change together or not at all
+        folder = out.path(args.best_model, is_dir=True)
         with writing(args.best_model):
-            shutil.copyfile(args.models_dir / f"{best}.joblib", out.path(args.best_model))
+            for name in (MODEL, RECORD):  # file by file: a full disk is one OSError, not copytree's list of them
+                shutil.copyfile(args.models_dir / best / name, folder / name)
         out.write_csv(args.csv, table)
         out.write_json(args.json, tests)
         out.write_text(args.markdown, text)

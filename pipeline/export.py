@@ -1,20 +1,20 @@
 """Stage ``export@<backbone>``: the backbone's library network with the trained linear head as its classifier.
 
 The head was trained on cached embeddings; this puts it back into the network
-it came from, so the saved state dict classifies raw images end to end with the
-library alone: torchvision's ``get_model(arch, num_classes=n)`` or timm's
-``create_model(name, num_classes=n)``. An ``exported`` backbone is the user's own
-file, with no library network to hold the head: the head's state dict is saved
-alone (``Dropout`` + ``Linear``), to put after that file. The backbone is rebuilt
-from its ``backbones`` entry and must be the one that made the features (same
-fingerprint).
+it came from, so the saved state dict (safetensors: tensors only, no pickle)
+classifies raw images end to end with the library alone: torchvision's
+``get_model(arch, num_classes=n)`` or timm's ``create_model(name, num_classes=n)``.
+An ``exported`` backbone is the user's own file, with no library network to hold
+the head: the head's state dict is saved alone (``Dropout`` + ``Linear``), to put
+after that file. The backbone is rebuilt from its ``backbones`` entry and must be
+the one that made the features (same fingerprint).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+from safetensors.torch import save_file
 
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
@@ -29,16 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     parser.add_argument("--model", default="best",
-                        help="a linear head: its file, <backbone>/head, or 'best' (compare's pick, if it is a head)")
+                        help="a linear head: its folder, <backbone>/head, or 'best' (compare's pick, if it is a head)")
     parser.add_argument("--models-dir", type=Path, default=Path("artifacts/models"))
-    parser.add_argument("--best-model", type=Path, default=Path("artifacts/best_model.joblib"))
-    parser.add_argument("--out", type=Path, required=True, help="state dict of the full model (or of the head alone)")
+    parser.add_argument("--best-model", type=Path, default=Path("artifacts/best_model"))
+    parser.add_argument("--out", type=Path, required=True,
+                        help="state dict (safetensors) of the full model, or of the head alone")
     args = parser.parse_args(argv)
 
     saved = load_model(model_path(args.model, models_dir=args.models_dir, best=args.best_model))
     if not isinstance(saved.model, LinearHeadClassifier):
         raise PipelineError(f"{args.model} holds a {type(saved.model).__name__}, not the linear head; only the "
-                            "head fits into the backbone's network (pass artifacts/models/<backbone>/head.joblib).")
+                            "head fits into the backbone's network (pass artifacts/models/<backbone>/head).")
     name = saved.features_meta.get("backbone")
     if not name:
         raise PipelineError(f"{args.model} was trained on features without a backbone record (made outside the "
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     full = SOURCES[entry.source].exports_full_model
     with atomic_path(args.out) as tmp:
         module = full_model_with_head(backbone, saved.model.head_) if full else saved.model.head_
-        torch.save(module.state_dict(), tmp)
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp)
     what = f"{backbone.info['arch']} with the trained head" if full else "the trained head alone (exported backbone)"
     print(f"{name}: {what} ({len(saved.classes)} classes) -> {args.out}")
     return 0

@@ -1,10 +1,12 @@
 """Classify new images with a trained model: ``python -m pipeline.predict PATH... --model resnet50/svm``.
 
-The backbone is rebuilt from the features metadata saved with the model (same
-architecture, weights, transform, batch size, memory format, precision and decode
-path as extraction) and checked by fingerprint, so a model is never fed embeddings of
-another backbone. ``--model best`` is the leaderboard's winning backbone/classifier pair
-(compare's copy); ``--model svm`` names a classifier when there is one backbone.
+The model is loaded only once its bytes are the ones its record names and it holds
+trusted types alone (``load_model``). The backbone is rebuilt from the features metadata
+saved with the model (same architecture, weights, transform, batch size, memory format,
+precision and decode path as extraction) and checked against the recorded fingerprint, so
+a model is never fed embeddings of another backbone. ``--model best`` is the leaderboard's
+winning backbone/classifier pair (compare's copy); ``--model svm`` names a classifier when
+there is one backbone; a folder (``dvc artifacts get``'s) is a model folder.
 
 Every readable image is classified; each one that cannot be read gets a row with the
 reason (an ``error`` column in csv and json), and the command then ends with one
@@ -96,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
     parser.add_argument("--model", default="best",
                         help="a trained pair <backbone>/<classifier> (e.g. efficientnet_b1/svm; the classifier alone "
-                             "when one backbone has it) or 'best', compare's pick")
+                             "when one backbone has it), 'best' (compare's pick) or a model folder (dvc artifacts get)")
     parser.add_argument("--models-dir", type=Path, default=Path("artifacts/models"))
-    parser.add_argument("--best-model", type=Path, default=Path("artifacts/best_model.joblib"))
+    parser.add_argument("--best-model", type=Path, default=Path("artifacts/best_model"))
     parser.add_argument("--format", default="table", choices=["table", "csv", "json"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="default: the one used for extraction")

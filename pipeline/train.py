@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the grouped fold assignment shared by every train stage (the folds stage's)")
     parser.add_argument("--manifest", type=Path, default=None,
                         help="refuse features not extracted from this manifest (dvc.yaml passes it)")
-    for name, help_ in [("model", "the fitted model (joblib)"), ("metrics", "metrics JSON"),
+    for name, help_ in [("model", "the model folder: the fitted model (model.skops) and its record"),
+                        ("metrics", "metrics JSON"),
                         ("predictions", "per-image predictions on valid and test (CSV)"),
                         ("confusion", "test rows for the confusion plot (CSV)"), ("folds", "per-fold CV scores (CSV)"),
                         ("selection", "how the hyperparameters were chosen: grid scores or training curve (CSV)")]:

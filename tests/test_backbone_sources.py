@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 from torch.export import Dim
 
 from pipeline.common.features import load
@@ -112,11 +113,11 @@ def test_an_exported_file_is_a_backbone_end_to_end(tmp_path, monkeypatch, kind):
     assert run_stage("train", params, ("mine", "logreg")) == 0
     assert run_stage("train", params, ("mine", "head")) == 0
     assert run_stage("export", params, "mine") == 0  # the head alone: there is no library network to put it in
-    exported = torch.load(tmp_path / "artifacts" / "export" / "mine_head.pt")
+    exported = load_file(tmp_path / "artifacts" / "export" / "mine_head.safetensors")
     assert exported["1.weight"].shape == (4, 24)
     from pipeline.predict import main as predict
 
-    saved = load_model(tmp_path / "artifacts" / "models" / "mine" / "logreg.joblib")
+    saved = load_model(tmp_path / "artifacts" / "models" / "mine" / "logreg")
     assert saved.backbone == "mine" and saved.features_meta["fingerprint"] == meta["fingerprint"]
     assert predict([str(data / "Master Folder" / "test"), "--model", "mine/logreg", "--format", "csv"]) == 0
 

@@ -4,13 +4,16 @@ Each case copies a small finished project, breaks one thing, runs one stage's CL
 (or predict) exactly as dvc.yaml does, and checks: status 2, a single ``error:``
 line naming the file or key, no traceback, and no output file created or changed.
 
-The table holds 142 cases (59 before issue 21, whose kinds the added 39 cover: odd files, FIFOs and sockets,
+The table holds 154 cases (59 before issue 21, whose kinds the added 39 cover: odd files, FIFOs and sockets,
 stray files and folders, extreme aspect ratios, size bounds, an unanswering Ray address, outputs blocked
 by a file or a folder, swapped or replaced split files, malformed reuse files; issue 22's cover split
 folders under unknown or doubled names, CSV lists, carving shares, unpinned handles, damaged split records;
 issue 19's the classifiers at scale: cv.engine, exact_max_rows, n_components, the CV fits' Ray address;
 issue 33's exported models that misbehave (no features, a fixed batch, NaN, integers, random bytes) and
-params files as people save them (UTF-16, Latin-1, a key twice); its small-dataset learning curve now runs);
+params files as people save them (UTF-16, Latin-1, a key twice); its small-dataset learning curve now runs;
+issue 32's 12 models and files that are not the recorded ones: a model changed by a byte, a pickle with its
+record rewritten, a record of another backbone, backbone files pinned to other bytes, list paths leading out of
+the dataset; PREDICT_CASES does the same for predict, a planted pickle first);
 with the four full-disk runs (a file-size limit on extract, train, compare and report) none ends in a traceback.
 """
 
@@ -320,13 +323,40 @@ CASES = [
     ("source.json without a root", "extract", None, lambda r: (r / "artifacts/data/source.json").write_text("{}"),
      'has no "root"'),
     # export, compare, report
-    ("export model damaged", "export", None, lambda r: (r / "artifacts/models/efficientnet_b1/head.joblib").write_bytes(b"junk"),
-     "head.joblib is not a model saved by the train stage"),
+    ("export model damaged", "export", None, lambda r: (r / "artifacts/models/efficientnet_b1/head/model.skops").write_bytes(b"junk"),
+     "head/model.skops is not a skops model file"),
+    # issue 32: models are data, every file the recorded one, backbone files pinned, list paths inside the dataset
+    ("export model changed by one byte", "export", None,
+     lambda r: flip_byte(r / "artifacts/models/efficientnet_b1/head/model.skops"), "is not the file its record"),
+    ("export model a pickle with its record rewritten", "export", None,
+     lambda r: plant_pickle(r / "artifacts/models/efficientnet_b1/head/model.skops", r / "marker"),
+     "head/model.skops is not a skops model file"),
+    ("compared model changed by one byte", "compare", None,
+     lambda r: [flip_byte(p) for p in (r / "artifacts/models").glob("*/*/model.skops")], "is not the file its record"),
+    ("compared model recorded for another backbone", "compare", None,
+     lambda r: [rewrite_json(p, lambda m: m.update(backbone_fingerprint="0" * 64))
+                for p in (r / "artifacts/models").glob("*/*/model.json")], "fingerprints differ"),
+    ("compared model without its record", "compare", None,
+     lambda r: [p.unlink() for p in (r / "artifacts/models").glob("*/*/model.json")], "model.json not found"),
+    ("exported backbone with another sha256", "extract", None, lambda r: pinned_pickle_program(r, "0" * 64),
+     "not the pinned backbones.efficientnet_b1.sha256"),
+    ("checkpoint with another sha256", "extract", None, lambda r: pinned_checkpoint(r, "ab" * 32),
+     "not the pinned backbones.efficientnet_b1.sha256"),
+    ("sha256 that is not a hash", "prepare", None, lambda r: pinned_checkpoint(r, "d41d8cd9"),
+     "backbones.efficientnet_b1.sha256='d41d8cd9' is not a sha256"),
+    ("sha256 without a file to pin", "prepare", None, lambda r: edit_params(r, backbones__efficientnet_b1__sha256="0" * 64),
+     "backbones.efficientnet_b1.sha256 pins backbones.efficientnet_b1.checkpoint, which is not set"),
+    ("CSV list path through .. out of the dataset", "prepare", None, lambda r: listed_outside(r, "../outside.jpg"),
+     "../outside.jpg lies outside the dataset folder"),
+    ("CSV list absolute path out of the dataset", "prepare", None, lambda r: listed_outside(r, str(r / "outside.jpg")),
+     "outside.jpg lies outside the dataset folder"),
+    ("CSV list link out of the dataset", "prepare", None, lambda r: listed_outside(r, "link.jpg"),
+     "link.jpg lies outside the dataset folder"),
     ("metrics missing", "compare", None, lambda r: (r / "artifacts/metrics/efficientnet_b1/svm.json").unlink(), "svm.json not found"),
     ("metrics damaged", "compare", None, lambda r: (r / "artifacts/metrics/efficientnet_b1/svm.json").write_text("[1]"),
      "svm.json lacks"),
     ("models missing", "compare", None,
-     lambda r: [p.unlink() for p in (r / "artifacts/models").glob("*/*.joblib")], ".joblib not found"),
+     lambda r: [p.unlink() for p in (r / "artifacts/models").glob("*/*/model.skops")], "model.skops not found"),
     ("leaderboard missing", "report", None, lambda r: (r / "artifacts/comparison.csv").unlink(),
      "comparison.csv not found"),
     ("training curve damaged", "report", None, lambda r: (r / "artifacts/selection/head/efficientnet_b1.csv").write_text(""),
@@ -562,9 +592,57 @@ def image_list(root: Path, change) -> None:
     edit_params(root, data__list="images.csv", data__layout_dir=None)
 
 
-def exported_entry(root: Path, file: str) -> None:
+def exported_entry(root: Path, file: str, **pin) -> None:
     rewrite_yaml(root / "params.yaml", lambda p: p["backbones"].update(efficientnet_b1={
-        "source": "exported", "file": file, "pretrained": False, "crop_size": 64, "resize_size": 72}))
+        "source": "exported", "file": file, "pretrained": False, "crop_size": 64, "resize_size": 72, **pin}))
+
+
+class Payload:
+    """Unpickled, it creates ``marker``: proof that a loader ran code a file carries."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def plant_pickle(path: Path, marker: Path) -> None:
+    """A pickle at ``path`` that would create ``marker``; beside it, a record naming its bytes (whoever can push a
+    model can rewrite its record too)."""
+    import pickle
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps({"model": Payload(marker)}))
+    record = path.with_name("model.json")
+    if record.exists():
+        rewrite_json(record, lambda m: m.update(sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+
+
+def flip_byte(path: Path) -> None:
+    """One byte in the middle of the file changed."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def pinned_pickle_program(root: Path, sha256: str) -> None:
+    """An exported backbone that is a pickle planted as a ``.pt2`` program (loading it would create the marker),
+    pinned to other bytes."""
+    plant_pickle(root / "encoder.pt2", root / "marker")
+    exported_entry(root, "encoder.pt2", sha256=sha256)
+
+
+def pinned_checkpoint(root: Path, sha256: str) -> None:
+    (root / "weights.pth").write_bytes(b"not the weights you pinned")
+    edit_params(root, backbones__efficientnet_b1__checkpoint="weights.pth", backbones__efficientnet_b1__sha256=sha256)
+
+
+def listed_outside(root: Path, path: str) -> None:
+    """The dataset as a CSV list with one more row, ``path``, that leads to an image outside the dataset folder."""
+    shutil.copy(first_image(root), root / "outside.jpg")
+    (root / DATA / "link.jpg").symlink_to(root / "outside.jpg")
+    image_list(root, lambda d: pd.concat([d, pd.DataFrame([{"path": path, "label": "Sad", "split": "train"}])]))
 
 
 def resnet_checkpoint(root: Path) -> None:
@@ -628,6 +706,7 @@ def test_a_bad_input_ends_in_one_error_line_and_writes_nothing(finished, tmp_pat
     assert len(errors) == 1 and name in errors[0], errors
     assert "Traceback" not in err
     assert fingerprint(root) == before, "an output was written or changed"
+    assert not (root / "marker").exists(), "a planted pickle was loaded"
 
 
 # (stage, classifier key, file-size limit in bytes, a change that makes the run's outputs differ from those on disk)
@@ -737,7 +816,8 @@ def test_predict_classifies_every_readable_image_and_reports_each_bad_one(finish
     (["--batch-size", "0"], "argument --batch-size: 0 must be 1 or more"),
     (["--format", "xml"], "argument --format: invalid choice"),
     (["--best-model", "missing.joblib"], "missing.joblib not found"),
-    (["--best-model", "artifacts"], "Model file artifacts exists but is not a file"),
+    (["--best-model", "artifacts"], "Model file artifacts/model.skops not found"),
+    (["--model", "artifacts/data/manifest.csv"], "manifest.csv is not a skops model file"),
 ])
 def test_predict_refuses_bad_arguments_in_one_line(finished, monkeypatch, capfd, argv, culprit):
     monkeypatch.chdir(finished)
@@ -751,6 +831,79 @@ def test_predict_refuses_bad_arguments_in_one_line(finished, monkeypatch, capfd,
     err = capfd.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("error:") and culprit in line]
+
+
+def untrusted_model(folder: Path) -> None:
+    """A skops file (with a record naming its bytes) whose model is of a type the code does not list as trusted."""
+    import fractions
+
+    import skops.io
+
+    skops.io.dump({"name": "x", "model": fractions.Fraction(1, 3), "classes": [], "features_meta": {},
+                   "selected": {}}, folder / "model.skops")
+    rewrite_json(folder / "model.json", lambda m: m.update(sha256=hashlib.sha256(
+        (folder / "model.skops").read_bytes()).hexdigest()))
+
+
+# (case id, how to break the copied project, predict's arguments after the images, what the error line names)
+PREDICT_CASES = [
+    ("a pickle planted as the best model", lambda r: plant_pickle(r / "artifacts/best_model/model.skops", r / "marker"),
+     [], "best_model/model.skops is not a skops model file"),
+    ("a joblib file of an older version", lambda r: plant_pickle(r / "artifacts/best_model.joblib", r / "marker"),
+     ["--model", "artifacts/best_model.joblib"], "best_model.joblib is not a skops model file"),
+    ("a model file with one byte changed", lambda r: flip_byte(r / "artifacts/models/efficientnet_b1/knn/model.skops"),
+     ["--model", "knn"], "knn/model.skops is not the file its record"),
+    ("a model of a type the code does not trust", lambda r: untrusted_model(r / "artifacts/best_model"), [],
+     "fractions.Fraction"),
+    ("a record of another backbone", lambda r: rewrite_json(r / "artifacts/models/efficientnet_b1/svm/model.json",
+                                                            lambda m: m.update(backbone_fingerprint="0" * 64)),
+     ["--model", "svm"], "holds features of another backbone than its record names"),
+]
+
+
+@pytest.mark.parametrize(("case", "breaking", "argv", "culprit"), PREDICT_CASES, ids=[c[0] for c in PREDICT_CASES])
+def test_predict_loads_only_the_recorded_model_and_never_a_pickle(finished, tmp_path, monkeypatch, capfd, case, breaking,
+                                                                   argv, culprit):
+    root = copy_project(finished, tmp_path / "project")
+    monkeypatch.chdir(root)
+    breaking(root)
+    capfd.readouterr()
+    code = run_cli(__import__("pipeline.predict", fromlist=["main"]).main,
+                   [str(root / DATA / "Master Folder" / "test"), *argv])
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in err
+    assert len(errors) == 1 and culprit in errors[0], errors
+    assert not (root / "marker").exists(), "a planted pickle was loaded"
+
+
+def test_no_backbone_is_built_while_torch_may_unpickle_weights_in_full(finished, tmp_path, monkeypatch, capfd):
+    root = copy_project(finished, tmp_path / "project")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    before = fingerprint(root)
+    capfd.readouterr()
+    assert stage_main("extract") == 2
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error:") and "unset TORCH_FORCE_NO_WEIGHTS" in line]
+    assert fingerprint(root) == before
+
+
+def test_an_unpinned_exported_backbone_warns_with_the_hash_to_pin(tmp_path):
+    """The warning names the file's sha256, ready to paste as the entry's sha256."""
+    import torch
+
+    from pipeline.embed.backbone import build_backbone, parse_backbone
+
+    torch.jit.script(torch.nn.Flatten()).save(str(tmp_path / "flat.pt"))
+    sha = hashlib.sha256((tmp_path / "flat.pt").read_bytes()).hexdigest()
+    entry = {"source": "exported", "file": str(tmp_path / "flat.pt"), "pretrained": True, "crop_size": 8,
+             "resize_size": 8}
+    with pytest.warns(UserWarning, match=f"is executable code .* not pinned; pin it with backbones.mine.sha256: {sha}"):
+        build_backbone("mine", parse_backbone("mine", entry))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # pinned: no warning
+        assert build_backbone("mine", parse_backbone("mine", {**entry, "sha256": sha})).info["fingerprint"] == sha
 
 
 def test_predict_refuses_a_model_trained_on_features_made_elsewhere(tmp_path, monkeypatch, capfd):

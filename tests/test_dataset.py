@@ -171,3 +171,28 @@ def test_an_image_of_extreme_aspect_ratio_is_refused_for_the_resize_extract_will
         build_manifest(dataset / "Master Folder", resize=255)
     manifest, _ = build_manifest(dataset / "Master Folder")  # no resize given: only the pixel limit applies
     assert "train/Sad/thin.png" in set(manifest["path"])
+
+
+def test_a_list_reaches_no_image_outside_the_dataset_folder_and_skip_mode_says_why(dataset, tmp_path):
+    """Paths in a CSV list are data: '..', an absolute path or a link that leads out of the dataset folder is
+    refused, or skipped with the reason; one inside it, absolute or through '..' from the list's folder, is read."""
+    from pipeline.data.dataset import scan_list
+
+    root = dataset / "Master Folder"
+    images = sorted((root / "train" / "Sad").glob("*.jpg"))
+    angry = sorted((root / "train" / "Angry").glob("*.jpg"))[0]
+    shutil.copy(images[0], tmp_path / "outside.jpg")
+    (root / "link.jpg").symlink_to(tmp_path / "outside.jpg")
+    (root / "lists").mkdir()
+    rows = [f"../train/Sad/{images[1].name},Sad", f"{images[2]},Sad", f"../train/Angry/{angry.name},Angry",
+            "../../../outside.jpg,Sad", f"{tmp_path / 'outside.jpg'},Sad", "../link.jpg,Sad"]
+    (root / "lists" / "images.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    escaped = rows[3].split(",")[0]
+    with pytest.raises(DatasetError, match=f"line 5: {escaped} lies outside the dataset folder {root.resolve()}"):
+        scan_list(root / "lists" / "images.csv", root / "lists", within=root)
+    skipped: list[tuple[str, str]] = []
+    frame = scan_list(root / "lists" / "images.csv", root / "lists", skipped=skipped, within=root)
+    assert sorted(frame["path"]) == sorted(r.split(",")[0] for r in rows[:3])
+    assert [(path, why.split(" (")[0]) for path, why in skipped] == \
+        [(r.split(",")[0], f"lies outside the dataset folder {root.resolve()}") for r in rows[3:]]
+    assert skipped[-1][1].endswith("(listed on line 7)")

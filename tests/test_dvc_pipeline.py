@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -166,13 +167,21 @@ def test_predict_on_the_test_folder_reproduces_the_stage_predictions(repo, model
 
 
 def test_predict_refuses_a_model_whose_backbone_cannot_be_rebuilt(repo, tmp_path):
+    """A model and record that agree on a backbone fingerprint, but not the backbone predict would run with."""
     root, env, _, _, _ = repo
-    import joblib
+    import skops.io
 
-    saved = joblib.load(root / "artifacts" / "models" / B / "knn.joblib")
+    from pipeline.common.io import file_sha256
+    from pipeline.evaluate.results import TRUSTED_TYPES
+
+    saved = skops.io.load(root / "artifacts" / "models" / B / "knn" / "model.skops", trusted=TRUSTED_TYPES)
     saved["features_meta"] = {**saved["features_meta"], "fingerprint": "0" * 64}
-    (tmp_path / "models" / B).mkdir(parents=True)
-    joblib.dump(saved, tmp_path / "models" / B / "knn.joblib")
+    folder = tmp_path / "models" / B / "knn"
+    folder.mkdir(parents=True)
+    skops.io.dump(saved, folder / "model.skops")
+    record = json.loads((root / "artifacts" / "models" / B / "knn" / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**record, "sha256": file_sha256(folder / "model.skops"),
+                                                   "backbone_fingerprint": "0" * 64}))
     data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"]
     result = subprocess.run([sys.executable, "-m", "pipeline.predict", f"{data}/test", "--model", "knn",
                              "--models-dir", str(tmp_path / "models")], cwd=root, env=env,
@@ -263,10 +272,26 @@ def test_dvc_artifacts_get_fetches_the_best_classifier(repo, tmp_path):
     # a registered version, as `gto register best-classifier` writes it
     run(["git", "tag", "-a", "best-classifier@v1.0.0", "-m", "Registering artifact best-classifier version v1.0.0"],
         root, env)
-    target = tmp_path / "best.joblib"
+    target = tmp_path / "best"
     run([*dvc, "artifacts", "get", str(root), "best-classifier", "-o", str(target)], tmp_path,
         {**env, "DVC_GLOBAL_CONFIG_DIR": str(tmp_path)})
-    assert target.read_bytes() == (root / "artifacts" / "best_model.joblib").read_bytes()
+    assert sorted(p.name for p in target.iterdir()) == ["model.json", "model.skops"]
+    assert (target / "model.skops").read_bytes() == (root / "artifacts" / "best_model" / "model.skops").read_bytes()
+    with zipfile.ZipFile(target / "model.skops") as archive:  # data (a JSON schema and .npy arrays), no pickle
+        assert "schema.json" in archive.namelist() and not [n for n in archive.namelist() if n.endswith(".pkl")]
+
+    # the fetched folder classifies a folder of images exactly as the train stage did
+    data = json.loads((root / "artifacts" / "data" / "source.json").read_text())["root"]
+    result = subprocess.run([sys.executable, "-m", "pipeline.predict", f"{data}/test", "--model", str(target),
+                             "--format", "csv"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    predicted = pd.read_csv(io.StringIO(result.stdout))
+    pair = json.loads((target / "model.json").read_text())
+    stage = pd.read_csv(root / "artifacts" / "predictions" / pair["backbone"] / f"{pair['classifier']}.csv")
+    stage = stage[stage["split"] == "test"].reset_index(drop=True)
+    assert [p.split("Master Folder/")[1] for p in predicted["image"]] == stage["image"].tolist()
+    assert predicted["predicted"].tolist() == stage["predicted"].tolist()
+    probabilities = [c for c in stage.columns if c.startswith("p_")]
+    assert (predicted[probabilities].to_numpy() == stage[probabilities].to_numpy()).all()
 
 
 def test_with_a_skipped_file_a_second_repro_changes_nothing_in_git(tmp_path):

@@ -76,7 +76,7 @@ def test_killed_classifier_stage_leaves_no_outputs_and_the_rerun_recovers(tmp_pa
     assert sorted(p.name for p in artifacts.rglob("*") if p.is_file()) == ["folds.csv", "groups.csv"]  # inputs alone
     subprocess.run(stage, cwd=tmp_path, env=env, check=True, capture_output=True)
     assert (artifacts / "metrics" / "efficientnet_b1" / "logreg.json").is_file()
-    assert (artifacts / "models" / "efficientnet_b1" / "logreg.joblib").is_file()
+    assert (artifacts / "models" / "efficientnet_b1" / "logreg" / "model.skops").is_file()
 
 
 def test_outputs_of_a_set_change_together_or_not_at_all(tmp_path):

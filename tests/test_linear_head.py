@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from safetensors.torch import load_file
 from torch import nn
 
 from pipeline.common import features
@@ -135,10 +136,10 @@ def test_full_model_on_image_files_equals_head_on_cached_embeddings(dataset, cal
     assert run_stage("export", params) == 0
 
     feats = features.load("features/efficientnet_b1")
-    head_logits = load_model("artifacts/models/efficientnet_b1/head.joblib").model.logits(feats["test"].X)
+    head_logits = load_model("artifacts/models/efficientnet_b1/head").model.logits(feats["test"].X)
 
     model = torchvision.models.efficientnet_b1(num_classes=4)
-    model.load_state_dict(torch.load("artifacts/export/efficientnet_b1_head.pt", weights_only=True))
+    model.load_state_dict(load_file("artifacts/export/efficientnet_b1_head.safetensors"))
     model.eval()
     transform = torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms(crop_size=64, resize_size=72)
     images = torch.stack([transform(load_rgb(dataset / "Master Folder" / p)) for p in feats["test"].paths])
@@ -161,7 +162,7 @@ def test_export_refuses_a_backbone_other_than_the_one_that_made_the_features(dat
 
     with pytest.raises(BackboneError, match="fingerprints differ"):
         run_stage("export", params)
-    assert not (tmp_path / "artifacts" / "export" / "efficientnet_b1_head.pt").exists()
+    assert not (tmp_path / "artifacts" / "export" / "efficientnet_b1_head.safetensors").exists()
 
 
 def test_export_refuses_a_model_that_is_not_the_head(tmp_path, monkeypatch):
@@ -173,4 +174,4 @@ def test_export_refuses_a_model_that_is_not_the_head(tmp_path, monkeypatch):
     params = write_params(tmp_path / "params.yaml", SMALL_RUN)
     assert run_stage("train", params, "knn", without=("--manifest",)) == 0
     with pytest.raises(PipelineError, match="not the linear head"):
-        run_stage("export", params, None, "--model", "artifacts/models/efficientnet_b1/knn.joblib")
+        run_stage("export", params, None, "--model", "artifacts/models/efficientnet_b1/knn")

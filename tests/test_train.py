@@ -70,8 +70,9 @@ def test_classifiers_learn_foreign_embeddings_deterministically_and_compare_rank
     assert set(paired["pairs"][f"{DEFAULT_BACKBONE}/logreg"]["test"]) >= {"mcnemar_p_vs_head"}
     assert "RANDOM" not in (tmp_path / "artifacts" / "comparison.md").read_text()
     best = table["classifier"].iloc[0]
-    assert (tmp_path / "artifacts" / "best_model.joblib").read_bytes() == \
-        (tmp_path / "artifacts" / "models" / DEFAULT_BACKBONE / f"{best}.joblib").read_bytes()
+    for name in ("model.skops", "model.json"):  # the best pair's model folder, as the train stage wrote it
+        assert (tmp_path / "artifacts" / "best_model" / name).read_bytes() == \
+            (tmp_path / "artifacts" / "models" / DEFAULT_BACKBONE / best / name).read_bytes()
 
 
 def test_compare_ranks_only_the_classifiers_in_params(tmp_path, monkeypatch):

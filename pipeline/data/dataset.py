@@ -93,7 +93,8 @@ def resolve_layout(data: DataParams) -> Layout:
         if not csv.is_file():
             raise DatasetError(f"data.list={data.list!r}: {csv} is not a file; point data.list at the CSV that lists "
                                "the images (relative to the dataset folder, or absolute).")
-        return Layout(root=csv.parent, folders={}, list_file=csv, names=data.splits)
+        return Layout(root=csv.parent, folders={}, list_file=csv, names=data.splits,
+                      within=csv.parent if listed.is_absolute() else dataset_folder(data))
     base = dataset_folder(data)
     if data.layout_dir is None:
         root = find_root(base, data.splits)
@@ -179,15 +180,19 @@ def scan_layout(root: Path, splits: Mapping[str, str] | Sequence[str] = SPLITS, 
 
 
 def scan_list(list_file: Path, root: Path, *, skipped: list[tuple[str, str]] | None = None,
-              names: SplitNames | None = None) -> pd.DataFrame:
+              names: SplitNames | None = None, within: Path | None = None) -> pd.DataFrame:
     """The images of a CSV list (``layouts.read_list``) as rows of (path, split, label), ordered by split,
-    class, path; a listed file that is missing or not an image is an error naming its line, or, when a
-    ``skipped`` list is given, recorded there."""
+    class, path; a listed file that is missing, not an image, or outside ``within`` (the dataset folder,
+    default ``root``: a list is data, so it may not reach past it with ``..``, an absolute path or a link)
+    is an error naming its line, or, when a ``skipped`` list is given, recorded there."""
     listed = read_list(list_file, names)
+    inside = Path(within or root).resolve()
     keep = []
     for path, line in zip(listed["path"], listed["line"]):
         file = root / path
         problem = ("does not exist" if not (file.exists() or file.is_symlink()) else
+                   f"lies outside the dataset folder {inside} (a '..', an absolute path or a link leads out)"
+                   if not file.resolve().is_relative_to(inside) else
                    f"is not an image file (allowed: {sorted(IMAGE_SUFFIXES)})" if file.suffix.lower() not in
                    IMAGE_SUFFIXES else None)
         if problem and skipped is None:
@@ -268,7 +273,7 @@ def build_manifest(source: Path | Layout, splits: Mapping[str, str] | Sequence[s
     root = layout.root
     skipped: list[tuple[str, str]] | None = [] if on_bad_image == "skip" else None
     if layout.list_file is not None:
-        frame = scan_list(layout.list_file, root, skipped=skipped, names=layout.names)
+        frame = scan_list(layout.list_file, root, skipped=skipped, names=layout.names, within=layout.within)
     else:
         frame = scan_layout(root, layout.folders, skipped=skipped)
     scanned = frame[["split", "label"]].drop_duplicates()

@@ -60,6 +60,7 @@ class Layout:
     folders: dict[str, str]
     list_file: Path | None = None  # a CSV list instead of folders (root is its folder)
     names: SplitNames | None = None  # data.splits: how the list's split column names the splits
+    within: Path | None = None  # the folder a list's paths must stay inside: the dataset's (its own, if absolute)
 
     def place(self, split: str, label: str) -> str:
         """Where the images of one class of one split are, for messages: its class folder, or its list."""

@@ -19,7 +19,7 @@ from torch import nn
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import BACKBONES_SECTION, parse_section
 from pipeline.embed.sources import exported_models, timm_models, torchvision_models
-from pipeline.embed.sources.base import Backbone, BackboneError, state_dict_fingerprint
+from pipeline.embed.sources.base import Backbone, BackboneError, refuse_unsafe_torch_load, state_dict_fingerprint
 
 __all__ = ["Backbone", "BackboneError", "SOURCES", "build_backbone", "check_backbones", "parse_backbone",
            "state_dict_fingerprint", "full_model_with_head", "rebuild_backbone", "resize_of"]
@@ -77,6 +77,7 @@ def build_backbone(name: str, entry: Any, *, crop_size: int | None = None,
     """Build the frozen backbone of entry ``name`` (eval mode, no grad), with the preprocessing sizes overridden
     where ``extract.crop_size``/``resize_size`` are set."""
     key = f"{BACKBONES_SECTION}.{name}"
+    refuse_unsafe_torch_load()
     backbone = SOURCES[entry.source].build(entry, key, crop_size=crop_size, resize_size=resize_size)
     backbone.info = {"backbone": name, "source": entry.source, "entry": dataclasses.asdict(entry), **backbone.info}
     log.info("backbone %s (%s %s) weights=%s pretrained=%s dim=%d transform=%s", name, entry.source,
@@ -102,6 +103,8 @@ def rebuild_backbone(info: dict[str, Any], *, where: str) -> Backbone:
     ``where`` says who rebuilds (predict, export, a Ray worker) for the error, which names the entry.
     """
     entry = parse_backbone(info["backbone"], info["entry"])
+    # the file that made the features, and no other, is loaded (checked before it is read as a model)
+    entry = dataclasses.replace(entry, sha256=entry.sha256 or info.get("checkpoint_sha256"))
     t = info["transform"]
     backbone = build_backbone(info["backbone"], entry, crop_size=t["crop_size"][0], resize_size=t["resize_size"][0])
     if backbone.info["fingerprint"] != info["fingerprint"] or backbone.info["transform"] != t:

@@ -152,17 +152,23 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
                 break
         if best_state is not None:
             head.load_state_dict(best_state)
-        for parameter in head.parameters():  # each its own storage again, as saved and exported
-            parameter.data = parameter.data.clone()
-        self.head_ = head.cpu().eval()
+        # kept as arrays: the model file (skops) stores data, never torch objects
+        self.coef_, self.intercept_ = (p.detach().cpu().numpy().copy() for p in (linear.weight, linear.bias))
         self.best_epoch_ = best_epoch
         self.history_ = history
         log.info("linear head: %d epochs run, best epoch %d", len(history), best_epoch)
         return self
 
+    @property
+    def head_(self) -> nn.Sequential:
+        """The trained ``Dropout`` + ``Linear`` on the CPU, in eval mode, holding ``coef_`` and ``intercept_``."""
+        linear = nn.Linear(self.coef_.shape[1], self.coef_.shape[0], device="meta").to_empty(device="cpu")
+        linear.weight.data, linear.bias.data = torch.from_numpy(self.coef_), torch.from_numpy(self.intercept_)
+        return nn.Sequential(nn.Dropout(p=self.dropout, inplace=True), linear).eval()
+
     def logits(self, X: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self.head_.eval()(_tensor(X)).numpy()
+            return self.head_(_tensor(X)).numpy()
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return torch.softmax(torch.as_tensor(self.logits(X)), dim=1).numpy()

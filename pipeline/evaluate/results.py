@@ -2,21 +2,37 @@
 
 Same metric keys for all, so ``dvc metrics show`` prints one comparable row per
 backbone and classifier pair and ``dvc metrics diff`` / ``dvc exp show`` line them up. Every model is
-saved the same way (joblib: the fitted estimator, its class names and the metadata
-of the features it was trained on), so ``predict`` and ``export`` treat them alike.
+saved the same way, as a folder: ``model.skops`` (skops.io: the fitted estimator, its class names and the
+metadata of the features it was trained on, as data; loading it runs no code of the file's) and ``model.json``,
+its record (the file's sha256 and the fingerprint of the backbone whose features trained it). ``load_model``
+refuses a file whose bytes or backbone are not the recorded ones, a type outside ``TRUSTED_TYPES``, and any
+joblib/pickle file, so ``predict``, ``export`` and ``compare`` treat every model alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
-import joblib
+import skops.io
 
 from pipeline.common.errors import PipelineError
-from pipeline.common.io import output_set, writing
+from pipeline.common.io import file_sha256, output_set, read_json, writing
 from pipeline.evaluate.training import Trained
+
+MODEL, RECORD = "model.skops", "model.json"  # a model folder's two files
+# The types beyond skops' own trusted ones (builtins, numpy, scipy, scikit-learn's public classes) that our
+# models hold. Committed here, never read from a file: loading refuses any other type a file names.
+TRUSTED_TYPES = ["pipeline.evaluate.knn.ExactKNeighborsClassifier",
+                 "pipeline.evaluate.linear_head.LinearHeadClassifier", "pipeline.evaluate.svm.NewtonLinearSVC",
+                 "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"]
+RECREATE = "re-create it with dvc repro (the train stage writes artifacts/models/<backbone>/<classifier>/)"
+
+
+class ModelError(PipelineError):
+    """A model file is missing, not the recorded one, or not a model this project may load."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +69,12 @@ def write_results(trained: Trained, *, backbone: str, classes: list[str], featur
                        features_meta=features_meta, selected=trained.selection.selected, backbone=backbone)
     test = evaluation.predictions[evaluation.predictions["split"] == "test"]
     with output_set() as out:  # all replace the previous run's together, or none does
+        folder = out.path(paths.model, is_dir=True)
         with writing(paths.model):
-            joblib.dump(vars(saved), out.path(paths.model))  # not dataclasses.asdict: it deep-copies the model
+            skops.io.dump(vars(saved), folder / MODEL)  # not dataclasses.asdict: it deep-copies the model
+            record = {"backbone": backbone, "classifier": trained.name, "sha256": file_sha256(folder / MODEL),
+                      "backbone_fingerprint": features_meta.get("fingerprint")}
+            (folder / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         out.write_csv(paths.predictions, evaluation.predictions)
         out.write_csv(paths.confusion, test[["image", "true", "predicted"]])
         out.write_csv(paths.folds, evaluation.folds)
@@ -69,35 +89,59 @@ def write_results(trained: Trained, *, backbone: str, classes: list[str], featur
 
 
 def model_path(model: str, *, models_dir: Path, best: Path) -> Path:
-    """The joblib file of ``best``, ``<backbone>/<classifier>``, a classifier that one backbone alone has, or a
-    path to a file."""
+    """The model folder of ``best``, ``<backbone>/<classifier>``, a classifier that one backbone alone has, or a
+    path to a model folder (or to a file, which ``load_model`` reads or refuses)."""
     if model == "best":
         return Path(best)
-    if model.endswith(".joblib"):
+    if Path(model).exists():
         return Path(model)
     models_dir = Path(models_dir)
-    known = sorted(str(p.relative_to(models_dir).with_suffix("")) for p in models_dir.glob("*/*.joblib"))
+    known = sorted(str(p.parent.relative_to(models_dir)) for p in models_dir.glob(f"*/*/{MODEL}"))
     matches = [model] if "/" in model else [k for k in known if k.split("/")[-1] == model]
     if len(matches) > 1:
-        raise PipelineError(f"--model {model!r} is trained on several backbones {matches}; name one as "
-                            "<backbone>/<classifier>.")
-    if not matches or not (models_dir / f"{matches[0]}.joblib").is_file():
-        raise PipelineError(f"No model {model!r} in {models_dir} (found {known}); train it first (dvc repro), and "
-                            "name it as <backbone>/<classifier>.")
-    return models_dir / f"{matches[0]}.joblib"
+        raise ModelError(f"--model {model!r} is trained on several backbones {matches}; name one as "
+                         "<backbone>/<classifier>.")
+    if not matches or not (models_dir / matches[0] / MODEL).is_file():
+        raise ModelError(f"No model {model!r} in {models_dir} (found {known}); train it first (dvc repro), and "
+                         "name it as <backbone>/<classifier>.")
+    return models_dir / matches[0]
+
+
+def verified_model(path: Path) -> tuple[Path, dict[str, Any]]:
+    """The model file of a model folder (or the file itself) and its record, once its bytes are the recorded ones.
+
+    Reads no more than bytes: a joblib/pickle file (anything but a skops zip) is refused before it is parsed.
+    """
+    path = Path(path)
+    file = path / MODEL if path.is_dir() else path
+    if not file.is_file():
+        kind = "exists but is not a file" if file.exists() else "not found"
+        raise ModelError(f"Model file {file} {kind}: a model is a folder holding {MODEL} and {RECORD}; {RECREATE}.")
+    with open(file, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # every skops file is a zip; joblib and pickle files are not
+            raise ModelError(f"{file} is not a skops model file (a joblib/pickle file, as older versions wrote, "
+                             f"could run code when loaded, so it is never read); {RECREATE}.")
+    record = read_json(file.with_name(RECORD), what="Model record", error=ModelError,
+                       fix=f"a model is a folder holding {MODEL} and {RECORD}, as train writes it; {RECREATE}.")
+    sha = file_sha256(file)
+    if not isinstance(record, dict) or record.get("sha256") != sha:
+        raise ModelError(f"{file} is not the file its record {file.with_name(RECORD)} names (its sha256 is {sha}, "
+                         f"recorded: {record.get('sha256') if isinstance(record, dict) else None}): it was changed "
+                         f"or damaged after training; fetch it again or {RECREATE}.")
+    return file, record
 
 
 def load_model(path: Path) -> SavedModel:
-    """A model saved by the train stage (or its copy, the best model of compare)."""
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        raise PipelineError(f"Model file {path} exists but is not a file (a folder or a special file); point at the "
-                            "joblib file the train stage wrote.")
-    if not path.is_file():
-        raise PipelineError(f"Model file {path} not found; run the train stage for it (dvc repro).")
+    """A model the train stage saved (or compare's copy, the best model), checked against its record: its bytes,
+    then the types it holds (skops' trusted ones and ``TRUSTED_TYPES``), then its backbone fingerprint."""
+    file, record = verified_model(path)
     try:
-        saved = joblib.load(path)
-        return SavedModel(**saved)
-    except Exception as err:  # unpickling raises many kinds for a damaged or foreign file
-        raise PipelineError(f"{path} is not a model saved by the train stage ({type(err).__name__}: {err}); "
-                            "re-run dvc repro.") from err
+        saved = SavedModel(**skops.io.load(file, trusted=TRUSTED_TYPES))
+    except Exception as err:  # untrusted types, a damaged zip, a foreign schema alike
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        raise ModelError(f"{file} is not a model this project loads ({type(err).__name__}: {detail[:300]}); "
+                         f"{RECREATE}.") from err
+    if record.get("backbone_fingerprint") != saved.features_meta.get("fingerprint"):
+        raise ModelError(f"{file} holds features of another backbone than its record names (backbone fingerprints "
+                         f"differ); {RECREATE}.")
+    return saved

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.io import file_sha256
 
 INTERPOLATIONS = {mode.value: mode for mode in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR,
                                                 InterpolationMode.BICUBIC)}
@@ -56,6 +60,43 @@ def existing_file(path: str, key: str, example: str) -> Path:
     if file.stat().st_size == 0:
         raise BackboneError(f"{key}={path!r} is an empty file; copy it again.")
     return file
+
+
+def check_pin(name: str, sha256: str | None, file: str | None, file_key: str) -> None:
+    """``<name>.sha256``, where set, is a sha256 and pins a file the entry names."""
+    if sha256 is not None and file is None:
+        raise BackboneError(f"{name}.sha256 pins {name}.{file_key}, which is not set; set it, or remove sha256.")
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise BackboneError(f"{name}.sha256={sha256!r} is not a sha256 (64 hex digits); write the one sha256sum "
+                            f"prints for {file}.")
+
+
+def pinned_sha256(path: Path, sha256: str | None, key: str, *, code: bool) -> str:
+    """The sha256 of ``path`` (the file of entry key ``key``), computed before anything reads the file as a model:
+    refused in one line unless it is the entry's pin; unpinned, a warning that names the hash to pin.
+
+    ``code``: the file is a program (TorchScript, ``torch.export``), not a weights file read with weights_only.
+    """
+    sha = file_sha256(path)
+    pin = f"{key.rsplit('.', 1)[0]}.sha256"
+    if sha256 is not None and sha != sha256.lower():
+        raise BackboneError(f"{key}={str(path)!r} has sha256 {sha}, not the pinned {pin}={sha256}: it is not loaded. "
+                            "Copy the file you pinned, or pin this one once you trust where it came from.")
+    if sha256 is None:
+        what = ("executable code (loading it runs the program it holds)" if code else
+                "a weights file (read as tensors only, but not the one you checked unless pinned)")
+        warnings.warn(f"{key}={str(path)!r} is {what} and is not pinned; pin it with {pin}: {sha} once you trust "
+                      "where it came from.", stacklevel=3)
+    return sha
+
+
+def refuse_unsafe_torch_load() -> None:
+    """torch honours ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` by unpickling weights files in full, which runs any code
+    a file carries: no backbone is built while it is set."""
+    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        raise BackboneError("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: torch would then load weights files with full "
+                            "pickle, which can run code a file carries; unset it (unset "
+                            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) and run again.")
 
 
 def load_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:

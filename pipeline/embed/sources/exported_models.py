@@ -17,14 +17,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pipeline.common.io import file_sha256
 from pipeline.common.params import in_range
 from pipeline.embed.sources.base import (
     INTERPOLATIONS,
     Backbone,
     BackboneError,
     check_embedding_shape,
+    check_pin,
     existing_file,
+    pinned_sha256,
     preset,
     transform_info,
     with_sizes,
@@ -41,8 +42,10 @@ class ExportedEntry:
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
     mean: list[float] = dataclasses.field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = dataclasses.field(default_factory=lambda: [0.229, 0.224, 0.225])
+    sha256: str | None = None  # the file's pinned hash: a file with other bytes is refused before it is loaded
 
     def check(self, name: str) -> None:
+        check_pin(name, self.sha256, self.file, "file")
         in_range(name, "crop_size", self.crop_size, 8, 4096)
         in_range(name, "resize_size", self.resize_size, self.crop_size, 4096)
         for key, values in (("mean", self.mean), ("std", self.std)):
@@ -77,6 +80,7 @@ def check(entry: ExportedEntry, key: str) -> Path:
 
 def build(entry: ExportedEntry, key: str, *, crop_size: int | None, resize_size: int | None) -> Backbone:
     path = check(entry, key)
+    sha = pinned_sha256(path, entry.sha256, f"{key}.file", code=True)
     model = _load(path, entry, key)
     for parameter in model.parameters():  # ScriptModules refuse requires_grad_ on the module itself
         parameter.requires_grad_(False)
@@ -86,7 +90,6 @@ def build(entry: ExportedEntry, key: str, *, crop_size: int | None, resize_size:
                                   std=entry.std, interpolation=INTERPOLATIONS[entry.interpolation]),
                            crop_size, resize_size)
     dim = check_embedding_shape(model, transform.crop_size[0], f"{key}.file={entry.file!r}")
-    sha = file_sha256(path)
     if not entry.pretrained:
         warnings.warn(f"{key}.pretrained is false: results are recorded as pretrained: false.", stacklevel=2)
     info: dict[str, Any] = {"arch": entry.file, "weights": None, "checkpoint": entry.file, "checkpoint_sha256": sha,

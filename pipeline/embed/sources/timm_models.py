@@ -22,14 +22,15 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
-from pipeline.common.io import file_sha256
 from pipeline.common.params import check_seed
 from pipeline.embed.sources.base import (
     INTERPOLATIONS,
     Backbone,
     BackboneError,
     check_embedding_shape,
+    check_pin,
     existing_file,
+    pinned_sha256,
     preset,
     state_dict_fingerprint,
     transform_info,
@@ -46,9 +47,11 @@ class TimmEntry:
     pretrained: bool = True  # false: random initialisation (recorded as pretrained: false)
     checkpoint: str | None = None  # a local weights file for the model, used instead of the Hub download
     init_seed: int = 0  # seed of the random initialisation (pretrained: false)
+    sha256: str | None = None  # the checkpoint's pinned hash: a file with other bytes is refused before it is read
 
     def check(self, name: str) -> None:
         check_seed(name, "init_seed", self.init_seed)
+        check_pin(name, self.sha256, self.checkpoint, "checkpoint")
 
 
 def _timm(key: str):
@@ -106,9 +109,10 @@ def build(entry: TimmEntry, key: str, *, crop_size: int | None, resize_size: int
     try:
         if entry.checkpoint is not None:
             path = existing_file(entry.checkpoint, f"{key}.checkpoint", f"a weights file of timm's {entry.model}")
+            sha = pinned_sha256(path, entry.sha256, f"{key}.checkpoint", code=False)
             model = timm.create_model(entry.model, pretrained=True, num_classes=0,
                                       pretrained_cfg_overlay={"file": str(path)})
-            sha, published = file_sha256(path), _published_hash(model)
+            published = _published_hash(model)
             verified = published is not None and sha.startswith(published)
             info.update(checkpoint=str(path), checkpoint_sha256=sha, weights=model.pretrained_cfg.get("tag"),
                         pretrained=verified)

@@ -22,14 +22,15 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from pipeline.common.io import file_sha256
 from pipeline.common.params import check_seed
 from pipeline.embed.sources.base import (
     Backbone,
     BackboneError,
     check_finite,
+    check_pin,
     existing_file,
     load_state_dict,
+    pinned_sha256,
     state_dict_fingerprint,
     transform_info,
     with_sizes,
@@ -46,9 +47,11 @@ class TorchvisionEntry:
     weights: str | None = "DEFAULT"
     checkpoint: str | None = None  # a local state dict of the same model, used instead of downloading
     init_seed: int = 0  # seed of the random initialisation (weights: null)
+    sha256: str | None = None  # the checkpoint's pinned hash: a file with other bytes is refused before it is read
 
     def check(self, name: str) -> None:
         check_seed(name, "init_seed", self.init_seed)
+        check_pin(name, self.sha256, self.checkpoint, "checkpoint")
 
 
 def _models() -> list[str]:
@@ -145,7 +148,7 @@ def build(entry: TorchvisionEntry, key: str, *, crop_size: int | None, resize_si
     if entry.checkpoint is not None:
         path = existing_file(entry.checkpoint, f"{key}.checkpoint",
                              f"a state dict of {entry.model} (a .pth file saved with torch.save)")
-        sha = file_sha256(path)
+        sha = pinned_sha256(path, entry.sha256, f"{key}.checkpoint", code=False)
         _load_trunk(model, head_name, load_state_dict(path, f"{key}.checkpoint"), f"{key}.checkpoint={entry.checkpoint!r}")
         official = _official(entry.model, sha)
         info.update(checkpoint=str(path), checkpoint_sha256=sha, weights=official, pretrained=official is not None)
