@@ -30,6 +30,7 @@ from pipeline.common.features import BACKBONE_KEYS
 from pipeline.data.dataset import IMAGE_SUFFIXES, is_clutter
 from pipeline.embed.backbone import Backbone, rebuild_backbone
 from pipeline.embed.embedding import Settings, embed_paths
+from pipeline.evaluate.calibration import scaled
 from pipeline.evaluate.protocol import probability_columns
 from pipeline.evaluate.results import SavedModel, load_model, model_path
 
@@ -89,6 +90,9 @@ def predict(files: list[Path], saved: SavedModel, *, device: str = "auto",
     predicted[good] = [saved.classes[i] for i in proba.argmax(1)]
     frame = pd.DataFrame({"image": [str(f) for f in files], "predicted": predicted})
     frame = pd.concat([frame, probability_columns(table, saved.classes)], axis=1)
+    if saved.temperature is not None:  # the train stage's calibration: same ranking, honest confidence
+        calibrated = probability_columns(scaled(table, saved.temperature).astype(table.dtype), saved.classes)
+        frame = pd.concat([frame, calibrated.add_prefix("calibrated_")], axis=1)
     frame["error"] = [failed.get(i, "") for i in range(len(files))]
     return frame
 

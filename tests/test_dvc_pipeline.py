@@ -164,6 +164,12 @@ def test_predict_on_the_test_folder_reproduces_the_stage_predictions(repo, model
     assert predicted["predicted"].tolist() == stage["predicted"].tolist()
     probabilities = [c for c in stage.columns if c.startswith("p_")]
     assert (predicted[probabilities].to_numpy() == stage[probabilities].to_numpy()).all()
+    calibrated = predicted.filter(like="calibrated_p_")
+    if model.endswith("svm"):  # its fold models give no probabilities, so it has no temperature
+        assert calibrated.empty
+    else:  # the train stage's temperature: the same ranking, other confidence
+        assert calibrated.shape[1] == len(probabilities) and np.allclose(calibrated.sum(axis=1), 1, atol=1e-4)
+        assert (calibrated.to_numpy().argmax(1) == predicted[probabilities].to_numpy().argmax(1)).all()
 
 
 def test_predict_refuses_a_model_whose_backbone_cannot_be_rebuilt(repo, tmp_path):

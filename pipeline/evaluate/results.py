@@ -54,6 +54,7 @@ class SavedModel:
     features_meta: dict[str, Any]
     selected: dict[str, Any]
     backbone: str | None = None  # the backbones entry whose features trained it
+    temperature: float | None = None  # fitted on the grouped out-of-fold probabilities; None: not calibrated
 
     @property
     def pair(self) -> str:
@@ -66,7 +67,8 @@ def write_results(trained: Trained, *, backbone: str, classes: list[str], featur
     out-of-fold probabilities: staged together, so a failed write leaves the previous ones whole."""
     evaluation = trained.evaluation
     saved = SavedModel(name=trained.name, model=trained.selection.model, classes=classes,
-                       features_meta=features_meta, selected=trained.selection.selected, backbone=backbone)
+                       features_meta=features_meta, selected=trained.selection.selected, backbone=backbone,
+                       temperature=evaluation.metrics.get("calibration", {}).get("temperature"))
     test = evaluation.predictions[evaluation.predictions["split"] == "test"]
     with output_set() as out:  # all replace the previous run's together, or none does
         folder = out.path(paths.model, is_dir=True)
