@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.common.params import CVParams, ParamsError, check_seed, in_range, number_from_text, parse_section
+from pipeline.common.params import SEED, CVParams, ParamsError, number_from_text, parse_section
 from pipeline.evaluate import knn, svm
 from pipeline.evaluate.grid_scores import fit_chosen, search_shared_features
 from pipeline.evaluate.protocol import FitFold
@@ -84,15 +84,8 @@ class HeadParams:
     max_epochs: int
     patience: int
     seed: int
-
-    def check(self, name: str) -> None:
-        in_range(name, "dropout", self.dropout, 0.0, 0.99)
-        in_range(name, "lr", self.lr, 1e-9, None)
-        in_range(name, "weight_decay", self.weight_decay, 0.0, None)
-        in_range(name, "batch_size", self.batch_size, 1, None)
-        in_range(name, "max_epochs", self.max_epochs, 1, None)
-        in_range(name, "patience", self.patience, 1, None)
-        check_seed(name, "seed", self.seed)
+    RANGES: ClassVar[dict] = {"dropout": (0.0, 0.99), "lr": (1e-9, None), "weight_decay": (0.0, None),
+                              "batch_size": (1, None), "max_epochs": (1, None), "patience": (1, None), "seed": SEED}
 
 
 def _select_head(params: HeadParams, data: TrainingData, cv: CVParams) -> Selection:

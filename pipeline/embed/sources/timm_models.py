@@ -16,14 +16,14 @@ import dataclasses
 import math
 import re
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 from torchvision import transforms as T
 
 from pipeline.common.io import file_sha256
-from pipeline.common.params import check_seed
+from pipeline.common.params import SEED
 from pipeline.embed.sources.base import (
     INTERPOLATIONS,
     Backbone,
@@ -46,9 +46,7 @@ class TimmEntry:
     pretrained: bool = True  # false: random initialisation (recorded as pretrained: false)
     checkpoint: str | None = None  # a local weights file for the model, used instead of the Hub download
     init_seed: int = 0  # seed of the random initialisation (pretrained: false)
-
-    def check(self, name: str) -> None:
-        check_seed(name, "init_seed", self.init_seed)
+    RANGES: ClassVar[dict] = {"init_seed": SEED}
 
 
 def _timm(key: str):

@@ -15,7 +15,7 @@ import os
 import re
 import urllib.error
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torchvision
@@ -23,7 +23,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from pipeline.common.io import file_sha256
-from pipeline.common.params import check_seed
+from pipeline.common.params import SEED
 from pipeline.embed.sources.base import (
     Backbone,
     BackboneError,
@@ -46,9 +46,7 @@ class TorchvisionEntry:
     weights: str | None = "DEFAULT"
     checkpoint: str | None = None  # a local state dict of the same model, used instead of downloading
     init_seed: int = 0  # seed of the random initialisation (weights: null)
-
-    def check(self, name: str) -> None:
-        check_seed(name, "init_seed", self.init_seed)
+    RANGES: ClassVar[dict] = {"init_seed": SEED}
 
 
 def _models() -> list[str]:
