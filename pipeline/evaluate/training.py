@@ -65,16 +65,6 @@ def training_data(features: Features, groups: np.ndarray, *, views: np.ndarray |
                         n_images=len(rows), copies=1 if views is None else len(views) + 1, device=device)
 
 
-def stage_device(name: str, requested: str) -> str:
-    """Where classifier ``name`` trains: ``requested`` (extract.device) resolved if it trains with torch, else
-    the CPU. Only then is torch imported: seconds at the start of the other stages and of each of their workers."""
-    if not get_classifier(name).uses_device:
-        return "cpu"
-    from pipeline.common.device import resolve_device
-
-    return str(resolve_device(requested))
-
-
 def placement(spec: ClassifierSpec, device: str, cv: CVParams,
               engine: Engine | None) -> tuple[str, CVParams, Engine | None]:
     """Where the classifier trains (``device`` if it trains with torch, else the CPU) and how its CV folds run there:
