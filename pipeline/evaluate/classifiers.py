@@ -234,13 +234,6 @@ def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, inner_folds: int, see
     return CalibratedClassifierCV(clone(pipeline), method="sigmoid", cv=splits, ensemble=False).fit(X, y)
 
 
-def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,
-                   inner_folds: int, seed: int) -> tuple[Pipeline, pd.DataFrame]:
-    """Pick hyperparameters by grouped CV on (X, y) alone, then refit on all of it; and the grid's scores."""
-    chosen, record = search_shared_features(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
-    return fit_chosen(pipeline, chosen, X, y), record
-
-
 def selected_params(model: Pipeline, param_grid: dict[str, list[Any]]) -> dict[str, Any]:
     """The grid values the fitted pipeline ended up with, under their params.yaml names."""
     params = model.get_params()
