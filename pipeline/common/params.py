@@ -253,10 +253,6 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             raise ParamsError(f"{key}={value!r} has the wrong type: expected a list of "
                               f"{_describe(typing.get_args(annotation)[0])}.")
         return [_check_type(f"{key}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(value)]
-    if annotation is type(None):
-        if value is not None:
-            raise ParamsError(f"{key}={value!r} has the wrong type: expected null.")
-        return value
     if annotation is float:
         value = number_from_text(value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):

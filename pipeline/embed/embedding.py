@@ -72,12 +72,11 @@ def resolve_settings(params: ExtractParams, device: torch.device | None = None) 
 
     precision: bf16 autocast on CUDA (tensor cores), fp32 elsewhere; decode: nvjpeg
     on CUDA, PIL elsewhere; batch_size: 256 on CUDA, 32 elsewhere; num_workers: the
-    cores less one on CUDA, 2 elsewhere; channels_last: on the CPU only; pad_batches:
-    everywhere but the CPU (measured there: padding 200 images to 224 cost 11% of
-    the run, and a new shape nothing noticeable). Measured on
-    an H200 (torch 2.11, bf16, batch 256): the first call in channels_last took 3.45 s
-    (cuDNN building its NHWC plans) and each later one 20 ms; in the default layout
-    0.57 s, then 34 ms, faster than decoding feeds it and quicker to start.
+    cores less one on CUDA, 2 elsewhere; channels_last: on the CPU only (on CUDA the
+    default layout is quicker to start and faster than decoding feeds it, see the
+    module docstring: torch 2.11, bf16, batch 256); pad_batches: everywhere but the
+    CPU (measured there: padding 200 images to 224 cost 11% of the run, and a new
+    shape nothing noticeable).
     """
     device = device or resolve_device(params.device)
     cuda = device.type == "cuda"

@@ -193,15 +193,6 @@ def collate(samples: list[tuple[int, int, torch.Tensor | bytes | str]]) -> Chunk
                  encoded_at=np.array(encoded_at, dtype=int), failed=failed)
 
 
-def _decode_jpegs(encoded: list[bytes], device: torch.device) -> list[torch.Tensor]:
-    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its decoders in favour of TorchCodec, which is not a dependency
-        # here; this one (nvjpeg on CUDA) ships with the pinned torchvision.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-
-
 def decode_on_device(encoded: list[bytes], preprocess: Preprocess,
                      device: torch.device) -> tuple[torch.Tensor, dict[int, str]]:
     """Decode JPEG bytes on ``device`` in one call and resize and crop them there: (n, 3, crop, crop) uint8.
@@ -210,8 +201,13 @@ def decode_on_device(encoded: list[bytes], preprocess: Preprocess,
     decoded with PIL instead, one file at a time, with a warning; a file PIL cannot
     decode either is returned among the failures (its position -> why), its pixels zero.
     """
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
     try:
-        images = _decode_jpegs(encoded, device)
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of TorchCodec, which is not a dependency
+            # here; this one (nvjpeg on CUDA) ships with the pinned torchvision.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as error:  # a JPEG variant the device decoder refuses: take the PIL path
         log.warning("device JPEG decode failed (%s); decoding these %d images with PIL", error, len(encoded))
         out = torch.zeros((len(encoded), 3, *preprocess.size), dtype=torch.uint8)

@@ -165,9 +165,6 @@ class ShardStore:
         with self.writing(start, stop) as out:
             out[:] = embeddings
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.load(self.path(start, stop), mmap_mode="r")
-
     def clear(self) -> None:
         """Remove this key's shards (after a successful merge: features/ now holds them)."""
         if self.folder.is_dir():
@@ -190,7 +187,7 @@ def merge(store: ShardStore, work: Work, ranges: list[tuple[int, int]], out: Pat
         for start, stop in ranges:
             lo, hi = max(a, start), min(b, stop)
             if lo < hi:
-                array[lo - a : hi - a] = store.read(start, stop)[lo - start : hi - start]
+                array[lo - a : hi - a] = np.load(store.path(start, stop), mmap_mode="r")[lo - start : hi - start]
     for _, array in targets:
         if isinstance(array, np.memmap):
             array.flush()

@@ -49,16 +49,8 @@ class TorchvisionEntry:
     RANGES: ClassVar[dict] = {"init_seed": SEED}
 
 
-def _models() -> list[str]:
-    return torchvision.models.list_models(module=torchvision.models)
-
-
-def _weights_enum(model: str) -> type[WeightsEnum]:
-    return torchvision.models.get_model_weights(model)
-
-
 def _weights(entry: TorchvisionEntry, key: str, name: str) -> WeightsEnum:
-    enum = _weights_enum(entry.model)
+    enum = torchvision.models.get_model_weights(entry.model)
     valid = [w.name for w in enum]
     if name == "DEFAULT":
         return enum.DEFAULT
@@ -70,9 +62,10 @@ def _weights(entry: TorchvisionEntry, key: str, name: str) -> WeightsEnum:
 
 def check(entry: TorchvisionEntry, key: str) -> None:
     """An unknown model or weights name fails before any work (prepare calls this)."""
-    if entry.model not in _models():
+    models = torchvision.models.list_models(module=torchvision.models)
+    if entry.model not in models:
         family = re.match(r"[a-z]*", entry.model.lower()).group()
-        close = [m for m in _models() if family and m.startswith(family)] or _models()[:12]
+        close = [m for m in models if family and m.startswith(family)] or models[:12]
         raise BackboneError(f"{key}.model={entry.model!r} is not a torchvision classification model; e.g. "
                             f"{close} (torchvision.models.list_models() lists them all).")
     if entry.weights is not None:
@@ -109,7 +102,7 @@ def _download(weights: WeightsEnum) -> dict[str, torch.Tensor]:
 
 def _official(model: str, sha256: str) -> str | None:
     """The weights enum whose published file this is (torchvision names files by a hash prefix)."""
-    for weights in _weights_enum(model):
+    for weights in torchvision.models.get_model_weights(model):
         match = re.search(r"-([0-9a-f]{8,})\.pth$", weights.url)
         if match and sha256.startswith(match.group(1)):
             return weights.name
