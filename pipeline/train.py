@@ -18,7 +18,7 @@ from pipeline.common.cli import run, stage_parser
 from pipeline.common.groups import read_groups
 from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
 from pipeline.evaluate.classifiers import get_classifier, parse_classifier_params
-from pipeline.evaluate.engine import engine_of
+from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.results import ResultPaths, write_results
 from pipeline.evaluate.splits import read_folds
 from pipeline.evaluate.training import train_classifier
@@ -37,9 +37,9 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def pair_inputs(args: argparse.Namespace) -> tuple:
-    """What those stages read: the classifier's params, ``cv``, ``views.use``, the CV engine, the device the
-    classifier trains on, the features (memory-mapped: parallel fold fits read the file, none gets a copy of
-    it) and train's picture groups.
+    """What those stages read: the classifier's params, ``cv``, ``views.use``, the CV engine (``cv.engine``, on the
+    cluster ``extract.ray_address`` names, the one extraction uses), the device the classifier trains on, the
+    features (memory-mapped: parallel fold fits read the file, none gets a copy of it) and train's picture groups.
 
     The device is ``extract.device`` resolved if the classifier trains with torch, else the CPU. Only then is
     torch imported: seconds at the start of the other stages and of each of their workers.
@@ -53,7 +53,8 @@ def pair_inputs(args: argparse.Namespace) -> tuple:
 
         device = str(resolve_device(extract.device))
     feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
-    return (params, cv, load_section("views", args.params).use, engine_of(cv, extract), device, feats,
+    return (params, cv, load_section("views", args.params).use,
+            Engine(cv.engine, address=extract.ray_address, timeout_s=extract.ray_timeout_s), device, feats,
             read_groups(args.groups, feats["train"].paths))
 
 

@@ -92,10 +92,8 @@ def _select_head(params: HeadParams, data: TrainingData, cv: CVParams) -> Select
     """Early stopping on valid picks the epoch count; CV folds train exactly that many epochs."""
     from pipeline.evaluate.linear_head import LinearHeadClassifier  # torch: imported by the head's stages alone
 
-    model = LinearHeadClassifier(n_classes=data.n_classes, dropout=params.dropout, lr=params.lr,
-                                 weight_decay=params.weight_decay, batch_size=params.batch_size,
-                                 max_epochs=params.max_epochs, patience=params.patience, seed=params.seed,
-                                 device=data.device)
+    # HeadParams' keys are the classifier's own
+    model = LinearHeadClassifier(n_classes=data.n_classes, device=data.device, **dataclasses.asdict(params))
     model.fit(data.X, data.y, X_valid=data.X_valid, y_valid=data.y_valid)
     fixed = clone(model).set_params(max_epochs=model.best_epoch_)
 
