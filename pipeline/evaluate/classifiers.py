@@ -154,22 +154,16 @@ class GridClassifier:
         if unknown:
             raise ParamsError(f"Unknown key(s) {[f'{name}.{k}' for k in unknown]}; allowed: "
                               f"{sorted(self.keys) + sorted(self.options)}.")
-        values = {}
-        for key, given in raw.items():
-            if key in self.options:
-                continue
-            options = [number_from_text(v) for v in (given if isinstance(given, list) else [given])]
-            check, allowed = self.keys[key]
-            if not options or any(not check(v) for v in options):
-                raise ParamsError(f"{name}.{key}={given!r} is invalid: values must be {allowed}.")
-            values[f"clf__{key}"] = options
-        settings = {}
+        values = {key: [number_from_text(v) for v in (given if isinstance(given, list) else [given])]
+                  for key, given in raw.items() if key in self.keys}
+        for key, options in values.items():
+            if not options or not all(self.keys[key][0](v) for v in options):
+                raise ParamsError(f"{name}.{key}={raw[key]!r} is invalid: values must be {self.keys[key][1]}.")
+        settings = {key: number_from_text(raw.get(key, option.default)) for key, option in self.options.items()}
         for key, option in self.options.items():
-            value = number_from_text(raw.get(key, option.default))
-            if not option.check(value):
+            if not option.check(settings[key]):
                 raise ParamsError(f"{name}.{key}={raw.get(key)!r} is invalid: it must be {option.allowed}.")
-            settings[key] = value
-        return Grid(values, settings, name)
+        return Grid({f"clf__{key}": options for key, options in values.items()}, settings, name)
 
     def pipeline(self, rows: int = 0) -> Pipeline:
         """The unfitted pipeline for ``rows`` training rows, with the default settings (the exact algorithms)."""
