@@ -175,14 +175,12 @@ class ShardStore:
 
 def merge(store: ShardStore, work: Work, ranges: list[tuple[int, int]], out: Path) -> None:
     """Copy the finished shards into ``out`` in the features format: one array per split, views apart."""
-    targets: list[tuple[tuple[int, int], np.ndarray]] = []
-    for split, (start, stop) in work.splits.items():
-        targets.append(((start, stop), features.allocate(out, split, stop - start, store.dim)))
+    targets = [((start, stop), features.allocate(out, split, stop - start, store.dim))
+               for split, (start, stop) in work.splits.items()]
     if work.n_views:
         start, stop = work.splits[VIEWS_SPLIT]
         views = features.allocate(out, VIEWS_SPLIT, stop - start, store.dim, views=work.n_views)
-        for k in range(work.n_views):
-            targets.append((work.view_range(k), views[k]))
+        targets += [(work.view_range(k), views[k]) for k in range(work.n_views)]
     for (a, b), array in targets:
         for start, stop in ranges:
             lo, hi = max(a, start), min(b, stop)

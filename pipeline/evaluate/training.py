@@ -87,13 +87,13 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
                   splits=folds)
     views = train.views if use_views else None
     device, cv, engine = placement(spec, device, cv, engine)
+    data = training_data(features, groups, views=views, device=device)
     if spec.fold_fit is None:  # the folds train what the selection chose
-        selection, fit_seconds = timed_select(spec, params, training_data(features, groups, views=views, device=device),
-                                              cv)
+        selection, fit_seconds = timed_select(spec, params, data, cv)
         grouped = cv_scores(selection.fit_fold, train.X, train.y, groups, folds, views=views, n_jobs=cv.n_jobs,
                             engine=engine)
     else:  # the final selection runs beside the grouped folds, as one more task
-        fold_fit = spec.fold_fit(params, training_data(features, groups, views=views, device=device), cv)
+        fold_fit = spec.fold_fit(params, data, cv)
         select = functools.partial(select_beside, spec, params, features, groups, views, device, cv)
         grouped, (selection, fit_seconds) = cv_scores_beside(fold_fit, train.X, train.y, groups, folds, views=views,
                                                              n_jobs=cv.n_jobs, engine=engine, beside=select)
