@@ -260,10 +260,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     if annotation is int and isinstance(value, bool):
         raise ParamsError(f"{key}={value!r} has the wrong type: expected int.")
     if not isinstance(value, annotation):
-        raise ParamsError(
-            f"{key}={value!r} has the wrong type: expected {_describe(annotation)}, "
-            f"got {type(value).__name__}."
-        )
+        raise ParamsError(f"{key}={value!r} has the wrong type: expected {_describe(annotation)}, "
+                          f"got {type(value).__name__}.")
     return value
 
 
@@ -290,17 +288,13 @@ def parse_section(cls: type, raw: Any, name: str) -> Any:
     fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ParamsError(
-            f"Unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)} in params.yaml; "
-            f"known keys of '{name}': {fields}."
-        )
-    optional = {f.name for f in dataclasses.fields(cls)
-                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    missing = [f for f in fields if f not in raw and f not in optional]
+        raise ParamsError(f"Unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)} in params.yaml; "
+                          f"known keys of '{name}': {fields}.")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ParamsError(f"Missing key(s) {', '.join(f'{name}.{k}' for k in missing)} in params.yaml.")
-    values = {f: _check_type(f"{name}.{f}", raw[f], hints[f]) for f in fields if f in raw}
-    section = cls(**values)
+    section = cls(**{f: _check_type(f"{name}.{f}", raw[f], hints[f]) for f in fields if f in raw})
     for key, (low, high) in getattr(cls, "RANGES", {}).items():
         if getattr(section, key) not in (None, "auto"):
             in_range(name, key, getattr(section, key), low, high)

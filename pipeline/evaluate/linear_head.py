@@ -31,14 +31,12 @@ def _tensor(X: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(X, dtype=np.float32))
 
 
-def make_head(dim: int, n_classes: int, dropout: float, *, generator: torch.Generator | None = None) -> nn.Sequential:
+def make_head(dim: int, n_classes: int, dropout: float, *, generator: torch.Generator) -> nn.Sequential:
     """The same layers, in the same order, as torchvision's EfficientNet classifier.
 
     ``generator``: where the ``Linear`` layer's initial weights are drawn from (``nn.Linear``'s own
-    initialisation, uniform in +-1/sqrt(dim)); without one, torch's global generator, as ``nn.Linear`` does.
+    initialisation, uniform in +-1/sqrt(dim)), not torch's global generator.
     """
-    if generator is None:
-        return nn.Sequential(nn.Dropout(p=dropout, inplace=True), nn.Linear(dim, n_classes))
     linear = nn.Linear(dim, n_classes, device="meta").to_empty(device="cpu")  # nothing drawn yet
     nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)  # what reset_parameters draws
     bound = 1 / math.sqrt(dim)

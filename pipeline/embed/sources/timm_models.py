@@ -90,11 +90,6 @@ def _to_preset(transform: Any, key: str) -> Preprocess:
                   std=normalize.std.tolist(), interpolation=resize.interpolation)
 
 
-def _published_hash(model: nn.Module) -> str | None:
-    match = re.search(r"-([0-9a-f]{8,})\.(pth|pt|bin|safetensors)$", model.pretrained_cfg.get("url") or "")
-    return match.group(1) if match else None
-
-
 def build(entry: TimmEntry, key: str, *, crop_size: int | None, resize_size: int | None) -> Backbone:
     timm = _timm(key)
     check(entry, key)
@@ -106,8 +101,9 @@ def build(entry: TimmEntry, key: str, *, crop_size: int | None, resize_size: int
             path = existing_file(entry.checkpoint, f"{key}.checkpoint", f"a weights file of timm's {entry.model}")
             model = timm.create_model(entry.model, pretrained=True, num_classes=0,
                                       pretrained_cfg_overlay={"file": str(path)})
-            sha, published = file_sha256(path), _published_hash(model)
-            verified = published is not None and sha.startswith(published)
+            sha, url = file_sha256(path), model.pretrained_cfg.get("url") or ""
+            published = re.search(r"-([0-9a-f]{8,})\.(pth|pt|bin|safetensors)$", url)  # a hash prefix, if any
+            verified = published is not None and sha.startswith(published.group(1))
             info.update(checkpoint=str(path), checkpoint_sha256=sha, weights=model.pretrained_cfg.get("tag"),
                         pretrained=verified)
             if not verified:
