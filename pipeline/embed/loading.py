@@ -39,6 +39,7 @@ from torchvision.transforms import v2
 
 from pipeline.common.params import ViewsParams
 from pipeline.data.images import ImageError, load_rgb, read_image_bytes, resized_too_large, too_large
+from pipeline.embed.sources.base import Preset
 from pipeline.embed.work import PLAIN, Work
 
 log = logging.getLogger(__name__)
@@ -48,17 +49,9 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 @dataclasses.dataclass(frozen=True)
-class Preprocess:
-    """The eval preprocessing every backbone source is expressed in (resize the shorter side, centre crop,
-    normalise: torchvision's ``weights.transforms()``), and the views', split into the 8-bit part and the
-    normalisation, so the device decode path and the views read one set of attributes whatever the source."""
+class Preprocess(Preset):
+    """A backbone's preset (and the views'), split into the 8-bit part and the normalisation."""
 
-    crop_size: list[int]
-    resize_size: list[int]
-    interpolation: F.InterpolationMode
-    antialias: bool
-    mean: list[float]
-    std: list[float]
     views: ViewsParams | None = None
 
     @property
@@ -67,17 +60,9 @@ class Preprocess:
         return (self.crop_size[0], self.crop_size[-1])
 
     @classmethod
-    def of(cls, transform: Any, views: ViewsParams | None = None, *, crop_size: int | None = None,
-           resize_size: int | None = None) -> Preprocess:
-        """From another ``Preprocess`` or ``weights.transforms()`` (read through its public attributes), with
-        ``crop_size``/``resize_size`` (``extract``'s) applied where set."""
-        return cls(crop_size=[crop_size or transform.crop_size[0]],
-                   resize_size=[resize_size or transform.resize_size[0]], interpolation=transform.interpolation,
-                   antialias=transform.antialias, mean=list(transform.mean), std=list(transform.std), views=views)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        """A PIL image -> the normalised float tensor, as ``weights.transforms()`` computes it."""
-        return self.normalize(self.geometry(image))
+    def of(cls, transform: Any, views: ViewsParams | None = None) -> Preprocess:
+        """From a backbone's ``Preset`` or ``weights.transforms()`` (read through its public attributes)."""
+        return super().of(transform, views=views)
 
     def geometry(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """Resize and centre crop as the weights' transform does: 8-bit (3, crop, crop), or a batch of them.

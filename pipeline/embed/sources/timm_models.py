@@ -23,11 +23,11 @@ from torch import nn
 
 from pipeline.common.io import file_sha256
 from pipeline.common.params import SEED
-from pipeline.embed.loading import Preprocess
 from pipeline.embed.sources.base import (
     INTERPOLATIONS,
     Backbone,
     BackboneError,
+    Preset,
     check_embedding_shape,
     existing_file,
     preset,
@@ -76,7 +76,7 @@ def resize(entry: TimmEntry) -> int:
     return int(math.floor(size / (cfg.crop_pct if cfg is not None and cfg.crop_pct else 0.875)))
 
 
-def _to_preset(transform: Any, key: str) -> Preprocess:
+def _to_preset(transform: Any, key: str) -> Preset:
     """timm's eval transform (Resize shorter side, CenterCrop, ToTensor, Normalize) as torchvision's preset."""
     steps = {type(step).__name__: step for step in getattr(transform, "transforms", [])}
     resize, crop, normalize = steps.get("Resize"), steps.get("CenterCrop"), steps.get("Normalize")
