@@ -19,7 +19,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.io import output_set, read_json
 from pipeline.common.params import load_section
 from pipeline.evaluate.learning_curve import curve_points, full_point, learning_curve_scores, reading
-from pipeline.train import add_pair_arguments, pair_inputs
+from pipeline.evaluate.training import add_pair_arguments, pair_inputs
 
 
 def main(argv: list[str] | None = None) -> int:

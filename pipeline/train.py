@@ -10,52 +10,13 @@ CV scores and the record of how the hyperparameters were chosen.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from pipeline.common import features as features_io
 from pipeline.common.cli import run, stage_parser
-from pipeline.common.groups import read_groups
-from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
-from pipeline.evaluate.classifiers import get_classifier, parse_classifier_params
-from pipeline.evaluate.engine import Engine
+from pipeline.common.params import load_section
 from pipeline.evaluate.results import ResultPaths, write_results
 from pipeline.evaluate.splits import read_folds
-from pipeline.evaluate.training import train_classifier
-
-
-def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of the stages that run one classifier on one backbone's features (train, learning_curve)."""
-    parser.add_argument("--backbone", required=True,
-                        help="the name the results go under (a key of params.yaml's backbones section)")
-    parser.add_argument("--classifier", required=True, help="a key of params.yaml's classifiers section")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--features", type=Path, required=True, help="this backbone's features folder")
-    parser.add_argument("--groups", type=Path, default=Path("artifacts/data/groups.csv"))
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="refuse features not extracted from this manifest (dvc.yaml passes it)")
-
-
-def pair_inputs(args: argparse.Namespace) -> tuple:
-    """What those stages read: the classifier's params, ``cv``, ``views.use``, the CV engine (``cv.engine``, on the
-    cluster ``extract.ray_address`` names, the one extraction uses), the device the classifier trains on, the
-    features (memory-mapped: parallel fold fits read the file, none gets a copy of it) and train's picture groups.
-
-    The device is ``extract.device`` resolved if the classifier trains with torch, else the CPU. Only then is
-    torch imported: seconds at the start of the other stages and of each of their workers.
-    """
-    params = parse_classifier_params(args.classifier, entry_of(classifiers_section(args.params), args.classifier,
-                                                               section_name=CLASSIFIERS_SECTION, path=args.params))
-    cv, extract = load_section("cv", args.params), load_section("extract", args.params)
-    device = "cpu"
-    if get_classifier(args.classifier).uses_device:
-        from pipeline.common.device import resolve_device
-
-        device = str(resolve_device(extract.device))
-    feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
-    return (params, cv, load_section("views", args.params).use,
-            Engine(cv.engine, address=extract.ray_address, timeout_s=extract.ray_timeout_s), device, feats,
-            read_groups(args.groups, feats["train"].paths))
+from pipeline.evaluate.training import add_pair_arguments, pair_inputs, train_classifier
 
 
 def main(argv: list[str] | None = None) -> int:

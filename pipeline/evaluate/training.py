@@ -8,18 +8,30 @@ CV for contrast, valid and test with intervals).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from pipeline.common import features as features_io
 from pipeline.common.errors import PipelineError
 from pipeline.common.features import HELD_OUT, Features
-from pipeline.common.params import CVParams, EvaluationParams
+from pipeline.common.groups import read_groups
+from pipeline.common.params import (
+    CLASSIFIERS_SECTION,
+    DEFAULT_PARAMS,
+    CVParams,
+    EvaluationParams,
+    classifiers_section,
+    entry_of,
+    load_section,
+)
 from pipeline.evaluate.classifiers import ClassifierSpec, Selection, TrainingData, get_classifier
 from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.protocol import Evaluation, cv_scores, cv_scores_beside, evaluate_classifier, with_views
@@ -63,6 +75,41 @@ def training_data(features: Features, groups: np.ndarray, *, views: np.ndarray |
     X, y, g = with_views(train.X, train.y, groups, views, rows)
     return TrainingData(X=X, y=y, groups=g, X_valid=valid.X, y_valid=valid.y, n_classes=len(features.classes),
                         n_images=len(rows), copies=1 if views is None else len(views) + 1, device=device)
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of the stages that run one classifier on one backbone's features (train, learning_curve)."""
+    parser.add_argument("--backbone", required=True,
+                        help="the name the results go under (a key of params.yaml's backbones section)")
+    parser.add_argument("--classifier", required=True, help="a key of params.yaml's classifiers section")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    parser.add_argument("--features", type=Path, required=True, help="this backbone's features folder")
+    parser.add_argument("--groups", type=Path, default=Path("artifacts/data/groups.csv"))
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="refuse features not extracted from this manifest (dvc.yaml passes it)")
+
+
+def pair_inputs(args: argparse.Namespace) -> tuple:
+    """What those stages read: the classifier's params, ``cv``, ``views.use``, the CV engine (``cv.engine``, on the
+    cluster ``extract.ray_address`` names, the one extraction uses), the device the classifier trains on, the
+    features (memory-mapped: parallel fold fits read the file, none gets a copy of it) and train's picture groups.
+
+    The device is ``extract.device`` resolved if the classifier trains with torch, else the CPU. Only then is
+    torch imported: seconds at the start of the other stages and of each of their workers.
+    """
+    spec = get_classifier(args.classifier)  # its params checked by its registry entry
+    params = spec.parse(entry_of(classifiers_section(args.params), args.classifier, section_name=CLASSIFIERS_SECTION,
+                                 path=args.params), f"{CLASSIFIERS_SECTION}.{args.classifier}")
+    cv, extract = load_section("cv", args.params), load_section("extract", args.params)
+    device = "cpu"
+    if spec.uses_device:
+        from pipeline.common.device import resolve_device
+
+        device = str(resolve_device(extract.device))
+    feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
+    return (params, cv, load_section("views", args.params).use,
+            Engine(cv.engine, address=extract.ray_address, timeout_s=extract.ray_timeout_s), device, feats,
+            read_groups(args.groups, feats["train"].paths))
 
 
 def placement(spec: ClassifierSpec, device: str, cv: CVParams,
