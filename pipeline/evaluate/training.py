@@ -97,9 +97,10 @@ def pair_inputs(args: argparse.Namespace) -> tuple:
     The device is ``extract.device`` resolved if the classifier trains with torch, else the CPU. Only then is
     torch imported: seconds at the start of the other stages and of each of their workers.
     """
-    spec = get_classifier(args.classifier)  # its params checked by its registry entry
-    params = spec.parse(entry_of(classifiers_section(args.params), args.classifier, section_name=CLASSIFIERS_SECTION,
-                                 path=args.params), f"{CLASSIFIERS_SECTION}.{args.classifier}")
+    raw = entry_of(classifiers_section(args.params), args.classifier, section_name=CLASSIFIERS_SECTION,
+                   path=args.params)
+    spec = get_classifier(args.classifier)
+    params = spec.parse(raw, f"{CLASSIFIERS_SECTION}.{args.classifier}")  # checked by its registry entry
     cv, extract = load_section("cv", args.params), load_section("extract", args.params)
     device = "cpu"
     if spec.uses_device:
