@@ -39,22 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     views = load_section("views", args.params)
     manifest = read_manifest(args.manifest)
     root = Path(read_source(args.source)["root"])
+    device = None  # resolved from the params, on this machine
     if params.engine == "ray":
         from pipeline.embed.ray_engine import cluster_device
 
         device = cluster_device(params)
-    else:
-        device = None
     settings = resolve_settings(params, device)
     backbone = build_backbone(args.backbone, entry, crop_size=params.crop_size, resize_size=params.resize_size)
     result = extract_features(manifest=manifest, manifest_sha256=hashlib.sha256(args.manifest.read_bytes()).hexdigest(),
                               root=root, backbone=backbone, settings=settings, params=params,
                               views=views, out=args.out, scratch=args.scratch)
-    computed = result.stats.rows
     print(f"{args.backbone}: {result.rows} embeddings of dim {backbone.info['feature_dim']} on {settings.device.type} "
           f"(batch {settings.batch_size}, {settings.num_workers} workers, {settings.precision}, decode "
           f"{settings.decode}, engine {params.engine}): {result.reused} of {result.shards} shard(s) reused, "
-          f"{computed} rows computed -> {args.out}")
+          f"{result.stats.rows} rows computed -> {args.out}")
     if params.engine == "local":  # the Ray actors keep their timings to themselves
         print(f"timing: {result.stats.line()}")
     print(f"stage_seconds={time.perf_counter() - started:.2f} extract_seconds={result.seconds:.2f}")

@@ -14,41 +14,24 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import features as features_io
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
-from pipeline.common.groups import read_groups
 from pipeline.common.io import output_set, read_json
-from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
-from pipeline.evaluate.classifiers import parse_classifier_params
-from pipeline.evaluate.engine import engine_of
+from pipeline.common.params import load_section
 from pipeline.evaluate.learning_curve import curve_points, full_point, learning_curve_scores, reading
-from pipeline.evaluate.training import stage_device
+from pipeline.evaluate.training import add_pair_arguments, pair_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--backbone", required=True, help="the backbone whose features these are (for the record)")
-    parser.add_argument("--classifier", required=True, help="a key of params.yaml's classifiers section")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--features", type=Path, required=True, help="this backbone's features folder")
-    parser.add_argument("--groups", type=Path, default=Path("artifacts/data/groups.csv"))
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="refuse features not extracted from this manifest (dvc.yaml passes it)")
+    add_pair_arguments(parser)
     parser.add_argument("--metrics", type=Path, required=True, help="the train stage's metrics file (the 100% point)")
     parser.add_argument("--out", type=Path, required=True, help="the curve, one row per point (CSV, a DVC plot)")
     parser.add_argument("--summary", type=Path, required=True, help="the reading and the cost (JSON)")
     args = parser.parse_args(argv)
 
-    params = parse_classifier_params(args.classifier, entry_of(classifiers_section(args.params), args.classifier,
-                                                               section_name=CLASSIFIERS_SECTION, path=args.params))
-    curve, cv = load_section("learning_curve", args.params), load_section("cv", args.params)
-    use_views = load_section("views", args.params).use
-    extract = load_section("extract", args.params)
-    engine = engine_of(cv, extract)
-    device = stage_device(args.classifier, extract.device)  # where a torch classifier (the head) trains
-    feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
-    groups = read_groups(args.groups, feats["train"].paths)
+    params, cv, use_views, engine, device, feats, groups = pair_inputs(args)
+    curve = load_section("learning_curve", args.params)
     fix = f"re-run its train stage (dvc repro train@{args.backbone}-{args.classifier})."
     metrics = read_json(args.metrics, what="Metrics file", fix=fix)
     n_pictures = len(np.unique(groups))

@@ -17,9 +17,9 @@ from pathlib import Path
 from pipeline.common import features as features_io
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.io import read_csv, read_json, write_text
+from pipeline.common.params import DEFAULT_PARAMS, load_section
 from pipeline.data.carving import read_splits, split_origins
 from pipeline.data.dataset import read_source
-from pipeline.common.params import DEFAULT_PARAMS, load_section
 from pipeline.reporting.page import (
     build_report,
     check_history,

@@ -12,29 +12,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common import features as features_io
 from pipeline.common.cli import run, stage_parser
-from pipeline.common.groups import read_groups
-from pipeline.common.params import CLASSIFIERS_SECTION, DEFAULT_PARAMS, classifiers_section, entry_of, load_section
-from pipeline.evaluate.classifiers import parse_classifier_params
-from pipeline.evaluate.engine import engine_of
+from pipeline.common.params import load_section
 from pipeline.evaluate.results import ResultPaths, write_results
 from pipeline.evaluate.splits import read_folds
-from pipeline.evaluate.training import stage_device, train_classifier
+from pipeline.evaluate.training import add_pair_arguments, pair_inputs, train_classifier
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
-    parser.add_argument("--backbone", required=True,
-                        help="the name the results go under (a key of params.yaml's backbones section)")
-    parser.add_argument("--classifier", required=True, help="a key of params.yaml's classifiers section")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    parser.add_argument("--features", type=Path, required=True, help="this backbone's features folder")
-    parser.add_argument("--groups", type=Path, default=Path("artifacts/data/groups.csv"))
+    add_pair_arguments(parser)
     parser.add_argument("--cv-folds", type=Path, default=Path("artifacts/data/folds.csv"),
                         help="the grouped fold assignment shared by every train stage (the folds stage's)")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="refuse features not extracted from this manifest (dvc.yaml passes it)")
     for name, help_ in [("model", "the model folder: the fitted model (model.skops) and its record"),
                         ("metrics", "metrics JSON"),
                         ("predictions", "per-image predictions on valid and test (CSV)"),
@@ -45,16 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="train images' out-of-fold probabilities from the grouped CV (CSV; label_issues reads it)")
     args = parser.parse_args(argv)
 
-    params = parse_classifier_params(args.classifier, entry_of(classifiers_section(args.params), args.classifier,
-                                                               section_name=CLASSIFIERS_SECTION, path=args.params))
-    cv, evaluation = load_section("cv", args.params), load_section("evaluation", args.params)
-    use_views = load_section("views", args.params).use
-    extract = load_section("extract", args.params)
-    engine = engine_of(cv, extract)
-    device = stage_device(args.classifier, extract.device)  # where a torch classifier (the head) trains
-    # memory-mapped: parallel fold fits read the file, none gets a copy of it
-    feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
-    groups = read_groups(args.groups, feats["train"].paths)
+    params, cv, use_views, engine, device, feats, groups = pair_inputs(args)
+    evaluation = load_section("evaluation", args.params)
     folds = read_folds(args.cv_folds, feats["train"].paths)
 
     trained = train_classifier(args.classifier, params, features=feats, groups=groups, folds=folds, cv=cv,

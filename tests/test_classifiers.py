@@ -7,9 +7,9 @@ from pipeline.evaluate.classifiers import (
     TrainingData,
     calibrate_grouped,
     parse_classifier_params,
-    select_and_fit,
     selected_params,
 )
+from pipeline.evaluate.grid_scores import fit_chosen
 
 GRIDS = {"logreg": {"C": [0.01, 1.0]}, "svm": {"C": [0.1, 1.0]}, "knn": {"n_neighbors": [3, 7], "weights": ["uniform"]},
          "head": {"dropout": 0.2, "lr": 0.01, "weight_decay": 0.0, "batch_size": 32, "max_epochs": 30, "patience": 5,
@@ -59,7 +59,7 @@ def test_svm_probabilities_are_calibrated_on_grouped_folds():
 
     X, y = clusters(30, seed=0)
     groups = np.arange(len(y)) // 3
-    chosen, _ = select_and_fit(_GRIDS["svm"].pipeline(), {"clf__C": [1.0]}, X, y, groups, inner_folds=3, seed=0)
+    chosen = fit_chosen(_GRIDS["svm"].pipeline(), {"C": 1.0}, X, y)  # a grid of one cell: its own choice
     model = calibrate_grouped(chosen, X, y, groups, inner_folds=3, seed=0)
     for train, test in model.cv:
         assert not set(groups[train]) & set(groups[test])

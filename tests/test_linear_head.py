@@ -24,7 +24,7 @@ def blobs(n_per_class, seed, dim=1280, k=4, noise=2.0):
 
 def test_head_has_exactly_torchvisions_classifier_layout():
     reference = torchvision.models.efficientnet_b1(num_classes=4).classifier
-    ours = make_head(1280, 4, 0.2)
+    ours = make_head(1280, 4, 0.2, generator=torch.Generator())
     assert [type(m) for m in ours] == [type(m) for m in reference]
     assert ours[0].p == reference[0].p and ours.state_dict().keys() == reference.state_dict().keys()
 

@@ -6,7 +6,8 @@ from sklearn.base import clone
 from pipeline.common.features import Features, SplitFeatures
 from pipeline.common.groups import GroupsError, read_groups
 from pipeline.common.params import CVParams, EvaluationParams
-from pipeline.evaluate.classifiers import _GRIDS, select_and_fit
+from pipeline.evaluate.classifiers import _GRIDS
+from pipeline.evaluate.grid_scores import fit_chosen, search_shared_features
 from pipeline.evaluate.protocol import evaluate_classifier, with_views
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
 
@@ -38,8 +39,9 @@ def shared_folds(feats, groups, cv):
 
 def knn(ks, X, y, groups, *, inner_folds):
     """The registry's kNN pipeline with k chosen among ``ks`` by grouped CV."""
-    return select_and_fit(_GRIDS["knn"].pipeline(), {"clf__n_neighbors": ks}, X, y, groups, inner_folds=inner_folds,
-                          seed=0)[0]
+    pipeline = _GRIDS["knn"].pipeline()
+    chosen, _ = search_shared_features(pipeline, {"clf__n_neighbors": ks}, X, y, groups, inner_folds=inner_folds, seed=0)
+    return fit_chosen(pipeline, chosen, X, y)
 
 
 def test_grouped_cv_sees_chance_where_leaky_cv_sees_memorisation():

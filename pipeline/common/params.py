@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -30,6 +30,7 @@ class ParamsError(PipelineError):
 
 # A Kaggle handle pinned to one version: owner/dataset/versions/<n>.
 PINNED_HANDLE = re.compile(r"[^/\s]+/[^/\s]+/versions/\d+")
+SEED = (0, 2**32 - 1)  # the range of every seed (a RANGES entry): numpy's and torch's are 32-bit unsigned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,7 @@ class CarveParams:
     valid: float
     test: float
     seed: int
+    RANGES: ClassVar[dict] = {"seed": SEED}
 
     def check(self, name: str) -> None:
         for split in ("valid", "test"):
@@ -68,7 +70,6 @@ class CarveParams:
         if self.valid + self.test >= 1:
             raise ParamsError(f"{name}.valid={self.valid!r} and {name}.test={self.test!r} add up to "
                               f"{self.valid + self.test:g}: they must leave train some pictures (sum below 1).")
-        check_seed(name, "seed", self.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +82,9 @@ class DataParams:
     carve: CarveParams
     splits: SplitNames | None = None  # absent or null: the common names are recognised
     list: str | None = None  # absent or null: the images are in folders
+    RANGES: ClassVar[dict] = {"num_workers": (1, None)}
 
     def check(self, name: str) -> None:
-        if self.num_workers != "auto":
-            in_range(name, "num_workers", self.num_workers, 1, None)
         if not PINNED_HANDLE.fullmatch(self.handle):
             raise ParamsError(f"{name}.handle={self.handle!r} is not pinned to a version: write "
                               "<owner>/<dataset>/versions/<n>, so the data cannot change under a result.")
@@ -101,10 +101,7 @@ class AuditParams:
     near_duplicate_bits: int
     near_duplicate_correlation: float
     on_leak: Literal["error", "warn", "drop"]
-
-    def check(self, name: str) -> None:
-        in_range(name, "near_duplicate_bits", self.near_duplicate_bits, 0, 64)
-        in_range(name, "near_duplicate_correlation", self.near_duplicate_correlation, -1, 1)
+    RANGES: ClassVar[dict] = {"near_duplicate_bits": (0, 64), "near_duplicate_correlation": (-1, 1)}
 
 
 # Upper bound of extract.crop_size and resize_size: 4x B1's 240, where a batch of 32 in fp32 already takes
@@ -128,20 +125,12 @@ class ExtractParams:
     ray_address: str | None
     ray_actors: int | Literal["auto"]
     ray_timeout_s: float
+    RANGES: ClassVar[dict] = {"batch_size": (1, None), "num_workers": (0, None), "crop_size": (8, MAX_TRANSFORM_SIZE),
+                              "shard_rows": (1, None), "ray_actors": (1, None), "ray_timeout_s": (0.1, 3600)}
 
     def check(self, name: str) -> None:
-        if self.batch_size != "auto":
-            in_range(name, "batch_size", self.batch_size, 1, None)
-        if self.num_workers != "auto":
-            in_range(name, "num_workers", self.num_workers, 0, None)
-        if self.crop_size is not None:
-            in_range(name, "crop_size", self.crop_size, 8, MAX_TRANSFORM_SIZE)
-        if self.resize_size is not None:
+        if self.resize_size is not None:  # no smaller than the crop
             in_range(name, "resize_size", self.resize_size, self.crop_size or 8, MAX_TRANSFORM_SIZE)
-        in_range(name, "shard_rows", self.shard_rows, 1, None)
-        if self.ray_actors != "auto":
-            in_range(name, "ray_actors", self.ray_actors, 1, None)
-        in_range(name, "ray_timeout_s", self.ray_timeout_s, 0.1, 3600)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,13 +141,8 @@ class ViewsParams:
     jitter: float
     seed: int
     use: bool
-
-    def check(self, name: str) -> None:
-        in_range(name, "count", self.count, 0, 100)
-        in_range(name, "crop_scale_min", self.crop_scale_min, 0.05, 1.0)
-        in_range(name, "hflip", self.hflip, 0.0, 1.0)
-        in_range(name, "jitter", self.jitter, 0.0, 1.0)
-        check_seed(name, "seed", self.seed)
+    RANGES: ClassVar[dict] = {"count": (0, 100), "crop_scale_min": (0.05, 1.0), "hflip": (0.0, 1.0),
+                              "jitter": (0.0, 1.0), "seed": SEED}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,14 +153,11 @@ class CVParams:
     seed: int
     n_jobs: int
     engine: Literal["local", "ray"] = "local"
+    RANGES: ClassVar[dict] = {"folds": (2, None), "repeats": (1, None), "inner_folds": (2, None), "seed": SEED}
 
     def check(self, name: str) -> None:
         if self.n_jobs == 0 or self.n_jobs < -1:
             raise ParamsError(f"{name}.n_jobs={self.n_jobs} is invalid: use -1 (all cores) or a count >= 1.")
-        in_range(name, "folds", self.folds, 2, None)
-        in_range(name, "repeats", self.repeats, 1, None)
-        in_range(name, "inner_folds", self.inner_folds, 2, None)
-        check_seed(name, "seed", self.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,21 +165,14 @@ class EvaluationParams:
     n_bootstrap: int
     ece_bins: int
     seed: int
-
-    def check(self, name: str) -> None:
-        in_range(name, "n_bootstrap", self.n_bootstrap, 100, None)
-        in_range(name, "ece_bins", self.ece_bins, 1, None)
-        check_seed(name, "seed", self.seed)
+    RANGES: ClassVar[dict] = {"n_bootstrap": (100, None), "ece_bins": (1, None), "seed": SEED}
 
 
 @dataclasses.dataclass(frozen=True)
 class LabelIssuesParams:
     alpha: float
     show: int
-
-    def check(self, name: str) -> None:
-        in_range(name, "alpha", self.alpha, 0, 1)
-        in_range(name, "show", self.show, 0, None)
+    RANGES: ClassVar[dict] = {"alpha": (0, 1), "show": (0, None)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +184,7 @@ class LearningCurveParams:
     fractions: list
     draws: int
     seed: int
+    RANGES: ClassVar[dict] = {"draws": (1, None), "seed": SEED}
 
     def check(self, name: str) -> None:
         values = [number_from_text(v) for v in self.fractions]
@@ -221,8 +196,6 @@ class LearningCurveParams:
                                   "(a share of train's original pictures).")
         if len(set(values)) != len(values):
             raise ParamsError(f"{name}.fractions={self.fractions!r} repeats a value; list each fraction once.")
-        in_range(name, "draws", self.draws, 1, None)
-        check_seed(name, "seed", self.seed)
 
     @property
     def below_full(self) -> list[float]:
@@ -246,8 +219,6 @@ BACKBONES_SECTION = "backbones"
 # Entry names become stage names (extract@<name>, train@<backbone>-<classifier>) and folder names.
 ENTRY_NAME = re.compile(r"[A-Za-z0-9_]+")
 
-
-SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are 32-bit unsigned
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -256,10 +227,6 @@ def number_from_text(value: Any) -> Any:
     if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
         return float(value)
     return value
-
-
-def check_seed(section: str, key: str, value: int) -> None:
-    in_range(section, key, value, 0, SEED_MAX)
 
 
 def in_range(section: str, key: str, value: float, low: float | None, high: float | None) -> None:
@@ -295,10 +262,6 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             raise ParamsError(f"{key}={value!r} has the wrong type: expected a list of "
                               f"{_describe(typing.get_args(annotation)[0])}.")
         return [_check_type(f"{key}[{i}]", v, typing.get_args(annotation)[0]) for i, v in enumerate(value)]
-    if annotation is type(None):
-        if value is not None:
-            raise ParamsError(f"{key}={value!r} has the wrong type: expected null.")
-        return value
     if annotation is float:
         value = number_from_text(value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
@@ -306,10 +269,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     if annotation is int and isinstance(value, bool):
         raise ParamsError(f"{key}={value!r} has the wrong type: expected int.")
     if not isinstance(value, annotation):
-        raise ParamsError(
-            f"{key}={value!r} has the wrong type: expected {_describe(annotation)}, "
-            f"got {type(value).__name__}."
-        )
+        raise ParamsError(f"{key}={value!r} has the wrong type: expected {_describe(annotation)}, "
+                          f"got {type(value).__name__}.")
     return value
 
 
@@ -325,7 +286,10 @@ def _describe(annotation: Any) -> str:
 
 
 def parse_section(cls: type, raw: Any, name: str) -> Any:
-    """Build dataclass ``cls`` from the mapping ``raw`` found at ``name`` in params.yaml."""
+    """Build dataclass ``cls`` from the mapping ``raw`` found at ``name`` in params.yaml.
+
+    Then each key of the class's ``RANGES`` (key -> (low, high), None: unbounded) is checked to be in its range
+    (``auto`` and null pass), and last the class's own ``check`` runs, for what a range cannot say."""
     if not isinstance(raw, dict):
         what = f"{name}" if "." in name else f"params section '{name}'"
         raise ParamsError(f"{what} must be a mapping, got {raw!r}.")
@@ -333,17 +297,16 @@ def parse_section(cls: type, raw: Any, name: str) -> Any:
     fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ParamsError(
-            f"Unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)} in params.yaml; "
-            f"known keys of '{name}': {fields}."
-        )
-    optional = {f.name for f in dataclasses.fields(cls)
-                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    missing = [f for f in fields if f not in raw and f not in optional]
+        raise ParamsError(f"Unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)} in params.yaml; "
+                          f"known keys of '{name}': {fields}.")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ParamsError(f"Missing key(s) {', '.join(f'{name}.{k}' for k in missing)} in params.yaml.")
-    values = {f: _check_type(f"{name}.{f}", raw[f], hints[f]) for f in fields if f in raw}
-    section = cls(**values)
+    section = cls(**{f: _check_type(f"{name}.{f}", raw[f], hints[f]) for f in fields if f in raw})
+    for key, (low, high) in getattr(cls, "RANGES", {}).items():
+        if getattr(section, key) not in (None, "auto"):
+            in_range(name, key, getattr(section, key), low, high)
     if hasattr(section, "check"):
         section.check(name)
     return section

@@ -77,7 +77,7 @@ def _init_within(ray, address: str, timeout: float) -> None:
     def init() -> None:
         try:
             ray.init(address=address, log_to_driver=False)
-        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+        except BaseException as err:
             failure.append(err)
 
     thread = threading.Thread(target=init, name="ray-init", daemon=True)

@@ -67,9 +67,7 @@ def check_backbones(section: dict[str, Any]) -> None:
 def resize_of(entry: Any, resize_size: int | None) -> int:
     """The size extraction resizes an image's shorter side to for this entry: ``extract.resize_size``, else the
     source's own (prepare uses it to refuse, before extraction, an image whose resized size would be unbounded)."""
-    if resize_size is not None:
-        return resize_size
-    return SOURCES[entry.source].resize(entry)
+    return resize_size if resize_size is not None else SOURCES[entry.source].resize(entry)
 
 
 def build_backbone(name: str, entry: Any, *, crop_size: int | None = None,

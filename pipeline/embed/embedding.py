@@ -72,26 +72,21 @@ def resolve_settings(params: ExtractParams, device: torch.device | None = None) 
 
     precision: bf16 autocast on CUDA (tensor cores), fp32 elsewhere; decode: nvjpeg
     on CUDA, PIL elsewhere; batch_size: 256 on CUDA, 32 elsewhere; num_workers: the
-    cores less one on CUDA, 2 elsewhere; channels_last: on the CPU only; pad_batches:
-    everywhere but the CPU (measured there: padding 200 images to 224 cost 11% of
-    the run, and a new shape nothing noticeable). Measured on
-    an H200 (torch 2.11, bf16, batch 256): the first call in channels_last took 3.45 s
-    (cuDNN building its NHWC plans) and each later one 20 ms; in the default layout
-    0.57 s, then 34 ms, faster than decoding feeds it and quicker to start.
+    cores less one on CUDA, 2 elsewhere; channels_last: on the CPU only (on CUDA the
+    default layout is quicker to start and faster than decoding feeds it, see the
+    module docstring: torch 2.11, bf16, batch 256); pad_batches: everywhere but the
+    CPU (measured there: padding 200 images to 224 cost 11% of the run, and a new
+    shape nothing noticeable).
     """
     device = device or resolve_device(params.device)
     cuda = device.type == "cuda"
-    return Settings(
-        device=device,
-        precision=("bf16" if cuda else "fp32") if params.precision == "auto" else params.precision,
-        decode=("device" if cuda else "cpu") if params.decode == "auto" else params.decode,
-        batch_size=(GPU_BATCH if cuda else CPU_BATCH) if params.batch_size == "auto" else params.batch_size,
-        num_workers=(max(1, (os.cpu_count() or 2) - 1) if cuda else CPU_WORKERS)
-        if params.num_workers == "auto" else params.num_workers,
-        channels_last=(not cuda) if params.channels_last == "auto" else params.channels_last,
-        pad=(device.type != "cpu") if params.pad_batches == "auto" else params.pad_batches,
-        threads=torch.get_num_threads() if device.type == "cpu" else 0,
-    )
+    auto = {"precision": "bf16" if cuda else "fp32", "decode": "device" if cuda else "cpu",
+            "batch_size": GPU_BATCH if cuda else CPU_BATCH,
+            "num_workers": max(1, (os.cpu_count() or 2) - 1) if cuda else CPU_WORKERS,
+            "channels_last": not cuda, "pad_batches": device.type != "cpu"}
+    chosen = {key: value if getattr(params, key) == "auto" else getattr(params, key) for key, value in auto.items()}
+    return Settings(device=device, pad=chosen.pop("pad_batches"), **chosen,
+                    threads=torch.get_num_threads() if device.type == "cpu" else 0)
 
 
 @dataclasses.dataclass

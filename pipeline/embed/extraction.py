@@ -105,8 +105,7 @@ def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path
     work = plan_work(manifest, root, n_views=views.count)
     preprocess = Preprocess.of(backbone.transform, views if views.count else None)
     values = value_settings(backbone, settings, views, manifest_sha256)
-    dim = backbone.info["feature_dim"]
-    store = ShardStore(scratch, settings_key(values), dim)
+    store = ShardStore(scratch, settings_key(values), backbone.info["feature_dim"])
     batches = plan_batches(work, settings.batch_size)
     ranges = shard_ranges(batches, params.shard_rows, settings.batch_size)
     shard_rows = batches_per_shard(params.shard_rows, settings.batch_size) * settings.batch_size

@@ -27,6 +27,7 @@ import io
 import logging
 import warnings
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from torchvision.transforms import v2
 
 from pipeline.common.params import ViewsParams
 from pipeline.data.images import ImageError, load_rgb, read_image_bytes, resized_too_large, too_large
+from pipeline.embed.sources.base import Preset
 from pipeline.embed.work import PLAIN, Work
 
 log = logging.getLogger(__name__)
@@ -47,15 +49,9 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 @dataclasses.dataclass(frozen=True)
-class Preprocess:
-    """The weights' transform (and the views'), split into the 8-bit part and the normalisation."""
+class Preprocess(Preset):
+    """A backbone's preset (and the views'), split into the 8-bit part and the normalisation."""
 
-    crop_size: list[int]
-    resize_size: list[int]
-    interpolation: F.InterpolationMode
-    antialias: bool
-    mean: list[float]
-    std: list[float]
     views: ViewsParams | None = None
 
     @property
@@ -64,11 +60,9 @@ class Preprocess:
         return (self.crop_size[0], self.crop_size[-1])
 
     @classmethod
-    def of(cls, transform: torch.nn.Module, views: ViewsParams | None = None) -> Preprocess:
-        """From ``weights.transforms()`` (torchvision's ``ImageClassification``)."""
-        return cls(crop_size=list(transform.crop_size), resize_size=list(transform.resize_size),
-                   interpolation=transform.interpolation, antialias=transform.antialias,
-                   mean=list(transform.mean), std=list(transform.std), views=views)
+    def of(cls, transform: Any, views: ViewsParams | None = None) -> Preprocess:
+        """From a backbone's ``Preset`` or ``weights.transforms()`` (read through its public attributes)."""
+        return super().of(transform, views=views)
 
     def geometry(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """Resize and centre crop as the weights' transform does: 8-bit (3, crop, crop), or a batch of them.
@@ -125,7 +119,7 @@ def device_decodable(data: bytes, resize: int | None = None) -> bool:
                 return (image.mode in ("RGB", "L") and image.getexif().get(EXIF_ORIENTATION, 1) == 1
                         and too_large(image.size) is None  # the cpu path refuses an oversized one
                         and (resize is None or resized_too_large(image.size, resize) is None))
-    except Exception:  # noqa: BLE001 - any header PIL cannot parse
+    except Exception:
         return False  # let the cpu path raise its own clear error
 
 
@@ -193,15 +187,6 @@ def collate(samples: list[tuple[int, int, torch.Tensor | bytes | str]]) -> Chunk
                  encoded_at=np.array(encoded_at, dtype=int), failed=failed)
 
 
-def _decode_jpegs(encoded: list[bytes], device: torch.device) -> list[torch.Tensor]:
-    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its decoders in favour of TorchCodec, which is not a dependency
-        # here; this one (nvjpeg on CUDA) ships with the pinned torchvision.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-
-
 def decode_on_device(encoded: list[bytes], preprocess: Preprocess,
                      device: torch.device) -> tuple[torch.Tensor, dict[int, str]]:
     """Decode JPEG bytes on ``device`` in one call and resize and crop them there: (n, 3, crop, crop) uint8.
@@ -210,8 +195,13 @@ def decode_on_device(encoded: list[bytes], preprocess: Preprocess,
     decoded with PIL instead, one file at a time, with a warning; a file PIL cannot
     decode either is returned among the failures (its position -> why), its pixels zero.
     """
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
     try:
-        images = _decode_jpegs(encoded, device)
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of TorchCodec, which is not a dependency
+            # here; this one (nvjpeg on CUDA) ships with the pinned torchvision.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as error:  # a JPEG variant the device decoder refuses: take the PIL path
         log.warning("device JPEG decode failed (%s); decoding these %d images with PIL", error, len(encoded))
         out = torch.zeros((len(encoded), 3, *preprocess.size), dtype=torch.uint8)

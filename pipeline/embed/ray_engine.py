@@ -32,6 +32,7 @@ from pipeline.embed.work import ShardStore, Work, batches_within
 
 log = logging.getLogger(__name__)
 
+
 def cluster_device(params: ExtractParams) -> torch.device:
     """The device the actors will run on: CUDA when the cluster has GPUs and the params allow it."""
     connect(params.ray_address, params.ray_timeout_s, engine_key="extract.engine")
@@ -82,8 +83,7 @@ class ShardEmbedder:
 
 
 def run_ray(*, work: Work, batches: list[tuple[int, int]], missing: list[tuple[int, int]], store: ShardStore,
-            settings: Settings,
-            preprocess: Preprocess, backbone: Backbone, address: str | None,
+            settings: Settings, preprocess: Preprocess, backbone: Backbone, address: str | None,
             actors: int | str, stats: Stats, timeout: float) -> None:
     """Compute the ``missing`` shards on the cluster; the driver writes each one as it arrives."""
     if not missing:
@@ -91,8 +91,7 @@ def run_ray(*, work: Work, batches: list[tuple[int, int]], missing: list[tuple[i
     ray = ray_module("extract.engine")
     connect(address, timeout, engine_key="extract.engine")
     gpus = int(ray.cluster_resources().get("GPU", 0)) if settings.device.type == "cuda" else 0
-    count = (gpus or 1) if actors == "auto" else int(actors)
-    count = min(count, len(missing))
+    count = min((gpus or 1) if actors == "auto" else int(actors), len(missing))
     # CPU actors share the cores between them; a GPU actor takes its GPU's share of the cores and decodes with
     # loader workers of its own within it (the driver's count would give each actor a whole node's worth)
     share = max(1, int(ray.cluster_resources().get("CPU", 1) // gpus)) if gpus else 0
@@ -104,8 +103,7 @@ def run_ray(*, work: Work, batches: list[tuple[int, int]], missing: list[tuple[i
     embedded = shards.map_batches(
         ShardEmbedder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=count), num_gpus=1 if gpus else 0,
         num_cpus=share if gpus else 0.5,
-        fn_constructor_kwargs={"info": backbone.info, "work": work, "batches": batches,
-                               "settings": actor_settings,
+        fn_constructor_kwargs={"info": backbone.info, "work": work, "batches": batches, "settings": actor_settings,
                                "preprocess": preprocess})
     log.info("ray: %d shard(s) on %d actor(s) (%s)", len(missing), count, "GPU" if gpus else "CPU")
     for row in embedded.iter_rows():

@@ -165,9 +165,6 @@ class ShardStore:
         with self.writing(start, stop) as out:
             out[:] = embeddings
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.load(self.path(start, stop), mmap_mode="r")
-
     def clear(self) -> None:
         """Remove this key's shards (after a successful merge: features/ now holds them)."""
         if self.folder.is_dir():
@@ -178,19 +175,17 @@ class ShardStore:
 
 def merge(store: ShardStore, work: Work, ranges: list[tuple[int, int]], out: Path) -> None:
     """Copy the finished shards into ``out`` in the features format: one array per split, views apart."""
-    targets: list[tuple[tuple[int, int], np.ndarray]] = []
-    for split, (start, stop) in work.splits.items():
-        targets.append(((start, stop), features.allocate(out, split, stop - start, store.dim)))
+    targets = [((start, stop), features.allocate(out, split, stop - start, store.dim))
+               for split, (start, stop) in work.splits.items()]
     if work.n_views:
         start, stop = work.splits[VIEWS_SPLIT]
         views = features.allocate(out, VIEWS_SPLIT, stop - start, store.dim, views=work.n_views)
-        for k in range(work.n_views):
-            targets.append((work.view_range(k), views[k]))
+        targets += [(work.view_range(k), views[k]) for k in range(work.n_views)]
     for (a, b), array in targets:
         for start, stop in ranges:
             lo, hi = max(a, start), min(b, stop)
             if lo < hi:
-                array[lo - a : hi - a] = store.read(start, stop)[lo - start : hi - start]
+                array[lo - a : hi - a] = np.load(store.path(start, stop), mmap_mode="r")[lo - start : hi - start]
     for _, array in targets:
         if isinstance(array, np.memmap):
             array.flush()

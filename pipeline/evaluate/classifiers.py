@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.common.params import CVParams, ParamsError, check_seed, in_range, number_from_text, parse_section
+from pipeline.common.params import SEED, CVParams, ParamsError, number_from_text, parse_section
 from pipeline.evaluate import knn, svm
 from pipeline.evaluate.grid_scores import fit_chosen, search_shared_features
 from pipeline.evaluate.protocol import FitFold
@@ -84,25 +84,16 @@ class HeadParams:
     max_epochs: int
     patience: int
     seed: int
-
-    def check(self, name: str) -> None:
-        in_range(name, "dropout", self.dropout, 0.0, 0.99)
-        in_range(name, "lr", self.lr, 1e-9, None)
-        in_range(name, "weight_decay", self.weight_decay, 0.0, None)
-        in_range(name, "batch_size", self.batch_size, 1, None)
-        in_range(name, "max_epochs", self.max_epochs, 1, None)
-        in_range(name, "patience", self.patience, 1, None)
-        check_seed(name, "seed", self.seed)
+    RANGES: ClassVar[dict] = {"dropout": (0.0, 0.99), "lr": (1e-9, None), "weight_decay": (0.0, None),
+                              "batch_size": (1, None), "max_epochs": (1, None), "patience": (1, None), "seed": SEED}
 
 
 def _select_head(params: HeadParams, data: TrainingData, cv: CVParams) -> Selection:
     """Early stopping on valid picks the epoch count; CV folds train exactly that many epochs."""
     from pipeline.evaluate.linear_head import LinearHeadClassifier  # torch: imported by the head's stages alone
 
-    model = LinearHeadClassifier(n_classes=data.n_classes, dropout=params.dropout, lr=params.lr,
-                                 weight_decay=params.weight_decay, batch_size=params.batch_size,
-                                 max_epochs=params.max_epochs, patience=params.patience, seed=params.seed,
-                                 device=data.device)
+    # HeadParams' keys are the classifier's own
+    model = LinearHeadClassifier(n_classes=data.n_classes, device=data.device, **dataclasses.asdict(params))
     model.fit(data.X, data.y, X_valid=data.X_valid, y_valid=data.y_valid)
     fixed = clone(model).set_params(max_epochs=model.best_epoch_)
 
@@ -163,22 +154,16 @@ class GridClassifier:
         if unknown:
             raise ParamsError(f"Unknown key(s) {[f'{name}.{k}' for k in unknown]}; allowed: "
                               f"{sorted(self.keys) + sorted(self.options)}.")
-        values = {}
-        for key, given in raw.items():
-            if key in self.options:
-                continue
-            options = [number_from_text(v) for v in (given if isinstance(given, list) else [given])]
-            check, allowed = self.keys[key]
-            if not options or any(not check(v) for v in options):
-                raise ParamsError(f"{name}.{key}={given!r} is invalid: values must be {allowed}.")
-            values[f"clf__{key}"] = options
-        settings = {}
+        values = {key: [number_from_text(v) for v in (given if isinstance(given, list) else [given])]
+                  for key, given in raw.items() if key in self.keys}
+        for key, options in values.items():
+            if not options or not all(self.keys[key][0](v) for v in options):
+                raise ParamsError(f"{name}.{key}={raw[key]!r} is invalid: values must be {self.keys[key][1]}.")
+        settings = {key: number_from_text(raw.get(key, option.default)) for key, option in self.options.items()}
         for key, option in self.options.items():
-            value = number_from_text(raw.get(key, option.default))
-            if not option.check(value):
+            if not option.check(settings[key]):
                 raise ParamsError(f"{name}.{key}={raw.get(key)!r} is invalid: it must be {option.allowed}.")
-            settings[key] = value
-        return Grid(values, settings, name)
+        return Grid({f"clf__{key}": options for key, options in values.items()}, settings, name)
 
     def pipeline(self, rows: int = 0) -> Pipeline:
         """The unfitted pipeline for ``rows`` training rows, with the default settings (the exact algorithms)."""
@@ -239,13 +224,6 @@ def calibrate_grouped(pipeline: Pipeline, X, y, groups, *, inner_folds: int, see
     """
     splits = list(inner_splitter(inner_folds, seed).split(X, y, groups))
     return CalibratedClassifierCV(clone(pipeline), method="sigmoid", cv=splits, ensemble=False).fit(X, y)
-
-
-def select_and_fit(pipeline: Pipeline, param_grid: dict[str, list[Any]], X, y, groups, *,
-                   inner_folds: int, seed: int) -> tuple[Pipeline, pd.DataFrame]:
-    """Pick hyperparameters by grouped CV on (X, y) alone, then refit on all of it; and the grid's scores."""
-    chosen, record = search_shared_features(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
-    return fit_chosen(pipeline, chosen, X, y), record
 
 
 def selected_params(model: Pipeline, param_grid: dict[str, list[Any]]) -> dict[str, Any]:

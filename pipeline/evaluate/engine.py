@@ -19,7 +19,6 @@ import numpy as np
 from joblib import cpu_count, effective_n_jobs
 from threadpoolctl import threadpool_limits
 
-from pipeline.common.params import CVParams, ExtractParams
 from pipeline.common.ray_cluster import connect, ray_module
 
 
@@ -57,8 +56,3 @@ class Engine:
         first = [] if beside is None else [task.remote(beside, threads)]
         results = ray.get(first + [task.remote(function, threads, *shared, train, test) for train, test in splits])
         return (results, None) if beside is None else (results[1:], results[0])
-
-
-def engine_of(cv: CVParams, extract: ExtractParams) -> Engine:
-    """``cv.engine``, on the cluster ``extract.ray_address`` names (the one extraction uses)."""
-    return Engine(cv.engine, address=extract.ray_address, timeout_s=extract.ray_timeout_s)

@@ -50,8 +50,8 @@ def find_suspects(oof: pd.DataFrame, groups: np.ndarray, classes: list[str], *, 
                   alpha: float) -> LabelIssues:
     """Rank the train pictures by how likely their label is wrong (see the module's docstring); ``alpha``: the
     level at which the out-of-fold accuracy must beat the largest class's share before suspects are named."""
-    from cleanlab.count import num_label_issues  # noqa: PLC0415 - only this stage needs cleanlab
-    from cleanlab.rank import get_label_quality_scores  # noqa: PLC0415
+    from cleanlab.count import num_label_issues  # only this stage needs cleanlab: imported here, not by the registry
+    from cleanlab.rank import get_label_quality_scores
 
     pictures = picture_probabilities(oof, groups, classes)
     proba = pictures[[f"p_{c}" for c in classes]].to_numpy()

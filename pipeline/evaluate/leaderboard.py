@@ -30,14 +30,10 @@ def pair_name(backbone: str, classifier: str) -> str:
     return f"{backbone}/{classifier}"
 
 
-def _correct(predictions: pd.DataFrame) -> pd.Series:
-    test = predictions[predictions["split"] == "test"].set_index("image")
-    return test["true"] == test["predicted"]
-
-
 def mcnemar_tests(predictions: dict[str, pd.DataFrame], ranking: list[str]) -> dict[str, dict[str, Any]]:
     """McNemar p-values of each pair against its backbone's head, and of the best against the runner-up."""
-    correct = {name: _correct(frame) for name, frame in predictions.items()}
+    tests = {name: frame[frame["split"] == "test"].set_index("image") for name, frame in predictions.items()}
+    correct = {name: test["true"] == test["predicted"] for name, test in tests.items()}
     images = sorted(set.intersection(*(set(c.index) for c in correct.values())))
     if any(len(c) != len(images) for c in correct.values()):
         raise PipelineError("Classifiers were tested on different images; re-run their train stages (dvc repro) "
@@ -70,26 +66,20 @@ def fold_scores(folds: dict[str, pd.DataFrame], shared: list[tuple[np.ndarray, n
 
 def cv_tests(scores: dict[str, np.ndarray], ranking: list[str], *, test_fraction: float) -> dict[str, Any]:
     """Corrected paired t-tests on the shared folds, Holm-adjusted within each family of comparisons."""
+    def family(duels: list[tuple[str, str]]) -> list[tuple[str, str, dict[str, float], float]]:
+        """Each (a, b) with its test and its Holm-adjusted p-value, within this family."""
+        raw = [corrected_paired_ttest(scores[a], scores[b], test_fraction=test_fraction) for a, b in duels]
+        return [(a, b, r, float(h)) for (a, b), r, h in zip(duels, raw, holm([r["p_value"] for r in raw]))]
+
     best = ranking[0]
-    vs_best = ranking[1:]
-    raw = [corrected_paired_ttest(scores[best], scores[name], test_fraction=test_fraction) for name in vs_best]
-    adjusted = holm([r["p_value"] for r in raw]) if raw else []
-    pairs = {name: {"vs": best, "mean_difference": -r["mean_difference"], "p": r["p_value"], "p_holm": float(a)}
-             for name, r, a in zip(vs_best, raw, adjusted)}
+    pairs = {name: {"vs": best, "mean_difference": -r["mean_difference"], "p": r["p_value"], "p_holm": h}
+             for _, name, r, h in family([(best, name) for name in ranking[1:]])}
     best_of: dict[str, str] = {}
     for name in ranking:  # ranked: the first pair met of a backbone is its best
         best_of.setdefault(name.split("/")[0], name)
-    duels = list(itertools.combinations(best_of.values(), 2))
-    raw = [corrected_paired_ttest(scores[a], scores[b], test_fraction=test_fraction) for a, b in duels]
-    adjusted = holm([r["p_value"] for r in raw]) if raw else []
-    backbones = [{"a": a, "b": b, "mean_difference": r["mean_difference"], "p": r["p_value"], "p_holm": float(h)}
-                 for (a, b), r, h in zip(duels, raw, adjusted)]
+    backbones = [{"a": a, "b": b, "mean_difference": r["mean_difference"], "p": r["p_value"], "p_holm": h}
+                 for a, b, r, h in family(list(itertools.combinations(best_of.values(), 2)))]
     return {"best": best, "pairs": pairs, "best_per_backbone": best_of, "backbones": backbones}
-
-
-def method_label(method: dict[str, Any] | None) -> str:
-    """Which algorithm ran, in words: "exact search", "exact RBF SVC", "nystroem 1000 + linear SVM"."""
-    return (method or {}).get("name", "–")
 
 
 def leaderboard(metrics: dict[str, dict[str, Any]], predictions: dict[str, pd.DataFrame],
@@ -114,7 +104,9 @@ def leaderboard(metrics: dict[str, dict[str, Any]], predictions: dict[str, pd.Da
         vs_best = tests["pairs"].get(name, {})
         meta = backbones.get(backbone, {})
         rows.append({
-            "rank": rank, "backbone": backbone, "classifier": classifier, "method": method_label(m.get("method")),
+            "rank": rank, "backbone": backbone, "classifier": classifier,
+            # which algorithm ran, in words: "exact search", "exact RBF SVC", "nystroem 1000 + linear SVM"
+            "method": (m.get("method") or {}).get("name", "–"),
             "cv_accuracy": cv["accuracy_mean"], "cv_accuracy_std": cv["accuracy_std"],
             "cv_accuracy_ci95_low": cv["accuracy_ci95"]["low"], "cv_accuracy_ci95_high": cv["accuracy_ci95"]["high"],
             "cv_p_vs_best": vs_best.get("p", np.nan), "cv_p_vs_best_holm": vs_best.get("p_holm", np.nan),

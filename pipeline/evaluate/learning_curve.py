@@ -51,20 +51,15 @@ class CurveFold:
     cv: CVParams  # the cv params of this draw: one repetition, the draw's own seed
 
 
-def picture_labels(y: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each original picture (sorted) and its class (the most common label of its images)."""
-    frame = pd.DataFrame({"group": groups, "y": y})
-    labels = frame.groupby("group", sort=True)["y"].agg(lambda s: s.value_counts().index[0])
-    return labels.index.to_numpy(), labels.to_numpy()
-
-
 def draw_pictures(y: np.ndarray, groups: np.ndarray, *, fractions: list[float], seed: int,
                   draw: int) -> dict[float, np.ndarray]:
     """The pictures kept at each fraction in one seeded draw, stratified by class and nested across fractions.
 
-    Each class keeps round(fraction x its pictures), at least one.
+    Each class keeps round(fraction x its pictures), at least one; a picture's class is the most common label of
+    its images.
     """
-    pictures, labels = picture_labels(y, groups)
+    labels = pd.DataFrame({"group": groups, "y": y}).groupby("group")["y"].agg(lambda s: s.value_counts().index[0])
+    pictures, labels = labels.index.to_numpy(), labels.to_numpy()
     rng = np.random.default_rng([seed, draw])
     order = {c: rng.permutation(pictures[labels == c]) for c in np.unique(labels)}
     return {f: np.sort(np.concatenate([p[: max(1, int(np.floor(f * len(p) + 0.5)))] for p in order.values()]))

@@ -31,14 +31,12 @@ def _tensor(X: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(X, dtype=np.float32))
 
 
-def make_head(dim: int, n_classes: int, dropout: float, *, generator: torch.Generator | None = None) -> nn.Sequential:
+def make_head(dim: int, n_classes: int, dropout: float, *, generator: torch.Generator) -> nn.Sequential:
     """The same layers, in the same order, as torchvision's EfficientNet classifier.
 
     ``generator``: where the ``Linear`` layer's initial weights are drawn from (``nn.Linear``'s own
-    initialisation, uniform in +-1/sqrt(dim)); without one, torch's global generator, as ``nn.Linear`` does.
+    initialisation, uniform in +-1/sqrt(dim)), not torch's global generator.
     """
-    if generator is None:
-        return nn.Sequential(nn.Dropout(p=dropout, inplace=True), nn.Linear(dim, n_classes))
     linear = nn.Linear(dim, n_classes, device="meta").to_empty(device="cpu")  # nothing drawn yet
     nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)  # what reset_parameters draws
     bound = 1 / math.sqrt(dim)
@@ -124,12 +122,9 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
         head = make_head(X.shape[1], n_classes, self.dropout, generator=generator).to(device)
         linear = head[1]
         step = AdamWStep(linear, lr=self.lr, weight_decay=self.weight_decay)
-        loss_fn = nn.CrossEntropyLoss()
         X_t, y_t = _tensor(X).to(device), torch.as_tensor(np.array(y), dtype=torch.long).to(device)
-        has_valid = X_valid is not None
-        if has_valid:
-            Xv = _tensor(X_valid).to(device)
-            yv = torch.as_tensor(np.array(y_valid), dtype=torch.long).to(device)
+        if X_valid is not None:
+            Xv, yv = _tensor(X_valid).to(device), torch.as_tensor(np.array(y_valid), dtype=torch.long).to(device)
         best_loss, best_state, best_epoch, waited = float("inf"), None, self.max_epochs, 0
         history = []
         for epoch in range(1, self.max_epochs + 1):
@@ -138,17 +133,17 @@ class LinearHeadClassifier(ClassifierMixin, BaseEstimator):
                 x = dropout_(X_t.index_select(0, batch), self.dropout, masks)
                 total += step(x, y_t.index_select(0, batch)) * len(batch)
             row = {"epoch": epoch, "train_loss": total.item() / len(X_t)}
-            if has_valid:
+            if X_valid is not None:
                 with torch.no_grad():
                     logits = linear(Xv)  # dropout is off in evaluation
-                    valid_loss = loss_fn(logits, yv).item()
+                    valid_loss = nn.functional.cross_entropy(logits, yv).item()
                 row.update(valid_loss=valid_loss, valid_accuracy=(logits.argmax(1) == yv).float().mean().item())
                 if valid_loss < best_loss - 1e-6:
                     best_loss, best_state, best_epoch, waited = valid_loss, copy.deepcopy(head.state_dict()), epoch, 0
                 else:
                     waited += 1
             history.append(row)
-            if has_valid and waited >= self.patience:
+            if X_valid is not None and waited >= self.patience:
                 break
         if best_state is not None:
             head.load_state_dict(best_state)

@@ -115,7 +115,7 @@ def cv_scores_beside(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np
 
 def summarise_cv(scores: pd.DataFrame, *, n_samples: int) -> dict[str, Any]:
     test_fraction = float(scores["n_test"].mean()) / n_samples
-    out: dict[str, Any] = {
+    return {
         "accuracy_mean": float(scores["accuracy"].mean()),
         "accuracy_std": float(scores["accuracy"].std(ddof=1)),
         "accuracy_ci95": dict(zip(("low", "high"),
@@ -124,16 +124,6 @@ def summarise_cv(scores: pd.DataFrame, *, n_samples: int) -> dict[str, Any]:
         "macro_f1_mean": float(scores["macro_f1"].mean()),
         "n_folds": len(scores),
     }
-    return out
-
-
-def predictions_frame(features: Features, split: str, proba: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
-    """Per-image rows: image, split, true, predicted, p_<class>..."""
-    part = features[split]
-    frame = pd.DataFrame({"image": part.paths, "split": split,
-                          "true": [features.classes[i] for i in part.y],
-                          "predicted": [features.classes[i] for i in predicted]})
-    return pd.concat([frame, probability_columns(proba, features.classes)], axis=1)
 
 
 def probability_columns(proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -179,17 +169,19 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixe
         proba, predicted = model.predict_proba(part.X), model.predict(part.X)
         metrics[split] = held_out_metrics(part.y, proba, predicted, n_bootstrap=evaluation.n_bootstrap,
                                           ece_bins=evaluation.ece_bins, seed=evaluation.seed)
-        frames.append(predictions_frame(features, split, proba, predicted))
+        rows = pd.DataFrame({"image": part.paths, "split": split, "true": [features.classes[i] for i in part.y],
+                             "predicted": [features.classes[i] for i in predicted]})
+        frames.append(pd.concat([rows, probability_columns(proba, features.classes)], axis=1))
         held_out[split] = (part.y, proba)
     if out_of_fold is not None and not np.isnan(out_of_fold).any():
         metrics["calibration"] = calibration_report(fit_temperature(out_of_fold, y), held_out,
                                                     ece_bins=evaluation.ece_bins)
-    predictions = pd.concat(frames, ignore_index=True)
-    folds = pd.concat([grouped.assign(protocol="grouped"), leaky.assign(protocol="leaky")], ignore_index=True)
     log.info("cv grouped %.3f +- %.3f, leaky %.3f; test %.3f", metrics["cv"]["accuracy_mean"],
              metrics["cv"]["accuracy_std"], metrics["cv_leaky"]["accuracy_mean"], metrics["test"]["accuracy"])
     oof = None
     if out_of_fold is not None:
         oof = pd.concat([pd.DataFrame({"image": train.paths, "true": [features.classes[i] for i in y]}),
                          probability_columns(out_of_fold, features.classes)], axis=1)
-    return Evaluation(metrics=metrics, predictions=predictions, folds=folds, out_of_fold=oof)
+    return Evaluation(metrics=metrics, predictions=pd.concat(frames, ignore_index=True),
+                      folds=pd.concat([grouped.assign(protocol="grouped"), leaky.assign(protocol="leaky")],
+                                      ignore_index=True), out_of_fold=oof)

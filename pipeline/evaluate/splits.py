@@ -113,7 +113,5 @@ def read_folds(path: Path, paths: list[str] | None) -> list[tuple[np.ndarray, np
         values = pd.to_numeric(table[column], errors="coerce").to_numpy()
         if np.isnan(values).any() or (values < 0).any() or (values != np.round(values)).any():
             raise FoldsError(f"Folds file {path} column {column} must hold fold numbers 0, 1, ...; re-run dvc repro.")
-        for k in range(int(values.max()) + 1):
-            test = np.flatnonzero(values == k)
-            splits.append((np.flatnonzero(values != k), test))
+        splits += [(np.flatnonzero(values != k), np.flatnonzero(values == k)) for k in range(int(values.max()) + 1)]
     return splits

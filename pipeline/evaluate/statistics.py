@@ -48,10 +48,7 @@ def macro_f1_from_counts(cm: np.ndarray) -> np.ndarray:
     return f1.sum(axis=-1) / np.maximum((denominator > 0).sum(axis=-1), 1)
 
 
-BOOTSTRAP_METRICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "balanced_accuracy": balanced_accuracy_from_counts,
-    "macro_f1": macro_f1_from_counts,
-}
+BOOTSTRAP_METRICS = {"balanced_accuracy": balanced_accuracy_from_counts, "macro_f1": macro_f1_from_counts}
 
 
 def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray, metric: Callable[[np.ndarray], np.ndarray], *,
@@ -80,8 +77,7 @@ def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray, metric: Callable[
     # the same resamples, read by percentile (bootstrap_result with no new resamples)
     percentile = stats.bootstrap((y_true, y_pred), statistic, n_resamples=0, method="percentile",
                                  bootstrap_result=result, **common)
-    distribution = result.bootstrap_distribution
-    why = ("every resample gives the same score" if np.ptp(distribution) == 0
+    why = ("every resample gives the same score" if np.ptp(result.bootstrap_distribution) == 0
            else "its bias correction or acceleration is not finite on these data")
     low, high = percentile.confidence_interval
     return {"low": float(low), "high": float(high), "method": "percentile", "fallback": f"BCa undefined: {why}"}
@@ -150,16 +146,14 @@ def held_out_metrics(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray, 
                      n_bootstrap: int, ece_bins: int, seed: int) -> dict[str, object]:
     """Scores on a held-out split, each with its 95% interval, plus calibration."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    n = len(y_true)
-    correct = int(np.sum(y_true == y_pred))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         balanced = float(balanced_accuracy_score(y_true, y_pred))
     intervals = bootstrap_intervals(y_true, y_pred, n_classes=proba.shape[1], n_resamples=n_bootstrap, seed=seed)
-    out: dict[str, object] = {
-        "n": n,
+    return {
+        "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "accuracy_ci95": dict(zip(("low", "high"), wilson_interval(correct, n))),
+        "accuracy_ci95": dict(zip(("low", "high"), wilson_interval(int(np.sum(y_true == y_pred)), len(y_true)))),
         "balanced_accuracy": balanced,
         "balanced_accuracy_ci95": intervals["balanced_accuracy"],
         "macro_f1": macro_f1(y_true, y_pred),
@@ -167,7 +161,6 @@ def held_out_metrics(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray, 
         "log_loss": float(log_loss(y_true, proba, labels=np.arange(proba.shape[1]))),
         "ece": expected_calibration_error(y_true, proba, n_bins=ece_bins),
     }
-    return out
 
 
 def corrected_paired_ttest(scores_a: np.ndarray, scores_b: np.ndarray, *, test_fraction: float) -> dict[str, float]:

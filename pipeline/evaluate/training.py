@@ -8,18 +8,30 @@ CV for contrast, valid and test with intervals).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from pipeline.common import features as features_io
 from pipeline.common.errors import PipelineError
 from pipeline.common.features import HELD_OUT, Features
-from pipeline.common.params import CVParams, EvaluationParams
+from pipeline.common.groups import read_groups
+from pipeline.common.params import (
+    CLASSIFIERS_SECTION,
+    DEFAULT_PARAMS,
+    CVParams,
+    EvaluationParams,
+    classifiers_section,
+    entry_of,
+    load_section,
+)
 from pipeline.evaluate.classifiers import ClassifierSpec, Selection, TrainingData, get_classifier
 from pipeline.evaluate.engine import Engine
 from pipeline.evaluate.protocol import Evaluation, cv_scores_beside, evaluate_classifier, with_views
@@ -65,14 +77,40 @@ def training_data(features: Features, groups: np.ndarray, *, views: np.ndarray |
                         n_images=len(rows), copies=1 if views is None else len(views) + 1, device=device)
 
 
-def stage_device(name: str, requested: str) -> str:
-    """Where classifier ``name`` trains: ``requested`` (extract.device) resolved if it trains with torch, else
-    the CPU. Only then is torch imported: seconds at the start of the other stages and of each of their workers."""
-    if not get_classifier(name).uses_device:
-        return "cpu"
-    from pipeline.common.device import resolve_device
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of the stages that run one classifier on one backbone's features (train, learning_curve)."""
+    parser.add_argument("--backbone", required=True,
+                        help="the name the results go under (a key of params.yaml's backbones section)")
+    parser.add_argument("--classifier", required=True, help="a key of params.yaml's classifiers section")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    parser.add_argument("--features", type=Path, required=True, help="this backbone's features folder")
+    parser.add_argument("--groups", type=Path, default=Path("artifacts/data/groups.csv"))
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="refuse features not extracted from this manifest (dvc.yaml passes it)")
 
-    return str(resolve_device(requested))
+
+def pair_inputs(args: argparse.Namespace) -> tuple:
+    """What those stages read: the classifier's params, ``cv``, ``views.use``, the CV engine (``cv.engine``, on the
+    cluster ``extract.ray_address`` names, the one extraction uses), the device the classifier trains on, the
+    features (memory-mapped: parallel fold fits read the file, none gets a copy of it) and train's picture groups.
+
+    The device is ``extract.device`` resolved if the classifier trains with torch, else the CPU. Only then is
+    torch imported: seconds at the start of the other stages and of each of their workers.
+    """
+    raw = entry_of(classifiers_section(args.params), args.classifier, section_name=CLASSIFIERS_SECTION,
+                   path=args.params)
+    spec = get_classifier(args.classifier)
+    params = spec.parse(raw, f"{CLASSIFIERS_SECTION}.{args.classifier}")  # checked by its registry entry
+    cv, extract = load_section("cv", args.params), load_section("extract", args.params)
+    device = "cpu"
+    if spec.uses_device:
+        from pipeline.common.device import resolve_device
+
+        device = str(resolve_device(extract.device))
+    feats = features_io.load(args.features, manifest=args.manifest, mmap=True)
+    return (params, cv, load_section("views", args.params).use,
+            Engine(cv.engine, address=extract.ray_address, timeout_s=extract.ray_timeout_s), device, feats,
+            read_groups(args.groups, feats["train"].paths))
 
 
 def placement(spec: ClassifierSpec, device: str, cv: CVParams,
@@ -97,13 +135,13 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
                   splits=folds)
     views = train.views if use_views else None
     device, cv, engine = placement(spec, device, cv, engine)
+    data = training_data(features, groups, views=views, device=device)
     if spec.fold_fit is None:  # the folds train what the selection chose
-        selection, fit_seconds = timed_select(spec, params, training_data(features, groups, views=views, device=device),
-                                              cv)
+        selection, fit_seconds = timed_select(spec, params, data, cv)
         grouped, _, out_of_fold = cv_scores_beside(selection.fit_fold, train.X, train.y, groups, folds, views=views,
                                                    n_jobs=cv.n_jobs, engine=engine)
     else:  # the final selection runs beside the grouped folds, as one more task
-        fold_fit = spec.fold_fit(params, training_data(features, groups, views=views, device=device), cv)
+        fold_fit = spec.fold_fit(params, data, cv)
         select = functools.partial(select_beside, spec, params, features, groups, views, device, cv)
         grouped, (selection, fit_seconds), out_of_fold = cv_scores_beside(
             fold_fit, train.X, train.y, groups, folds, views=views, n_jobs=cv.n_jobs, engine=engine, beside=select)

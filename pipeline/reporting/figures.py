@@ -28,9 +28,8 @@ def png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def img_tag(data: bytes, *, mime: str = "image/png", alt: str = "", width: int | None = None) -> str:
-    size = f' width="{width}"' if width else ""
-    return f'<img alt="{html.escape(alt)}"{size} src="data:{mime};base64,{base64.b64encode(data).decode()}">'
+def img_tag(data: bytes, *, mime: str = "image/png", alt: str = "") -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
 
 
 def confusion_figure(predictions: dict[str, pd.DataFrame], classes: list[str], *, per_row: int = 3) -> plt.Figure:

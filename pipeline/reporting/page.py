@@ -34,12 +34,11 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 figure{margin:0;width:170px;font-size:12px}"""
 
 LEADERBOARD_COLUMNS = {
-    "rank": "#", "backbone": "backbone", "classifier": "classifier", "cv_accuracy": "grouped CV acc.", "cv_accuracy_std": "± std",
-    "cv_accuracy_ci95_low": "CV 95% low", "cv_accuracy_ci95_high": "CV 95% high",
-    "cv_p_vs_best_holm": "CV p vs best (Holm)",
-    "cv_leaky_accuracy": "leaky CV acc.", "test_accuracy": "test acc.", "test_accuracy_ci95_low": "test 95% low",
-    "test_accuracy_ci95_high": "test 95% high", "test_macro_f1": "test macro-F1",
-    "mcnemar_p_vs_head": "p vs head", "mcnemar_p_vs_runner_up": "p vs runner-up",
+    "rank": "#", "backbone": "backbone", "classifier": "classifier", "cv_accuracy": "grouped CV acc.",
+    "cv_accuracy_std": "± std", "cv_accuracy_ci95_low": "CV 95% low", "cv_accuracy_ci95_high": "CV 95% high",
+    "cv_p_vs_best_holm": "CV p vs best (Holm)", "cv_leaky_accuracy": "leaky CV acc.", "test_accuracy": "test acc.",
+    "test_accuracy_ci95_low": "test 95% low", "test_accuracy_ci95_high": "test 95% high",
+    "test_macro_f1": "test macro-F1", "mcnemar_p_vs_head": "p vs head", "mcnemar_p_vs_runner_up": "p vs runner-up",
     "feature_dim": "dim", "extract_images_per_second": "extract img/s",
 }
 P_VALUES = ("mcnemar_p_vs_head", "mcnemar_p_vs_runner_up", "cv_p_vs_best_holm")
@@ -160,10 +159,9 @@ def learning_curve_section(curves: dict[str, pd.DataFrame], readings: dict[str, 
 
 def backbone_section(name: str, feats: features_io.Features, history: pd.DataFrame | None) -> list[str]:
     """A map of one backbone's embeddings and its linear head's training curve."""
-    classes = feats.classes
     splits = list(feats.splits)
     X = np.concatenate([feats[s].X for s in splits])
-    labels = [classes[i] for s in splits for i in feats[s].y]
+    labels = [feats.classes[i] for s in splits for i in feats[s].y]
     split_names = [s for s in splits for _ in feats[s].paths]
     parts = [f"<h2 id='backbone-{html.escape(name)}'>Backbone {html.escape(name)}</h2>",
              "<h3>Embedding map</h3>", img_tag(png(embedding_map_figure(X, labels, split_names)), alt="embedding map")]

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms._presets import ImageClassification
+from torchvision.transforms import functional as F
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import file_sha256
@@ -31,7 +32,7 @@ class Backbone:
     """A frozen network that maps a normalised image batch to embeddings, with its preprocessing."""
 
     model: nn.Module  # eval mode, frozen: (n, 3, h, w) -> (n, feature_dim)
-    transform: ImageClassification  # preprocessing: PIL image -> normalised tensor (resize, centre crop)
+    transform: Preset  # preprocessing: PIL image -> normalised tensor (resize, centre crop)
     info: dict[str, Any]  # what was built, for features/meta.json
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -121,26 +122,49 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
                             f"{damaged[0]}: the file is damaged; copy it again.")
 
 
-def preset(*, crop_size: int, resize_size: int, mean: list[float], std: list[float],
-           interpolation: InterpolationMode) -> ImageClassification:
+@dataclasses.dataclass(frozen=True)
+class Preset:
     """The eval preprocessing every source is expressed in: resize the shorter side, centre crop, normalise.
 
-    torchvision's own preset, so the device decode path and the view augmentations read one set of
-    attributes whatever the source.
+    torchvision's ``weights.transforms()``, read through its public attributes and computed with
+    ``torchvision.transforms.functional``, so the device decode path and the view augmentations
+    (``pipeline.embed.loading.Preprocess``) read one set of attributes whatever the source.
     """
-    return ImageClassification(crop_size=crop_size, resize_size=resize_size, mean=tuple(mean), std=tuple(std),
-                               interpolation=interpolation)
+
+    crop_size: list[int]
+    resize_size: list[int]
+    interpolation: InterpolationMode
+    antialias: bool
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def of(cls, transform: Any, *, crop_size: int | None = None, resize_size: int | None = None, **extra: Any):
+        """From another preset or ``weights.transforms()``, with ``crop_size``/``resize_size`` (``extract``'s)
+        applied where set; ``extra``: a subclass's own fields."""
+        return cls(crop_size=[crop_size or transform.crop_size[0]],
+                   resize_size=[resize_size or transform.resize_size[0]], interpolation=transform.interpolation,
+                   antialias=transform.antialias, mean=list(transform.mean), std=list(transform.std), **extra)
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """A PIL image or 8-bit tensor -> the normalised float tensor, as ``weights.transforms()`` computes it."""
+        image = F.resize(image, self.resize_size, interpolation=self.interpolation, antialias=self.antialias)
+        image = F.center_crop(image, self.crop_size)
+        image = image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+        return F.normalize(F.convert_image_dtype(image, torch.float), mean=self.mean, std=self.std)
 
 
-def with_sizes(transform: ImageClassification, crop_size: int | None, resize_size: int | None) -> ImageClassification:
-    """``transform`` with ``extract.crop_size``/``resize_size`` applied where set."""
-    if crop_size is None and resize_size is None:
-        return transform
-    return preset(crop_size=crop_size or transform.crop_size[0], resize_size=resize_size or transform.resize_size[0],
-                  mean=list(transform.mean), std=list(transform.std), interpolation=transform.interpolation)
+def preset(*, crop_size: int, resize_size: int, mean: list[float], std: list[float],
+           interpolation: InterpolationMode) -> Preset:
+    return Preset([crop_size], [resize_size], interpolation, True, list(mean), list(std))
 
 
-def transform_info(transform: ImageClassification, **extra: Any) -> dict[str, Any]:
+def with_sizes(transform: Any, crop_size: int | None, resize_size: int | None) -> Preset:
+    """``transform`` as a ``Preset``, with ``extract.crop_size``/``resize_size`` applied where set."""
+    return Preset.of(transform, crop_size=crop_size, resize_size=resize_size)
+
+
+def transform_info(transform: Preset, **extra: Any) -> dict[str, Any]:
     return {**extra, "crop_size": list(transform.crop_size), "resize_size": list(transform.resize_size),
             "mean": list(transform.mean), "std": list(transform.std),
             "interpolation": transform.interpolation.value}

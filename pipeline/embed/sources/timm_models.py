@@ -16,17 +16,17 @@ import dataclasses
 import math
 import re
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
-from torchvision import transforms as T
 
-from pipeline.common.params import check_seed
+from pipeline.common.params import SEED
 from pipeline.embed.sources.base import (
     INTERPOLATIONS,
     Backbone,
     BackboneError,
+    Preset,
     check_embedding_shape,
     check_pin,
     existing_file,
@@ -48,9 +48,9 @@ class TimmEntry:
     checkpoint: str | None = None  # a local weights file for the model, used instead of the Hub download
     init_seed: int = 0  # seed of the random initialisation (pretrained: false)
     sha256: str | None = None  # the checkpoint's pinned hash: a file with other bytes is refused before it is read
+    RANGES: ClassVar[dict] = {"init_seed": SEED}
 
     def check(self, name: str) -> None:
-        check_seed(name, "init_seed", self.init_seed)
         check_pin(name, self.sha256, self.checkpoint, "checkpoint")
 
 
@@ -81,7 +81,7 @@ def resize(entry: TimmEntry) -> int:
     return int(math.floor(size / (cfg.crop_pct if cfg is not None and cfg.crop_pct else 0.875)))
 
 
-def _to_preset(transform: Any, key: str) -> T.Compose:
+def _to_preset(transform: Any, key: str) -> Preset:
     """timm's eval transform (Resize shorter side, CenterCrop, ToTensor, Normalize) as torchvision's preset."""
     steps = {type(step).__name__: step for step in getattr(transform, "transforms", [])}
     resize, crop, normalize = steps.get("Resize"), steps.get("CenterCrop"), steps.get("Normalize")
@@ -93,11 +93,6 @@ def _to_preset(transform: Any, key: str) -> T.Compose:
         raise BackboneError(f"{key}: timm's interpolation {resize.interpolation.value!r} is not supported.")
     return preset(crop_size=int(crop.size[0]), resize_size=int(size), mean=normalize.mean.tolist(),
                   std=normalize.std.tolist(), interpolation=resize.interpolation)
-
-
-def _published_hash(model: nn.Module) -> str | None:
-    match = re.search(r"-([0-9a-f]{8,})\.(pth|pt|bin|safetensors)$", model.pretrained_cfg.get("url") or "")
-    return match.group(1) if match else None
 
 
 def build(entry: TimmEntry, key: str, *, crop_size: int | None, resize_size: int | None) -> Backbone:
@@ -112,8 +107,9 @@ def build(entry: TimmEntry, key: str, *, crop_size: int | None, resize_size: int
             sha = pinned_sha256(path, entry.sha256, f"{key}.checkpoint", code=False)
             model = timm.create_model(entry.model, pretrained=True, num_classes=0,
                                       pretrained_cfg_overlay={"file": str(path)})
-            published = _published_hash(model)
-            verified = published is not None and sha.startswith(published)
+            url = model.pretrained_cfg.get("url") or ""
+            published = re.search(r"-([0-9a-f]{8,})\.(pth|pt|bin|safetensors)$", url)  # a hash prefix, if any
+            verified = published is not None and sha.startswith(published.group(1))
             info.update(checkpoint=str(path), checkpoint_sha256=sha, weights=model.pretrained_cfg.get("tag"),
                         pretrained=verified)
             if not verified:

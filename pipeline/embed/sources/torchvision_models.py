@@ -15,14 +15,14 @@ import os
 import re
 import urllib.error
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from pipeline.common.params import check_seed
+from pipeline.common.params import SEED
 from pipeline.embed.sources.base import (
     Backbone,
     BackboneError,
@@ -48,22 +48,14 @@ class TorchvisionEntry:
     checkpoint: str | None = None  # a local state dict of the same model, used instead of downloading
     init_seed: int = 0  # seed of the random initialisation (weights: null)
     sha256: str | None = None  # the checkpoint's pinned hash: a file with other bytes is refused before it is read
+    RANGES: ClassVar[dict] = {"init_seed": SEED}
 
     def check(self, name: str) -> None:
-        check_seed(name, "init_seed", self.init_seed)
         check_pin(name, self.sha256, self.checkpoint, "checkpoint")
 
 
-def _models() -> list[str]:
-    return torchvision.models.list_models(module=torchvision.models)
-
-
-def _weights_enum(model: str) -> type[WeightsEnum]:
-    return torchvision.models.get_model_weights(model)
-
-
 def _weights(entry: TorchvisionEntry, key: str, name: str) -> WeightsEnum:
-    enum = _weights_enum(entry.model)
+    enum = torchvision.models.get_model_weights(entry.model)
     valid = [w.name for w in enum]
     if name == "DEFAULT":
         return enum.DEFAULT
@@ -75,9 +67,10 @@ def _weights(entry: TorchvisionEntry, key: str, name: str) -> WeightsEnum:
 
 def check(entry: TorchvisionEntry, key: str) -> None:
     """An unknown model or weights name fails before any work (prepare calls this)."""
-    if entry.model not in _models():
+    models = torchvision.models.list_models(module=torchvision.models)
+    if entry.model not in models:
         family = re.match(r"[a-z]*", entry.model.lower()).group()
-        close = [m for m in _models() if family and m.startswith(family)] or _models()[:12]
+        close = [m for m in models if family and m.startswith(family)] or models[:12]
         raise BackboneError(f"{key}.model={entry.model!r} is not a torchvision classification model; e.g. "
                             f"{close} (torchvision.models.list_models() lists them all).")
     if entry.weights is not None:
@@ -114,7 +107,7 @@ def _download(weights: WeightsEnum) -> dict[str, torch.Tensor]:
 
 def _official(model: str, sha256: str) -> str | None:
     """The weights enum whose published file this is (torchvision names files by a hash prefix)."""
-    for weights in _weights_enum(model):
+    for weights in torchvision.models.get_model_weights(model):
         match = re.search(r"-([0-9a-f]{8,})\.pth$", weights.url)
         if match and sha256.startswith(match.group(1)):
             return weights.name
