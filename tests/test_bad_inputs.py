@@ -718,6 +718,7 @@ FULL_DISK = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stage", "key", "limit", "change"), FULL_DISK, ids=[c[0] for c in FULL_DISK])
 def test_a_full_disk_ends_in_one_line_and_leaves_the_previous_outputs_whole(finished, tmp_path, stage, key, limit,
                                                                           change):
@@ -921,6 +922,7 @@ def test_predict_refuses_a_model_trained_on_features_made_elsewhere(tmp_path, mo
     assert code == 2 and "features made outside the extract stage" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_one_line_and_leaves_no_output(tmp_path):
     """Ctrl-C in the middle of a run (a FIFO no longer stalls one: it is refused unread, so the run is made
     long instead: 16 views of each train image, 2 a batch)."""
@@ -967,6 +969,7 @@ def test_two_flat_images_in_train_and_test_are_no_leak_but_an_exact_copy_is(fini
     assert json.loads((root / "artifacts/audit.json").read_text())["leaks_into_held_out"] == 1
 
 
+@pytest.mark.slow
 def test_the_stage_processes_print_one_line_too(finished, tmp_path):
     """The same through ``python -m``, as DVC runs it: a fresh interpreter, nothing but the line."""
     root = copy_project(finished, tmp_path / "project")

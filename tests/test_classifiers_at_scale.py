@@ -147,6 +147,7 @@ def test_svm_search_sharing_one_map_per_fold_scores_as_grid_search_cv():
     assert {f"clf__{k}": v for k, v in chosen.items()} == search.best_params_
 
 
+@pytest.mark.slow
 def test_the_ray_engine_gives_the_local_engines_scores_byte_for_byte():
     pytest.importorskip("ray")
     from pipeline.evaluate.engine import Engine

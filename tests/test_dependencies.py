@@ -185,6 +185,7 @@ def real_target(path: Path, root: Path) -> Path:
     return root.joinpath(*parts)
 
 
+@pytest.mark.slow
 def test_each_stage_reads_only_its_deps_and_params_and_writes_only_its_outs(repo, tmp_path):
     source, env, _, _, _ = repo
     root = tmp_path / "project"

@@ -20,6 +20,7 @@ from tests.conftest import DEFAULT_BACKBONE, DVC, ENV, SMALL_RUN, init_project, 
 
 CLASSIFIERS = ["head", "logreg", "svm", "knn"]
 B = DEFAULT_BACKBONE
+pytestmark = pytest.mark.slow  # whole dvc runs in a temporary repository
 
 def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
     root, env, dvc, first, _ = repo

@@ -155,6 +155,7 @@ def test_one_pass_over_all_splits_gives_exactly_the_split_by_split_embeddings(tm
         assert np.array_equal(feats[split].X, embed_paths(backbone, paths, settings)), split
 
 
+@pytest.mark.slow
 def test_one_worker_pool_serves_every_split_and_view(tmp_path, calibrated_checkpoint):
     import psutil
 
@@ -190,6 +191,7 @@ def shards_written(scratch):
     return sorted(p.name for p in scratch.rglob("rows-*.npy"))
 
 
+@pytest.mark.slow
 def test_a_killed_extract_resumes_from_its_finished_shards_to_byte_identical_features(tmp_path):
     data = make_dataset(tmp_path / "data", train_per_class=12, held_out_per_class=2, augs=2)  # 144/8/8 + a view
     # audit.on_leak: warn: two of these synthetic pictures, in train and valid, are near-duplicates by their

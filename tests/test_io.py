@@ -31,6 +31,7 @@ def test_outputs_get_ordinary_permissions(tmp_path):
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
 
 
+@pytest.mark.slow
 def test_killed_extract_leaves_no_features_and_the_rerun_recovers(tmp_path):
     data = make_dataset(tmp_path / "data", train_per_class=10, augs=2)
     params = write_params(tmp_path / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.batch_size": 2})
@@ -57,6 +58,7 @@ def test_killed_extract_leaves_no_features_and_the_rerun_recovers(tmp_path):
     assert np.load(tmp_path / "features" / "efficientnet_b1" / "train.npy").shape == (120, 1280)
 
 
+@pytest.mark.slow
 def test_killed_classifier_stage_leaves_no_outputs_and_the_rerun_recovers(tmp_path):
     from tests.test_train import foreign_features
 

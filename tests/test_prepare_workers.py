@@ -104,6 +104,7 @@ def test_num_workers_below_one_is_refused_naming_the_key(dataset, tmp_path, capf
     assert "data.num_workers" in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_worker_with_one_line_and_writes_nothing(dataset, tmp_path):
     """Hundreds of large JPEGs keep both workers busy for seconds, so the interrupt lands mid-run (a FIFO would
     not: prepare refuses special files without reading them)."""

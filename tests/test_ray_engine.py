@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import DVC, ENV, SMALL_RUN, init_project, make_dataset, ran, run, stage_process, write_params
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # Ray clusters and whole dvc runs
 
 LIMIT = 300  # seconds for one stage run, Ray's start included
 FEATURES = "features/efficientnet_b1"
