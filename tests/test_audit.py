@@ -113,14 +113,19 @@ def test_audit_counts_pictures_and_finds_exact_duplicates(dataset):
     assert report["cross_split_leaks"] == []
 
 
-def test_injected_train_test_leak_fails_the_stage_after_writing_the_report(dataset, tmp_path, monkeypatch):
+def _leak_and_prepare(dataset, tmp_path, monkeypatch, on_leak: str):
+    """A mirrored, resized copy of a train picture slipped into test under another name; prepare run on it."""
     layout = dataset / "Master Folder"
-    # a mirrored, resized copy of a train picture slipped into test under another name
     with Image.open(layout / "train" / "Sad" / "009.jpg") as image:
         ImageOps.mirror(image).resize((84, 72)).save(layout / "test" / "Sad" / "zz_new.jpg", quality=80)
-    params = write_params(tmp_path / "params.yaml", {"data.root": str(dataset), "audit.on_leak": "error"})
+    params = write_params(tmp_path / "params.yaml", {"data.root": str(dataset), "audit.on_leak": on_leak})
     monkeypatch.chdir(tmp_path)
     assert run_stage("prepare", params) == 0
+    return params
+
+
+def test_injected_train_test_leak_fails_the_stage_after_writing_the_report(dataset, tmp_path, monkeypatch):
+    params = _leak_and_prepare(dataset, tmp_path, monkeypatch, "error")
     assert run_stage("audit", params) == 1
     report = json.loads((tmp_path / "artifacts" / "audit.json").read_text())
     assert report["cross_split_leaks"][0]["splits"] == ["train", "test"]
@@ -131,13 +136,7 @@ def test_injected_train_test_leak_fails_the_stage_after_writing_the_report(datas
 
 
 def test_on_leak_drop_removes_the_leaked_copy_from_test_and_says_so(dataset, tmp_path, monkeypatch):
-    layout = dataset / "Master Folder"
-    with Image.open(layout / "train" / "Sad" / "009.jpg") as image:
-        ImageOps.mirror(image).resize((84, 72)).save(layout / "test" / "Sad" / "zz_new.jpg", quality=80)
-    params = write_params(tmp_path / "params.yaml", {"data.root": str(dataset), "audit.on_leak": "drop"})
-    monkeypatch.chdir(tmp_path)
-    assert run_stage("prepare", params) == 0
-    assert run_stage("audit", params) == 0
+    assert run_stage("audit", _leak_and_prepare(dataset, tmp_path, monkeypatch, "drop")) == 0
     data = tmp_path / "artifacts" / "data"
     splits = read_splits(data / "splits.csv")
     row = splits[splits["path"] == "test/Sad/zz_new.jpg"].iloc[0]
