@@ -143,7 +143,7 @@ def test_a_second_backbone_runs_only_its_own_stages_and_removing_it_restores_the
         assert "id='backbone-resnet18'" in (root / "artifacts" / "report.html").read_text()
     finally:
         write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
-        # DVC leaves a removed stage's files in the workspace; delete them as the README says
+        # DVC leaves a removed stage's files in the workspace; delete them as docs/backbones.md says
         for stale in [root / "features" / "resnet18", *root.glob("artifacts/*/resnet18*"),
                       *root.glob("artifacts/*/*/resnet18*")]:
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()

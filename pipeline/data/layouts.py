@@ -1,6 +1,6 @@
 """Where a dataset's images are and which split each one came with.
 
-Five layouts are read (the README shows the params of each):
+Five layouts are read (docs/data-and-layouts.md shows the params of each):
 
 - ``<root>/{train,valid,test}/<class>/``: all three splits;
 - ``<root>/{train,val}/<class>/``: no test folder (the ImageFolder convention);

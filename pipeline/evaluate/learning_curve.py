@@ -174,7 +174,7 @@ def curve_points(name: str, scores: pd.DataFrame | None, full: dict[str, Any]) -
 
 
 def reading(points: pd.DataFrame) -> dict[str, Any]:
-    """One sentence on the last step of the curve, by the rule stated in the README.
+    """One sentence on the last step of the curve, by the rule stated in docs/evaluation.md.
 
     Gain = accuracy at 100% minus at the point before it; noise = the two points'
     standard errors (interval half-width / z) combined in quadrature. Rising if the gain
