@@ -59,16 +59,21 @@ def with_views(X: np.ndarray, y: np.ndarray, groups: np.ndarray, views: np.ndarr
 def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                 views: np.ndarray | None, train: np.ndarray, test: np.ndarray) -> dict[str, Any]:
     """A fold's scores, and its test rows' class probabilities (``proba``: one column per class of ``y``; NaN when
-    the fold's model gives none)."""
+    the fold's model gives none). With probabilities, the prediction is their most probable class, from the same
+    pass (kNN would otherwise search the fold's test rows twice)."""
     model = fit_fold(*with_views(X, y, groups, views, train))
-    pred = model.predict(X[test])
+    proba = np.full((len(test), int(y.max()) + 1), np.nan)  # NaN: a fold model without probabilities (the SVM's)
+    if hasattr(model, "predict_proba"):
+        classes = getattr(model, "classes_", np.arange(proba.shape[1]))
+        own = model.predict_proba(X[test])
+        pred = np.asarray(classes)[own.argmax(axis=1)]
+        proba[:] = 0.0
+        proba[:, classes] = own
+    else:
+        pred = model.predict(X[test])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a fold may lack a class; the score is still defined
         balanced = balanced_accuracy_score(y[test], pred)
-    proba = np.full((len(test), int(y.max()) + 1), np.nan)  # NaN: a fold model without probabilities (the SVM's)
-    if hasattr(model, "predict_proba"):
-        proba[:] = 0.0
-        proba[:, getattr(model, "classes_", np.arange(proba.shape[1]))] = model.predict_proba(X[test])
     return {"n_test": len(test), "accuracy": accuracy_score(y[test], pred),
             "balanced_accuracy": balanced, "macro_f1": macro_f1(y[test], pred), "proba": proba}
 
