@@ -3,10 +3,15 @@
 Ranks by grouped-CV accuracy; tests differences as pairs on shared material: the
 Nadeau–Bengio corrected t-test on the per-fold scores of the shared folds (Holm
 across the comparisons shown) and an exact McNemar test on the same test images.
-Writes the leaderboard as markdown (people), CSV (tables) and JSON (the tests, a
-DVC metrics file), and copies the best pair's model folder (``model.skops`` and its
-record) to its own folder, the project's ``best-classifier`` artifact, once its bytes
-are the recorded ones and its backbone is the one whose features are ranked.
+Then the decision (``pipeline.evaluate.decision``): each pair's probability of being
+best, rank interval and practical equivalence from a bootstrap of train pictures over
+every pair's out-of-fold predictions, the winner's figure corrected for its selection,
+and each pair's cost (the cost stages') with the cheapest pair practically as good as
+the best. Writes the leaderboard as markdown (people), CSV (tables) and JSON (tests
+and decision), a few figures per pair for ``dvc metrics show`` (``--summary-dir``),
+and copies the best pair's model folder (``model.skops`` and its record) to its own
+folder, the project's ``best-classifier`` artifact, once its bytes are the recorded
+ones and its backbone is the one whose features are ranked.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from pipeline.common.checks import ReuseError, finite_number, known_labels, requ
 from pipeline.common.cli import run, stage_parser
 from pipeline.common.errors import PipelineError
 from pipeline.common.features import META, read_meta
-from pipeline.common.io import output_set, read_csv, read_json, writing
-from pipeline.common.params import DEFAULT_PARAMS, backbones_section, classifiers_section
+from pipeline.common.groups import read_groups
+from pipeline.common.io import output_set, read_csv, read_json, write_json, writing
+from pipeline.common.params import DEFAULT_PARAMS, backbones_section, classifiers_section, load_section
 from pipeline.data.carving import read_splits, split_origins
-from pipeline.evaluate.leaderboard import leaderboard, pair_name, render_markdown
+from pipeline.evaluate.decision import cost_of, decide, out_of_fold_correct
+from pipeline.evaluate.leaderboard import add_decision, leaderboard, pair_name, render_markdown, summary
 from pipeline.evaluate.results import MODEL, RECORD, ModelError, verified_model
 from pipeline.evaluate.splits import read_folds
 
@@ -48,6 +55,13 @@ def check_predictions(frame, path: Path, *, fix: str) -> None:
     known_labels(frame, path, ["true", "predicted"], classes, fix=fix)
 
 
+def check_out_of_fold(frame, path: Path, first, *, fix: str) -> None:
+    """Image, truth and a prediction per CV repetition, over the same train images as the first pair's file."""
+    require_columns(frame, path, ("image", "true", "predicted_1"), fix=fix)
+    if set(frame["image"]) != set(first["image"]) or len(frame) != len(first):
+        raise ReuseError(f"{path} holds other train images than the other pairs' out-of-fold files; {fix}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="the backbones and classifiers to rank")
@@ -60,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, required=True)
     parser.add_argument("--splits", type=Path, default=None,
                         help="the audit's splits.csv: how valid and test were made (omitted: not said)")
+    parser.add_argument("--out-of-fold-dir", type=Path, required=True,
+                        help="each pair's out-of-fold predictions on train, <backbone>/<classifier>.csv")
+    parser.add_argument("--groups", type=Path, required=True, help="the audit's groups.csv: pictures to resample")
+    parser.add_argument("--cost-dir", type=Path, required=True, help="the cost stages' <backbone>.json")
+    parser.add_argument("--summary-dir", type=Path, required=True,
+                        help="a few figures per pair, <backbone>/<classifier>.json (the DVC metrics)")
     parser.add_argument("--markdown", type=Path, required=True)
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--json", type=Path, required=True)
@@ -67,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     backbones = {name: read_meta(args.features_dir / name / META) for name in backbones_section(args.params)}
-    metrics, predictions, folds = {}, {}, {}
+    evaluation = load_section("evaluation", args.params)
+    metrics, predictions, folds, out_of_fold, costs = {}, {}, {}, {}, {}
     for backbone in backbones:
+        cost = read_json(args.cost_dir / f"{backbone}.json", what="Cost file",
+                         fix=f"run the cost stage for it (dvc repro cost@{backbone}).")
         for classifier in classifiers_section(args.params):
             pair = pair_name(backbone, classifier)
             fix = f"run the train stage for it (dvc repro train@{backbone}-{classifier})."
@@ -76,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             predictions[pair] = read_csv(args.predictions_dir / f"{pair}.csv", what="Predictions file", fix=fix,
                                          dtype=str, keep_default_na=False)
             folds[pair] = read_csv(args.cv_dir / f"{pair}.csv", what="CV folds file", fix=fix)
+            out_of_fold[pair] = read_csv(args.out_of_fold_dir / f"{pair}.csv", what="Out-of-fold file", fix=fix,
+                                         dtype=str, keep_default_na=False)
+            check_out_of_fold(out_of_fold[pair], args.out_of_fold_dir / f"{pair}.csv",
+                              next(iter(out_of_fold.values())), fix=fix)
+            costs[pair] = cost_of(cost if isinstance(cost, dict) else {}, classifier)
     for pair, m in metrics.items():
         fix = f"it was not written by the train stage: re-run it (dvc repro train@{pair.replace('/', '-')})."
         path = args.metrics_dir / f"{pair}.json"
@@ -88,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             finite_number(m, key, path, fix=fix)
         check_predictions(predictions[pair], args.predictions_dir / f"{pair}.csv", fix=fix)
     table, tests = leaderboard(metrics, predictions, folds, read_folds(args.cv_folds, None), backbones)
+    images, correct = out_of_fold_correct(out_of_fold)
+    result = decide(correct, read_groups(args.groups, images), margin=evaluation.equivalence,
+                    n_resamples=evaluation.n_bootstrap, seed=evaluation.seed)
+    table = add_decision(table, tests, result, list(out_of_fold), costs, margin=evaluation.equivalence)
     best = pair_name(table["backbone"].iloc[0], table["classifier"].iloc[0])
     _, record = verified_model(args.models_dir / best)
     if record.get("backbone_fingerprint") != backbones[table["backbone"].iloc[0]].get("fingerprint"):
@@ -103,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         out.write_csv(args.csv, table)
         out.write_json(args.json, tests)
         out.write_text(args.markdown, text)
+        summaries = out.path(args.summary_dir, is_dir=True)
+        with writing(args.summary_dir):
+            for row in table.itertuples():
+                (summaries / row.backbone).mkdir(exist_ok=True)
+                write_json(summaries / row.backbone / f"{row.classifier}.json", summary(row))
     print(f"{text}\nbest: {best} -> {args.best_model}")
     return 0
 

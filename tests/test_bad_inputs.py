@@ -64,7 +64,8 @@ def finished(tmp_path_factory):
     try:
         for stage, key in [("prepare", None), ("audit", None), ("folds", None), ("extract", None), *[("train", k) for k in
                            ("head", "logreg", "svm", "knn")], *[("learning_curve", k) for k in ("head", "logreg", "svm",
-                           "knn")], ("export", None), ("compare", None), ("label_issues", None), ("report", None)]:
+                           "knn")], ("export", None), ("cost", None), ("compare", None), ("label_issues", None),
+                           ("report", None)]:
             assert stage_main(stage, key) == 0, stage
     finally:
         os.chdir(cwd)

@@ -29,7 +29,7 @@ def _out_of_fold(X, y, groups, seed=0):
     _, _, oof = cv_scores_beside(lambda X, y, g: LogisticRegression(max_iter=500).fit(X, y), X, y, groups, splits)
     paths = [f"train/{CLASSES[label]}/{i}.jpg" for i, label in enumerate(y)]
     frame = pd.DataFrame({"image": paths, "true": [CLASSES[label] for label in y]})
-    return pd.concat([frame, pd.DataFrame(oof, columns=[f"p_{c}" for c in CLASSES])], axis=1)
+    return pd.concat([frame, pd.DataFrame(oof.proba, columns=[f"p_{c}" for c in CLASSES])], axis=1)
 
 
 def test_where_the_classifier_is_strong_nearly_every_flipped_picture_is_found():

@@ -102,7 +102,7 @@ def test_the_full_point_is_the_train_stage_grouped_cv_figure_and_closes_the_curv
     y = feats["train"].y
     folds = list(RepeatedStratifiedGroupKFold(n_splits=3, n_repeats=2, random_state=0).split(y, y, groups))
     trained = train_classifier("knn", params, features=feats, groups=groups, folds=folds, cv=cv,
-                               evaluation=EvaluationParams(n_bootstrap=100, ece_bins=10, seed=0), use_views=False)
+                               evaluation=EvaluationParams(n_bootstrap=100, ece_bins=10, seed=0, equivalence=0.01), use_views=False)
     metrics = trained.evaluation.metrics
     full = full_point("knn", metrics, n_images=len(groups))
     scores, _ = learning_curve_scores("knn", params, features=feats, groups=groups, cv=CV, use_views=False,

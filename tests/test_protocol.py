@@ -12,7 +12,7 @@ from pipeline.evaluate.protocol import evaluate_classifier, with_views
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
 
 CV = CVParams(folds=4, repeats=2, inner_folds=3, seed=0, n_jobs=1)
-EVAL = EvaluationParams(n_bootstrap=200, ece_bins=10, seed=0)
+EVAL = EvaluationParams(n_bootstrap=200, ece_bins=10, seed=0, equivalence=0.01)
 
 
 def copies_dataset(n_pictures=60, copies=5, dim=32, seed=0):

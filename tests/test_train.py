@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from pipeline.common import features
@@ -63,8 +64,17 @@ def test_classifiers_learn_foreign_embeddings_deterministically_and_compare_rank
     again = json.loads((tmp_path / "artifacts" / "metrics" / DEFAULT_BACKBONE / "svm.json").read_text())
     assert {**json.loads(first), "fit_seconds": 0} == {**again, "fit_seconds": 0}  # only timing differs
 
+    assert run_stage("cost", params) == 0  # foreign features: the classifiers timed, no backbone to time
+    cost = json.loads((tmp_path / "artifacts" / "cost" / f"{DEFAULT_BACKBONE}.json").read_text())
+    assert "gflops" not in cost and "another producer" in cost["why"]
+    assert all(c["ms_per_1000"] > 0 and c["model_bytes"] > 0 for c in cost["classifiers"].values())
     assert run_stage("compare", params, without=("--splits",)) == 0  # foreign features: no audit
     table = pd.read_csv(tmp_path / "artifacts" / "comparison.csv")
+    assert table["p_best"].sum() == pytest.approx(1) and table["equivalent"].iloc[0]
+    assert table["ms_per_image"].isna().all()  # no backbone timing, so no cost axis
+    summary = json.loads((tmp_path / "artifacts" / "summary" / DEFAULT_BACKBONE / "logreg.json").read_text())
+    assert set(summary) == {"cv_accuracy", "cv_low", "cv_high", "test_accuracy", "p_best", "equivalent",
+                            "ms_per_image"}
     assert table["cv_accuracy"].is_monotonic_decreasing and table["rank"].tolist() == [1, 2, 3, 4]
     paired = json.loads((tmp_path / "artifacts" / "comparison.json").read_text())
     assert set(paired["pairs"][f"{DEFAULT_BACKBONE}/logreg"]["test"]) >= {"mcnemar_p_vs_head"}
@@ -86,6 +96,7 @@ def test_compare_ranks_only_the_classifiers_in_params(tmp_path, monkeypatch):
     settings = yaml.safe_load(params.read_text())
     settings["classifiers"] = {k: settings["classifiers"][k] for k in ["logreg", "knn"]}
     params.write_text(yaml.safe_dump(settings))
+    assert run_stage("cost", params) == 0
     assert run_stage("compare", params, without=("--splits",)) == 0  # foreign features: no audit
     assert sorted(pd.read_csv(tmp_path / "artifacts" / "comparison.csv")["classifier"]) == ["knn", "logreg"]
 
@@ -119,7 +130,7 @@ def test_the_final_selection_beside_the_folds_gives_what_it_gives_before_them(tm
     feats = features.load(directory, mmap=True)
     groups = read_groups(groups_path, feats["train"].paths)
     folds = read_folds(groups_path.parent / "folds.csv", feats["train"].paths)
-    evaluation = EvaluationParams(n_bootstrap=50, ece_bins=10, seed=0)
+    evaluation = EvaluationParams(n_bootstrap=50, ece_bins=10, seed=0, equivalence=0.01)
     for name, grid in [("logreg", {"C": [0.01, 1.0]}), ("svm", {"C": [0.1, 1.0]}),
                        ("knn", {"n_neighbors": [3, 7], "weights": ["uniform", "distance"]})]:
         runs = [train_classifier(name, parse_classifier_params(name, grid), features=feats, groups=groups, folds=folds,

@@ -165,7 +165,8 @@ class EvaluationParams:
     n_bootstrap: int
     ece_bins: int
     seed: int
-    RANGES: ClassVar[dict] = {"n_bootstrap": (100, None), "ece_bins": (1, None), "seed": SEED}
+    equivalence: float  # accuracy within which two pairs are practically equivalent (compare)
+    RANGES: ClassVar[dict] = {"n_bootstrap": (100, None), "ece_bins": (1, None), "seed": SEED, "equivalence": (0, 1)}
 
 
 @dataclasses.dataclass(frozen=True)

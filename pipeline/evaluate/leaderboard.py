@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.common.errors import PipelineError
+from pipeline.evaluate.decision import LEAVES_OUT, METHOD
 from pipeline.evaluate.statistics import corrected_paired_ttest, holm, mcnemar_exact
 
 ALPHA = 0.05
@@ -127,6 +128,91 @@ def leaderboard(metrics: dict[str, dict[str, Any]], predictions: dict[str, pd.Da
                                 "best_per_backbone": tests["best_per_backbone"]}
 
 
+COST_COLUMNS = ("params_millions", "gflops", "images_per_second", "classifier_ms_per_1000", "model_bytes",
+                "ms_per_image", "load_average")
+
+
+def add_decision(table: pd.DataFrame, tests: dict[str, Any], result: dict[str, Any], names: list[str],
+                 costs: dict[str, dict[str, Any]], *, margin: float) -> pd.DataFrame:
+    """The leaderboard with each pair's P(best), rank interval, practical equivalence and cost (``result`` is
+    ``decision.decide``'s over the pairs ``names``; ``costs`` each pair's ``decision.cost_of``), and the decision
+    in words in ``tests["decision"]``."""
+    at = {name: i for i, name in enumerate(names)}
+    rows = [at[f"{b}/{c}"] for b, c in zip(table["backbone"], table["classifier"])]
+    table = table.assign(p_best=result["p_best"][rows], rank_low=result["rank_low"][rows],
+                         rank_high=result["rank_high"][rows], equivalent=result["equivalent"][rows])
+    cost = pd.DataFrame([costs[f"{b}/{c}"] for b, c in zip(table["backbone"], table["classifier"])],
+                        columns=list(COST_COLUMNS), dtype=float)
+    table = pd.concat([table, cost], axis=1)
+    for r in table.itertuples():
+        name = f"{r.backbone}/{r.classifier}"
+        tests["pairs"][name].update(p_best=float(r.p_best), rank_interval=[int(r.rank_low), int(r.rank_high)],
+                                    equivalent=bool(r.equivalent), cost=costs[name])
+    best = f"{table['backbone'].iloc[0]}/{table['classifier'].iloc[0]}"
+    equivalent = [f"{r.backbone}/{r.classifier}" for r in table.itertuples() if r.equivalent]
+    priced = table[table["equivalent"] & table["ms_per_image"].notna()]
+    cheapest = None if priced.empty else priced.sort_values(["ms_per_image", "rank"]).iloc[0]
+    tests["decision"] = {
+        "best": best, "equivalence": margin, "equivalent": equivalent,
+        "cheapest_equivalent": None if cheapest is None else f"{cheapest['backbone']}/{cheapest['classifier']}",
+        "sentence": cheapest_sentence(table, cheapest, best, margin), "method": METHOD, "leaves_out": LEAVES_OUT,
+        "selection": result["selection"],
+    }
+    return table
+
+
+def cheapest_sentence(table: pd.DataFrame, cheapest: pd.Series | None, best: str, margin: float) -> str:
+    n = int(table["equivalent"].sum())
+    if cheapest is None:
+        return f"{n} pair(s) are practically equivalent to the best ({best}); no cost was measured to choose among them."
+    name = f"{cheapest['backbone']}/{cheapest['classifier']}"
+    figures = (f"{cheapest['ms_per_image']:.1f} ms per image on this machine, grouped-CV accuracy "
+               f"{cheapest['cv_accuracy']:.3f} against the best's {table['cv_accuracy'].iloc[0]:.3f}")
+    if name == best:
+        return f"The best pair, {best}, is also the cheapest of the {n} practically equivalent to it ({figures})."
+    return (f"The cheapest pair practically equivalent to the best is {name} ({figures}; within {margin} "
+            f"accuracy of every other pair as far as the data show).")
+
+
+def summary(row: Any) -> dict[str, Any]:
+    """The few figures of a pair that ``dvc metrics show`` prints, one line per pair."""
+    figures = {"cv_accuracy": row.cv_accuracy, "cv_low": row.cv_accuracy_ci95_low, "cv_high": row.cv_accuracy_ci95_high,
+               "test_accuracy": row.test_accuracy, "p_best": row.p_best, "ms_per_image": row.ms_per_image}
+    return {**{k: None if pd.isna(v) else round(float(v), 4) for k, v in figures.items()},
+            "equivalent": bool(row.equivalent)}
+
+
+def decision_lines(table: pd.DataFrame, decision: dict[str, Any]) -> list[str]:
+    """Which pair to use: P(best), rank interval, practical equivalence and cost per pair, and the winner's curse."""
+    selection = decision["selection"]
+    low, high = selection["corrected_ci95"]
+    lines = ["", "## Which pair to use", "",
+             f"*P(best)* and the 95% rank interval come from a {decision['method']}; they leave out "
+             f"{decision['leaves_out']}. *≈ best*: practically equivalent to the best, that is no pair is shown "
+             f"better by more than {decision['equivalence']} accuracy (simultaneous 95% bootstrap bounds, so the "
+             "truly best pair is in this set about 95% of the time). Cost was measured on this machine by the cost "
+             "stage: the backbone's forward pass alone (the 1-minute load average beside it) plus the classifier's "
+             "prediction.", "",
+             f"- {decision['sentence']}",
+             f"- Winner's curse: the best out-of-fold accuracy, {selection['observed']:.3f}, belongs to a pair picked "
+             f"among {selection['pairs']} on the very folds that score it; corrected for that selection "
+             f"({selection['method']}) it is {selection['corrected']:.3f} [{low:.3f}, {high:.3f}].", "",
+             "| # | pair | grouped CV acc. | P(best) | rank (95%) | ≈ best | params (M) | GFLOPs | backbone img/s "
+             "| classifier ms/1000 | model MB | ms/image | load |",
+             "|---:|---|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def number(value: Any, spec: str) -> str:
+        return "–" if value is None or pd.isna(value) else format(value, spec)
+
+    for r in table.itertuples():
+        lines.append(f"| {r.rank} | {r.backbone}/{r.classifier} | {r.cv_accuracy:.3f} | {r.p_best:.3f} | "
+                     f"{r.rank_low}–{r.rank_high} | {'✓' if r.equivalent else ''} | {number(r.params_millions, '.1f')} | "
+                     f"{number(r.gflops, '.2f')} | {number(r.images_per_second, '.1f')} | "
+                     f"{number(r.classifier_ms_per_1000, '.1f')} | {number(r.model_bytes / 1e6, '.2f')} | "
+                     f"{number(r.ms_per_image, '.1f')} | {number(r.load_average, '.1f')} |")
+    return lines
+
+
 def _p(value: float) -> str:
     if value is None or np.isnan(value):
         return "–"
@@ -221,6 +307,8 @@ def render_markdown(table: pd.DataFrame, tests: dict[str, Any], *,
                   "| A | B | mean accuracy difference (A − B) | p | p (Holm) |", "|---|---|---:|---:|---:|"]
         lines += [f"| {d['a']} | {d['b']} | {d['mean_difference']:+.3f} | {d['p']:.3f} | {_p(d['p_holm'])} |"
                   for d in duels]
+    if "decision" in tests:
+        lines += decision_lines(table, tests["decision"])
     lines += ["", f"{int(table['test_n'].iloc[0])} test images: one image moves test accuracy by "
               f"{1 / table['test_n'].iloc[0]:.1%}."]
     return "\n".join(lines) + "\n"

@@ -33,12 +33,21 @@ log = logging.getLogger(__name__)
 FitFold = Callable[[np.ndarray, np.ndarray, np.ndarray], Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class OutOfFold:
+    """What the grouped CV's fold models said of the train rows they did not train on."""
+
+    proba: np.ndarray  # (rows, classes), the first repetition's; NaN where no fold tested a row or gave none
+    predicted: np.ndarray  # (repetitions, rows) class indices; -1 where a repetition did not test the row
+
+
 @dataclasses.dataclass
 class Evaluation:
     metrics: dict[str, Any]
     predictions: pd.DataFrame  # image, split, true, predicted, p_<class>...
     folds: pd.DataFrame  # one row per CV fold, both protocols
-    out_of_fold: pd.DataFrame | None = None  # train images: image, true, p_<class>... from the grouped CV's first repetition
+    # train images: image, true, p_<class>... (the grouped CV's first repetition), predicted_<r> (each repetition's)
+    out_of_fold: pd.DataFrame | None = None
 
 
 def with_views(X: np.ndarray, y: np.ndarray, groups: np.ndarray, views: np.ndarray | None,
@@ -75,7 +84,7 @@ def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndar
         warnings.simplefilter("ignore")  # a fold may lack a class; the score is still defined
         balanced = balanced_accuracy_score(y[test], pred)
     return {"n_test": len(test), "accuracy": accuracy_score(y[test], pred),
-            "balanced_accuracy": balanced, "macro_f1": macro_f1(y[test], pred), "proba": proba}
+            "balanced_accuracy": balanced, "macro_f1": macro_f1(y[test], pred), "proba": proba, "pred": pred}
 
 
 def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
@@ -93,10 +102,9 @@ def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarra
 def cv_scores_beside(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                      splits: Iterable[tuple[np.ndarray, np.ndarray]], *, views: np.ndarray | None = None,
                      n_jobs: int | None = None, engine: Engine | None = None,
-                     beside: Callable[[], Any] | None = None) -> tuple[pd.DataFrame, Any, np.ndarray]:
+                     beside: Callable[[], Any] | None = None) -> tuple[pd.DataFrame, Any, OutOfFold]:
     """``cv_scores``, with ``beside()`` (when given) run as one more task among the folds; its result; and the
-    out-of-fold class probabilities of every row of ``X`` from the first repetition (the first folds whose
-    test rows cover every row once; NaN for a row no fold tested).
+    out-of-fold predictions of every row of ``X`` (``OutOfFold``).
 
     It goes first, so the folds fill the other workers while it runs (the final selection, which
     needs no fold's result, takes no core of its own then).
@@ -108,14 +116,16 @@ def cv_scores_beside(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np
         tasks = [delayed(_score_fold)(fit_fold, X, y, groups, views, train, test) for train, test in splits]
         rows = Parallel(n_jobs=n_jobs)(tasks if beside is None else [delayed(beside)(), *tasks])
         result, rows = (None, rows) if beside is None else (rows[0], rows[1:])
-    oof = np.full((len(y), int(y.max()) + 1), np.nan)
-    filled = np.zeros(len(y), dtype=bool)
+    proba = np.full((len(y), int(y.max()) + 1), np.nan)
+    predicted = [np.full(len(y), -1)]
     for (_, test), row in zip(splits, rows):
-        if filled[test].any():
-            break  # a second repetition begins
-        oof[test], filled[test] = row["proba"], True
-    scores = pd.DataFrame([{k: v for k, v in row.items() if k != "proba"} for row in rows])
-    return scores.rename_axis("fold").reset_index(), result, oof
+        if (predicted[-1][test] >= 0).any():  # a row tested again: the next repetition begins
+            predicted.append(np.full(len(y), -1))
+        if len(predicted) == 1:
+            proba[test] = row["proba"]
+        predicted[-1][test] = row["pred"]
+    scores = pd.DataFrame([{k: v for k, v in row.items() if k not in ("proba", "pred")} for row in rows])
+    return scores.rename_axis("fold").reset_index(), result, OutOfFold(proba, np.stack(predicted))
 
 
 def summarise_cv(scores: pd.DataFrame, *, n_samples: int) -> dict[str, Any]:
@@ -141,14 +151,14 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixe
                         groups: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], cv: CVParams,
                         evaluation: EvaluationParams, views: np.ndarray | None = None,
                         engine: Engine | None = None, grouped: pd.DataFrame | None = None,
-                        out_of_fold: np.ndarray | None = None) -> Evaluation:
+                        out_of_fold: OutOfFold | None = None) -> Evaluation:
     """Run the whole protocol for one classifier; ``model`` is the final fit on train.
 
     ``fit_fold`` repeats the whole fitting procedure, hyperparameter selection
     included, on a training fold (or ``grouped`` holds its scores on ``folds`` already);
     ``fit_fixed`` fits the hyperparameters already chosen and serves only the leaky
-    figure, which is there to show inflation; ``out_of_fold``: the grouped CV's probabilities of each train
-    image from a fold that did not train on it, kept for label checks. ``folds`` are the grouped (train, test)
+    figure, which is there to show inflation; ``out_of_fold``: what the grouped CV's folds said of each train
+    image they did not train on, kept for calibration, label checks and compare's bootstrap. ``folds`` are the grouped (train, test)
     splits shared by every stage (the ``folds`` stage's file); ``views`` (n_views,
     n_train, dim), when given, join every training fold.
     """
@@ -178,15 +188,18 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixe
                              "predicted": [features.classes[i] for i in predicted]})
         frames.append(pd.concat([rows, probability_columns(proba, features.classes)], axis=1))
         held_out[split] = (part.y, proba)
-    if out_of_fold is not None and not np.isnan(out_of_fold).any():
-        metrics["calibration"] = calibration_report(fit_temperature(out_of_fold, y), held_out,
+    if out_of_fold is not None and not np.isnan(out_of_fold.proba).any():
+        metrics["calibration"] = calibration_report(fit_temperature(out_of_fold.proba, y), held_out,
                                                     ece_bins=evaluation.ece_bins)
     log.info("cv grouped %.3f +- %.3f, leaky %.3f; test %.3f", metrics["cv"]["accuracy_mean"],
              metrics["cv"]["accuracy_std"], metrics["cv_leaky"]["accuracy_mean"], metrics["test"]["accuracy"])
     oof = None
     if out_of_fold is not None:
+        named = np.append(np.asarray(features.classes, dtype=object), "")  # -1, a row a repetition did not test: ""
         oof = pd.concat([pd.DataFrame({"image": train.paths, "true": [features.classes[i] for i in y]}),
-                         probability_columns(out_of_fold, features.classes)], axis=1)
+                         probability_columns(out_of_fold.proba, features.classes),
+                         pd.DataFrame({f"predicted_{r + 1}": named[p] for r, p in enumerate(out_of_fold.predicted)})],
+                        axis=1)
     return Evaluation(metrics=metrics, predictions=pd.concat(frames, ignore_index=True),
                       folds=pd.concat([grouped.assign(protocol="grouped"), leaky.assign(protocol="leaky")],
                                       ignore_index=True), out_of_fold=oof)
