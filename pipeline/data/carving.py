@@ -36,9 +36,6 @@ class Assignment:
     split: pd.Series  # the final split of each row of the groups table, same index
     origins: dict[str, str]  # split -> how its images were made, for people; in SPLITS order
 
-    def why(self) -> pd.Series:
-        return self.split.map(self.origins)
-
 
 def carved_origin(fraction: float, seed: int) -> str:
     return f"carved from train: {fraction * 100:g}% of each class's pictures (whole pictures), seed {seed}"

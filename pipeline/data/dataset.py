@@ -108,11 +108,6 @@ def resolve_layout(data: DataParams) -> Layout:
     return Layout(root=root, folders=split_folders(root, data.splits))
 
 
-def resolve_root(data: DataParams) -> Path:
-    """The folder the manifest's paths are relative to (see ``resolve_layout``)."""
-    return resolve_layout(data).root
-
-
 def classes_of(split_dir: Path) -> list[str]:
     """Class names of a split: its sub-folders (clutter left out), sorted."""
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not is_clutter(p))
@@ -217,11 +212,6 @@ def _check_classes(classes_by_split: dict[str, list[str]]) -> None:
         absent = sorted(train - set(names))
         if absent:
             warnings.warn(f"Class(es) {absent} of train have no images in {split}.", stacklevel=3)
-
-
-def describe_image(path: Path, *, resize: int | None = None) -> tuple[str, int, int]:
-    """Return (sha256, width, height) of an image, decoding it fully to catch damage."""
-    return inspect_image(path, resize=resize)[:3]
 
 
 def inspect_image(path: Path, *, resize: int | None = None) -> tuple[str, int, int, str, str, bool, str]:
