@@ -5,13 +5,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from pipeline.data.dataset import build_manifest
+from pipeline.data.dataset import HASH_COLUMNS, build_manifest, inspect_image, manifest_hashes
 from pipeline.data.carving import read_splits, split_origins
 from pipeline.data.grouping import (
     confirmed_pairs,
     near_duplicate_pairs,
     original_name,
-    perceptual_hashes,
     picture_groups,
     star_groups,
     thumbnail_correlation,
@@ -19,6 +18,12 @@ from pipeline.data.grouping import (
 from pipeline.evaluate.leaderboard import held_out_line
 from pipeline.data.leakage import audit_dataset
 from tests.conftest import picture, run_stage, write_params
+
+
+def perceptual_hashes(paths):
+    """The hashes prepare records for these image files, read back as the audit reads them."""
+    rows = [inspect_image(p) for p in paths]
+    return manifest_hashes(pd.DataFrame(rows, columns=["sha256", "width", "height", *HASH_COLUMNS]))
 
 
 def test_original_name_follows_the_aug_naming():
@@ -104,7 +109,7 @@ def test_audit_counts_pictures_and_finds_exact_duplicates(dataset):
     layout = dataset / "Master Folder"
     shutil.copy(layout / "train" / "happy" / "aug-130-013.jpg", layout / "train" / "happy" / "aug-999-013.jpg")
     manifest = build_manifest(layout)[0]
-    result = audit_dataset(manifest, perceptual_hashes(layout / p for p in manifest["path"]), near_duplicate_bits=11,
+    result = audit_dataset(manifest, manifest_hashes(manifest), near_duplicate_bits=11,
                            near_duplicate_correlation=0.85)
     report = result.report
     assert report["images_per_split"] == {"train": 49, "valid": 8, "test": 8}

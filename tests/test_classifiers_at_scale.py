@@ -42,7 +42,7 @@ def test_one_search_per_fold_gives_grid_search_cv_scores_ranks_and_choice():
     X[8] = X[300]
     search = GridSearchCV(knn.build_knn(), GRID, scoring="accuracy",
                           cv=StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=0)).fit(X, y, groups=groups)
-    chosen, record = knn.grid_search(GRID, X, y, groups, inner_folds=3, seed=0)
+    chosen, record = knn.search(knn.build_knn(), GRID, X, y, groups, inner_folds=3, seed=0)
     np.testing.assert_array_equal(record["mean_accuracy"], search.cv_results_["mean_test_score"])
     np.testing.assert_array_equal(record["std_accuracy"], search.cv_results_["std_test_score"])
     np.testing.assert_array_equal(record["rank"], search.cv_results_["rank_test_score"])
@@ -140,7 +140,7 @@ def test_svm_search_sharing_one_map_per_fold_scores_as_grid_search_cv():
     pipeline, _ = _GRIDS["svm"].build(params, len(X))
     search = GridSearchCV(pipeline, params.values, scoring="accuracy",
                           cv=StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=0)).fit(X, y, groups=groups)
-    chosen, record = svm.grid_search(pipeline, params.values, X, y, groups, inner_folds=3, seed=0)
+    chosen, record = svm.search(pipeline, params.values, X, y, groups, inner_folds=3, seed=0)
     np.testing.assert_array_equal(record["mean_accuracy"], search.cv_results_["mean_test_score"])
     np.testing.assert_array_equal(record["rank"], search.cv_results_["rank_test_score"])
     assert record["C"].tolist() == list(search.cv_results_["param_clf__C"])

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from pipeline.common.params import CarveParams, DataParams
-from pipeline.data.dataset import DatasetError, build_manifest, resolve_root
+from pipeline.data.dataset import DatasetError, build_manifest, resolve_layout
 
 HANDLE = "anshtanwar/pets-facial-expression-dataset/versions/11"
 
@@ -29,9 +29,9 @@ def test_manifest_describes_every_image_in_order(dataset):
 
 
 def test_local_root_is_used_and_missing_root_is_named(dataset, tmp_path):
-    assert resolve_root(data_params(str(dataset))) == dataset / "Master Folder"
+    assert resolve_layout(data_params(str(dataset))).root == dataset / "Master Folder"
     with pytest.raises(DatasetError, match="data.root='.*nowhere' is not a folder"):
-        resolve_root(data_params(str(tmp_path / "nowhere")))
+        resolve_layout(data_params(str(tmp_path / "nowhere")))
 
 
 def test_kagglehub_uses_a_pre_seeded_cache_offline(dataset, tmp_path, monkeypatch):
@@ -40,7 +40,7 @@ def test_kagglehub_uses_a_pre_seeded_cache_offline(dataset, tmp_path, monkeypatc
     shutil.copytree(dataset, base / "versions" / "11")
     (base / "11.complete").touch()  # kagglehub's completion marker for that version
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(cache))
-    root = resolve_root(data_params(None))
+    root = resolve_layout(data_params(None)).root
     assert root == base / "versions" / "11" / "Master Folder"
 
 
@@ -48,7 +48,7 @@ def test_unreachable_kagglehub_says_what_to_do_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # fail fast even where a network exists
     with pytest.raises(DatasetError, match="kagglehub could not fetch .*set data.root"):
-        resolve_root(data_params(None))
+        resolve_layout(data_params(None))
 
 
 def test_missing_split_is_named(dataset):

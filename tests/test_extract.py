@@ -71,7 +71,7 @@ def test_each_random_view_is_fixed_by_seed_and_row_alone(dataset):
 
     views = ViewsParams(count=2, crop_scale_min=0.5, hflip=0.5, jitter=0.3, seed=0, use=True)
     preprocess = Preprocess.of(torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms(
-        crop_size=64, resize_size=72), views)
+        crop_size=64, resize_size=72), views=views)
     manifest = build_manifest(dataset / "Master Folder")[0]
     work = plan_work(manifest, dataset / "Master Folder", n_views=2)
     first_view = np.arange(*work.view_range(0))[:6]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.dataset import DatasetError, build_manifest, describe_image
+from pipeline.data.dataset import DatasetError, build_manifest, inspect_image
 from pipeline.data.images import load_rgb
 from tests.conftest import make_dataset
 
@@ -18,7 +18,7 @@ def test_exif_orientation_is_applied(tmp_path):
     upright = load_rgb(tmp_path / "phone.jpg")
     assert upright.size == (40, 60)
     assert upright.getpixel((20, 5))[2] > 150  # blue half now on top
-    assert describe_image(tmp_path / "phone.jpg")[1:] == (40, 60)
+    assert inspect_image(tmp_path / "phone.jpg")[1:3] == (40, 60)
 
 
 def test_transparency_is_composited_over_white(tmp_path):
@@ -68,12 +68,12 @@ def test_an_image_above_the_pixel_limit_is_refused_with_the_file_named(tmp_path,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(DatasetError, match=rf"bomb.png is too large: 160,000 pixels.*, above the limit "
                                            rf"of {limit:,} \(PIL's decompression-bomb guard\)"):
-        describe_image(tmp_path / "bomb.png")
+        inspect_image(tmp_path / "bomb.png")
     Image.new("L", (50, 50)).save(tmp_path / "fine.png")
-    assert describe_image(tmp_path / "fine.png")[1:] == (50, 50)
+    assert inspect_image(tmp_path / "fine.png")[1:3] == (50, 50)
 
 
 def test_zero_byte_file_is_named(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(DatasetError, match="empty.jpg is not a readable image"):
-        describe_image(tmp_path / "empty.jpg")
+        inspect_image(tmp_path / "empty.jpg")

@@ -17,13 +17,9 @@ class DeviceError(PipelineError):
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU; a device that is not there is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name == "auto":
+        return torch.device(next(device for device in ("cuda", "mps", "cpu") if available[device]))
     if name not in available:
         raise DeviceError(f"device {name!r} is not known; use one of auto, cpu, cuda, mps.")
     if not available[name]:

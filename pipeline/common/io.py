@@ -113,17 +113,15 @@ class OutputSet:
         return tmp
 
     def write_text(self, target: Path | str, text: str) -> None:
-        tmp = self.path(target)
         with writing(target):
-            tmp.write_text(text, encoding="utf-8")
+            self.path(target).write_text(text, encoding="utf-8")
 
     def write_json(self, target: Path | str, data: Any) -> None:
         self.write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
     def write_csv(self, target: Path | str, frame: pd.DataFrame) -> None:
-        tmp = self.path(target)
         with writing(target):
-            frame.to_csv(tmp, index=False)
+            frame.to_csv(self.path(target), index=False)
 
     def commit(self) -> None:
         """Rename every staged output into place; if a rename fails, put back the outputs already replaced."""

@@ -36,13 +36,6 @@ class Assignment:
     split: pd.Series  # the final split of each row of the groups table, same index
     origins: dict[str, str]  # split -> how its images were made, for people; in SPLITS order
 
-    def why(self) -> pd.Series:
-        return self.split.map(self.origins)
-
-
-def carved_origin(fraction: float, seed: int) -> str:
-    return f"carved from train: {fraction * 100:g}% of each class's pictures (whole pictures), seed {seed}"
-
 
 def assign_splits(groups: pd.DataFrame, *, carve: CarveParams, given: dict[str, str]) -> Assignment:
     """The final split of each row of ``groups`` (path, split, label, group; split as the data gave it).
@@ -63,7 +56,8 @@ def assign_splits(groups: pd.DataFrame, *, carve: CarveParams, given: dict[str, 
         fractions = {s: getattr(carve, s) for s in missing}
         carved = groups["group"].map(_carve(groups, fractions=fractions, seed=carve.seed))
         split = carved.where(carved.notna(), split)
-        origins.update({s: carved_origin(fractions[s], carve.seed) for s in missing})
+        origins.update({s: f"carved from train: {fractions[s] * 100:g}% of each class's pictures (whole pictures), "
+                           f"seed {carve.seed}" for s in missing})
     return Assignment(split=split, origins={s: origins[s] for s in SPLITS if s in origins})
 
 

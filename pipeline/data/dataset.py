@@ -12,7 +12,6 @@ import functools
 import hashlib
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -108,31 +107,13 @@ def resolve_layout(data: DataParams) -> Layout:
     return Layout(root=root, folders=split_folders(root, data.splits))
 
 
-def resolve_root(data: DataParams) -> Path:
-    """The folder the manifest's paths are relative to (see ``resolve_layout``)."""
-    return resolve_layout(data).root
-
-
-def classes_of(split_dir: Path) -> list[str]:
-    """Class names of a split: its sub-folders (clutter left out), sorted."""
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not is_clutter(p))
-
-
-def as_layout(root: Path, splits: Mapping[str, str] | Sequence[str] = SPLITS) -> Layout:
-    """A folder layout under ``root``: ``splits`` maps each split to its folder, or lists folders named as the
-    splits."""
-    folders = dict(splits) if isinstance(splits, Mapping) else {name: name for name in splits}
-    return Layout(root=Path(root), folders=folders)
-
-
-def scan_layout(root: Path, splits: Mapping[str, str] | Sequence[str] = SPLITS, *,
-                skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
-    """List ``root/<split folder>/<class>/<image>`` files as rows of (path, split, label); with no split
-    folders (``splits`` empty), ``root/<class>/<image>``, every image train.
+def scan_layout(root: Path, folders: dict[str, str], *, skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """List ``root/<split folder>/<class>/<image>`` files as rows of (path, split, label), ``folders`` mapping
+    each split to its folder; with no split folders (``folders`` empty), ``root/<class>/<image>``, every image
+    train.
 
     A non-image file is an error, or, when a ``skipped`` list is given, recorded there.
     """
-    folders = as_layout(root, splits).folders
     rows = []
     classes_by_split: dict[str, list[str]] = {}
 
@@ -154,7 +135,7 @@ def scan_layout(root: Path, splits: Mapping[str, str] | Sequence[str] = SPLITS, 
         for stray in sorted(p for p in split_dir.iterdir() if not p.is_dir() and not is_clutter(p)):
             bad_entry(stray, f"Stray file {stray} sits outside any class folder; move it into one, or away, or set "
                       "data.on_bad_image: skip.", "outside any class folder")
-        classes_by_split[split] = classes_of(split_dir)
+        classes_by_split[split] = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not is_clutter(p))
         if not classes_by_split[split]:
             raise DatasetError(f"{'Split folder' if folders else 'Dataset folder'} {split_dir} has no class folders.")
         for class_dir in (split_dir / name for name in classes_by_split[split]):
@@ -219,11 +200,6 @@ def _check_classes(classes_by_split: dict[str, list[str]]) -> None:
             warnings.warn(f"Class(es) {absent} of train have no images in {split}.", stacklevel=3)
 
 
-def describe_image(path: Path, *, resize: int | None = None) -> tuple[str, int, int]:
-    """Return (sha256, width, height) of an image, decoding it fully to catch damage."""
-    return inspect_image(path, resize=resize)[:3]
-
-
 def inspect_image(path: Path, *, resize: int | None = None) -> tuple[str, int, int, str, str, bool, str]:
     """Everything later stages need from an image's bytes and pixels, from one read and one decode.
 
@@ -257,11 +233,10 @@ def _inspect_or_why(path: Path, resize: int | None = None) -> tuple | str:
         return err.why
 
 
-def build_manifest(source: Path | Layout, splits: Mapping[str, str] | Sequence[str] = SPLITS, *,
-                   on_bad_image: str = "error", workers: int = 1,
+def build_manifest(source: Path | Layout, *, on_bad_image: str = "error", workers: int = 1,
                    resize: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scan ``source`` (a ``Layout``, or a folder holding ``splits``) and describe every image; rows ordered by
-    split, class, path. ``resize``: the extraction's resize size, so an image extract would refuse is caught
+    """Scan ``source`` (a ``Layout``, or a folder holding train, valid and test) and describe every image; rows
+    ordered by split, class, path. ``resize``: the extraction's resize size, so an image extract would refuse is caught
     here, before extraction.
 
     Each image is read and decoded once, on ``workers`` processes; the results are taken
@@ -269,7 +244,7 @@ def build_manifest(source: Path | Layout, splits: Mapping[str, str] | Sequence[s
     on the worker count. Returns the manifest and the files skipped (path, reason):
     with ``on_bad_image="error"`` the first bad file raises instead, so none are.
     """
-    layout = source if isinstance(source, Layout) else as_layout(source, splits)
+    layout = source if isinstance(source, Layout) else Layout(root=Path(source), folders={s: s for s in SPLITS})
     root = layout.root
     skipped: list[tuple[str, str]] | None = [] if on_bad_image == "skip" else None
     if layout.list_file is not None:
@@ -282,14 +257,13 @@ def build_manifest(source: Path | Layout, splits: Mapping[str, str] | Sequence[s
     inspect = functools.partial(_inspect_or_why, resize=resize)
     with contextlib.closing(ordered_map(inspect, (root / p for p in frame["path"]), workers)) as results:
         for path, result in zip(frame["path"], tqdm(results, total=len(frame), desc="reading images", unit="img")):
-            if isinstance(result, str):
-                if skipped is None:
-                    raise DatasetError(f"{root / path} {result}. Fix or remove it, or set data.on_bad_image: skip.")
-                skipped.append((path, result))
-                keep.append(False)
-            else:
+            keep.append(not isinstance(result, str))  # a string: why the file is bad
+            if keep[-1]:
                 described.append(result)
-                keep.append(True)
+            elif skipped is None:
+                raise DatasetError(f"{root / path} {result}. Fix or remove it, or set data.on_bad_image: skip.")
+            else:
+                skipped.append((path, result))
     frame = frame[keep].reset_index(drop=True)
     columns = ["sha256", "width", "height", *HASH_COLUMNS]
     frame[columns] = pd.DataFrame(described, index=frame.index, columns=columns, dtype=object)

@@ -15,15 +15,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
-from pipeline.common.errors import PipelineError
-from pipeline.data.images import ImageError, load_rgb
 from pipeline.data.neighbours import pairs_within
 
 AUG_NAME = re.compile(r"^aug-\d+-(?P<original>.+)$")
@@ -48,32 +45,6 @@ class Hashes:
     mirrored: np.ndarray  # (n,) uint64
     informative: np.ndarray  # (n,) bool: False for flat or nearly flat images
     thumbnails: np.ndarray | None = None  # (n, THUMBNAIL**2) uint8 grey thumbnails, row-major; None: not confirmable
-
-
-def perceptual_hashes(paths: Iterable[Path]) -> Hashes:
-    """64-bit difference hashes (dHash) of each image and of its mirror image.
-
-    dHash compares neighbouring pixels of a 9x8 thumbnail: robust to resizing,
-    re-encoding and light crops. On the pets data, at 10 bits, it links no two
-    different pictures. A flat image (its thumbnail spans fewer than ``FLAT_RANGE``
-    grey levels) hashes to zeros or to noise, so it is marked uninformative and
-    never linked by appearance: two unrelated one-colour images are not one picture.
-    """
-    plain, mirrored, informative, thumbnails = [], [], [], []
-    for path in tqdm(list(paths), desc="perceptual hashes", unit="img"):
-        try:
-            image = load_rgb(path)
-        except ImageError as err:
-            raise PipelineError(f"{path} {err}; it changed after prepare checked it: re-run dvc repro "
-                                "(prepare checks every image again).") from err
-        hashed = image_hashes(image)
-        plain.append(hashed[0])
-        mirrored.append(hashed[1])
-        informative.append(hashed[2])
-        thumbnails.append(np.frombuffer(hashed[3], dtype=np.uint8))
-    return Hashes(plain=np.array(plain, dtype=np.uint64), mirrored=np.array(mirrored, dtype=np.uint64),
-                  informative=np.array(informative, dtype=bool),
-                  thumbnails=np.array(thumbnails, dtype=np.uint8).reshape(-1, THUMBNAIL * THUMBNAIL))
 
 
 def image_hashes(image: Image.Image) -> tuple[int, int, bool, bytes]:

@@ -66,7 +66,6 @@ def pairs_within(queries: np.ndarray, base: np.ndarray, max_bits: int, *, thread
     else:
         size = n
 
-
         def work(lo: int, hi: int) -> np.ndarray:
             return kernels.scan_join(queries, base, max_bits, lo, hi)
 

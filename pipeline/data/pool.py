@@ -24,10 +24,6 @@ def resolve_workers(num_workers: int | str) -> int:
     return max(1, available_cores() - 1) if num_workers == "auto" else max(1, int(num_workers))
 
 
-def _ignore_interrupts() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int, *, chunk: int = 16) -> Iterator[R]:
     """``func(item)`` for each item, in order. Workers hold at most ``chunk`` items each at a time,
     and results wait only for the slowest earlier item, so memory does not grow with the count.
@@ -35,7 +31,7 @@ def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int, *, chu
     if workers <= 1:
         yield from map(func, items)
         return
-    pool = multiprocessing.Pool(workers, initializer=_ignore_interrupts)
+    pool = multiprocessing.Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
     try:
         yield from pool.imap(func, items, chunksize=chunk)
         pool.close()

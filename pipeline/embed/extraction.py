@@ -103,7 +103,7 @@ def extract_features(*, manifest: pd.DataFrame, manifest_sha256: str, root: Path
     """Embed every image (and view) of the manifest, resuming from finished shards, and write ``out``."""
     start = time.perf_counter()
     work = plan_work(manifest, root, n_views=views.count)
-    preprocess = Preprocess.of(backbone.transform, views if views.count else None)
+    preprocess = Preprocess.of(backbone.transform, views=views if views.count else None)
     values = value_settings(backbone, settings, views, manifest_sha256)
     store = ShardStore(scratch, settings_key(values), backbone.info["feature_dim"])
     batches = plan_batches(work, settings.batch_size)

@@ -27,7 +27,6 @@ import io
 import logging
 import warnings
 from collections import defaultdict
-from typing import Any
 
 import numpy as np
 import torch
@@ -58,11 +57,6 @@ class Preprocess(Preset):
     def size(self) -> tuple[int, int]:
         """(height, width) of the crop."""
         return (self.crop_size[0], self.crop_size[-1])
-
-    @classmethod
-    def of(cls, transform: Any, views: ViewsParams | None = None) -> Preprocess:
-        """From a backbone's ``Preset`` or ``weights.transforms()`` (read through its public attributes)."""
-        return super().of(transform, views=views)
 
     def geometry(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """Resize and centre crop as the weights' transform does: 8-bit (3, crop, crop), or a batch of them.

@@ -143,9 +143,8 @@ class GridClassifier:
     options: dict[str, Option] = dataclasses.field(default_factory=dict)
     # turns the selected pipeline into the final model, when that needs more than a refit
     finalize: Callable[..., Any] | None = None
-    # replaces ``search_shared_features`` (each cell fitted in turn) where the grid can be searched faster
-    # (the same choice and scores)
-    search: Callable[..., tuple[dict[str, Any], pd.DataFrame]] | None = None
+    # each cell fitted in turn, unless the entry searches its grid faster (the same choice and scores)
+    search: Callable[..., tuple[dict[str, Any], pd.DataFrame]] = search_shared_features
 
     def parse(self, raw: Any, name: str) -> Grid:
         if not isinstance(raw, dict) or not raw:
@@ -181,8 +180,7 @@ class GridClassifier:
         return (grid, *self.build(grid, len(data.X)))
 
     def _choose(self, pipeline: Pipeline, grid: Grid, X, y, groups, cv: CVParams) -> tuple[dict[str, Any], pd.DataFrame]:
-        search = self.search or search_shared_features
-        return search(pipeline, grid.values, X, y, groups, inner_folds=cv.inner_folds, seed=cv.seed)
+        return self.search(pipeline, grid.values, X, y, groups, inner_folds=cv.inner_folds, seed=cv.seed)
 
     def fold_fit(self, grid: Grid, data: TrainingData, cv: CVParams) -> FitFold:
         """The whole procedure on a training fold (selection, then the refit): it needs nothing the final

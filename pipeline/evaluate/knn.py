@@ -29,8 +29,6 @@ from sklearn.utils.extmath import weighted_mode
 from pipeline.evaluate.grid_scores import choose, grid_cells, grid_record
 from pipeline.evaluate.splits import inner_splitter
 
-METHOD = "exact search"
-
 
 def distance_weights(dist: np.ndarray) -> np.ndarray:
     """scikit-learn's ``weights='distance'``: 1/d, and a row with a zero distance votes with those neighbours only."""
@@ -101,18 +99,13 @@ def build_knn() -> Pipeline:
 
 def build(grid: Any, rows: int) -> tuple[Pipeline, str]:
     """The registry's builder: the same exact pipeline at every size."""
-    return build_knn(), METHOD
+    return build_knn(), "exact search"
 
 
-def search(pipeline: Pipeline, param_grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
+def search(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
            inner_folds: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The registry's search: ``grid_search`` (the pipeline is always ``build_knn()``'s)."""
-    return grid_search(param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
-
-
-def grid_search(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, inner_folds: int,
-                seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The best (n_neighbors, weights) by grouped CV, with one neighbour search per inner fold.
+    """The registry's search: the best (n_neighbors, weights) by grouped CV, one neighbour search per inner fold
+    (``pipeline`` is always ``build_knn()``'s).
 
     Returns the chosen cell and the record (one row per cell: values, mean and std of the
     accuracy, rank), computed as ``GridSearchCV`` computes them; the first best cell wins

@@ -29,7 +29,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC
 
-from pipeline.evaluate.grid_scores import search_shared_features
+from pipeline.evaluate.grid_scores import fit_each_cell, search_shared_features
 
 # Training rows up to which the exact kernel SVC runs (classifiers.svm.exact_max_rows' default); above them the
 # Nystroem map and the linear SVM, whose cost grows about linearly with the rows (benchmarks/README.md measures both).
@@ -195,24 +195,11 @@ class NewtonLinearSVC(ClassifierMixin, BaseEstimator):
             yield classes, problem.W[:-1].T.copy(), problem.W[-1].copy(), steps
 
 
-def grid_search(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
-                inner_folds: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The best C by grouped CV: per inner fold one Nystroem map, then C upwards with warm starts.
-
-    Returns the chosen cell and the record, computed as ``GridSearchCV`` computes them from the same scores
-    (a grid of one cell: no search).
-    """
-    return search_shared_features(pipeline, grid, X, y, groups, inner_folds=inner_folds, seed=seed,
-                                  fit_cells=_fit_upwards)
-
-
 def _fit_upwards(classifier: NewtonLinearSVC, cells: list[dict[str, Any]], X: np.ndarray, y: np.ndarray) -> list[Any]:
     """One fit per cell, solved from the smallest C upwards, each from the last one's solution."""
     upwards = sorted(range(len(cells)), key=lambda i: cells[i]["C"])
-    models = [None] * len(cells)
-    for i, model in zip(upwards, classifier.fit_path(X, y, [cells[i]["C"] for i in upwards])):
-        models[i] = model
-    return models
+    fitted = dict(zip(upwards, classifier.fit_path(X, y, [cells[i]["C"] for i in upwards])))
+    return [fitted[i] for i in range(len(cells))]
 
 
 def build(grid: Any, rows: int) -> tuple[Pipeline, str]:
@@ -233,6 +220,9 @@ def build(grid: Any, rows: int) -> tuple[Pipeline, str]:
 
 def search(pipeline: Pipeline, param_grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
            inner_folds: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The C grid's search: one shared map per inner fold and warm starts above exact_max_rows, else cell by cell."""
-    find = grid_search if isinstance(pipeline[-1], NewtonLinearSVC) else search_shared_features
-    return find(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed)
+    """The best C by grouped CV, chosen and recorded as ``GridSearchCV`` would from the same scores (a grid of one
+    cell: no search). Above exact_max_rows one Nystroem map per inner fold, then C upwards with warm starts; below
+    it, cell by cell."""
+    fit_cells = _fit_upwards if isinstance(pipeline[-1], NewtonLinearSVC) else fit_each_cell
+    return search_shared_features(pipeline, param_grid, X, y, groups, inner_folds=inner_folds, seed=seed,
+                                  fit_cells=fit_cells)

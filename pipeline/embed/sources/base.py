@@ -154,16 +154,6 @@ class Preset:
         return F.normalize(F.convert_image_dtype(image, torch.float), mean=self.mean, std=self.std)
 
 
-def preset(*, crop_size: int, resize_size: int, mean: list[float], std: list[float],
-           interpolation: InterpolationMode) -> Preset:
-    return Preset([crop_size], [resize_size], interpolation, True, list(mean), list(std))
-
-
-def with_sizes(transform: Any, crop_size: int | None, resize_size: int | None) -> Preset:
-    """``transform`` as a ``Preset``, with ``extract.crop_size``/``resize_size`` applied where set."""
-    return Preset.of(transform, crop_size=crop_size, resize_size=resize_size)
-
-
 def transform_info(transform: Preset, **extra: Any) -> dict[str, Any]:
     return {**extra, "crop_size": list(transform.crop_size), "resize_size": list(transform.resize_size),
             "mean": list(transform.mean), "std": list(transform.std),

@@ -22,13 +22,12 @@ from pipeline.embed.sources.base import (
     INTERPOLATIONS,
     Backbone,
     BackboneError,
+    Preset,
     check_embedding_shape,
     check_pin,
     existing_file,
     pinned_sha256,
-    preset,
     transform_info,
-    with_sizes,
 )
 
 
@@ -86,9 +85,8 @@ def build(entry: ExportedEntry, key: str, *, crop_size: int | None, resize_size:
         parameter.requires_grad_(False)
     if isinstance(model, torch.jit.ScriptModule):
         model.eval()  # an exported program's module is in eval form already and refuses eval()
-    transform = with_sizes(preset(crop_size=entry.crop_size, resize_size=entry.resize_size, mean=entry.mean,
-                                  std=entry.std, interpolation=INTERPOLATIONS[entry.interpolation]),
-                           crop_size, resize_size)
+    transform = Preset([crop_size or entry.crop_size], [resize_size or entry.resize_size],
+                       INTERPOLATIONS[entry.interpolation], True, list(entry.mean), list(entry.std))
     dim = check_embedding_shape(model, transform.crop_size[0], f"{key}.file={entry.file!r}")
     if not entry.pretrained:
         warnings.warn(f"{key}.pretrained is false: results are recorded as pretrained: false.", stacklevel=2)

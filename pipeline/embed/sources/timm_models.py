@@ -31,10 +31,8 @@ from pipeline.embed.sources.base import (
     check_pin,
     existing_file,
     pinned_sha256,
-    preset,
     state_dict_fingerprint,
     transform_info,
-    with_sizes,
 )
 
 INSTALL = "pip install -e '.[timm]'"
@@ -81,8 +79,9 @@ def resize(entry: TimmEntry) -> int:
     return int(math.floor(size / (cfg.crop_pct if cfg is not None and cfg.crop_pct else 0.875)))
 
 
-def _to_preset(transform: Any, key: str) -> Preset:
-    """timm's eval transform (Resize shorter side, CenterCrop, ToTensor, Normalize) as torchvision's preset."""
+def _to_preset(transform: Any, key: str, crop_size: int | None, resize_size: int | None) -> Preset:
+    """timm's eval transform (Resize shorter side, CenterCrop, ToTensor, Normalize) as torchvision's preset, with
+    ``extract.crop_size``/``resize_size`` applied where set."""
     steps = {type(step).__name__: step for step in getattr(transform, "transforms", [])}
     resize, crop, normalize = steps.get("Resize"), steps.get("CenterCrop"), steps.get("Normalize")
     if resize is None or crop is None or normalize is None or not isinstance(resize.size, int) and len(resize.size) != 1:
@@ -91,8 +90,8 @@ def _to_preset(transform: Any, key: str) -> Preset:
     size = resize.size if isinstance(resize.size, int) else resize.size[0]
     if resize.interpolation.value not in INTERPOLATIONS:
         raise BackboneError(f"{key}: timm's interpolation {resize.interpolation.value!r} is not supported.")
-    return preset(crop_size=int(crop.size[0]), resize_size=int(size), mean=normalize.mean.tolist(),
-                  std=normalize.std.tolist(), interpolation=resize.interpolation)
+    return Preset([crop_size or int(crop.size[0])], [resize_size or int(size)], resize.interpolation, True,
+                  normalize.mean.tolist(), normalize.std.tolist())
 
 
 def build(entry: TimmEntry, key: str, *, crop_size: int | None, resize_size: int | None) -> Backbone:
@@ -131,8 +130,7 @@ def build(entry: TimmEntry, key: str, *, crop_size: int | None, resize_size: int
                             f"{fix}.") from err
     model.eval().requires_grad_(False)
     data = timm.data.resolve_model_data_config(model)
-    transform = with_sizes(_to_preset(timm.data.create_transform(**data, is_training=False), key),
-                           crop_size, resize_size)
+    transform = _to_preset(timm.data.create_transform(**data, is_training=False), key, crop_size, resize_size)
     info.update(feature_dim=check_embedding_shape(model, transform.crop_size[0], key),
                 fingerprint=state_dict_fingerprint(model), head=model.pretrained_cfg.get("classifier"),
                 transform=transform_info(transform, weights=f"timm:{entry.model}"))

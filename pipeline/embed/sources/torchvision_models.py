@@ -26,6 +26,7 @@ from pipeline.common.params import SEED
 from pipeline.embed.sources.base import (
     Backbone,
     BackboneError,
+    Preset,
     check_finite,
     check_pin,
     existing_file,
@@ -33,7 +34,6 @@ from pipeline.embed.sources.base import (
     pinned_sha256,
     state_dict_fingerprint,
     transform_info,
-    with_sizes,
 )
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def build(entry: TorchvisionEntry, key: str, *, crop_size: int | None, resize_si
         warnings.warn(f"{key}.weights is null: the backbone is RANDOMLY INITIALISED. Its embeddings carry no "
                       "signal; results are recorded as pretrained: false.", stacklevel=2)
     model.eval().requires_grad_(False)
-    transform = with_sizes(transform_weights.transforms(), crop_size, resize_size)
+    transform = Preset.of(transform_weights.transforms(), crop_size=crop_size, resize_size=resize_size)
     info.update(feature_dim=head.in_features, fingerprint=state_dict_fingerprint(model), head=head_name,
                 transform=transform_info(transform, weights=transform_weights.name))
     return Backbone(model=model, transform=transform, info=info)
