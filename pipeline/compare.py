@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                                          dtype=str, keep_default_na=False)
             check_out_of_fold(out_of_fold[pair], args.out_of_fold_dir / f"{pair}.csv",
                               next(iter(out_of_fold.values())), fix=fix)
-            costs[pair] = cost_of(cost if isinstance(cost, dict) else {}, classifier)
+            if not isinstance(cost, dict) or not isinstance((cost.get("classifiers") or {}).get(classifier), dict):
+                raise ReuseError(f"Cost file {args.cost_dir / f'{backbone}.json'} has no figures for {classifier}; "
+                                 f"run the cost stage for it (dvc repro cost@{backbone}).")
+            costs[pair] = cost_of(cost, classifier)
     for pair, m in metrics.items():
         fix = f"it was not written by the train stage: re-run it (dvc repro train@{pair.replace('/', '-')})."
         path = args.metrics_dir / f"{pair}.json"

@@ -25,12 +25,23 @@ pytestmark = pytest.mark.slow  # whole dvc runs in a temporary repository
 def test_repro_runs_every_stage_and_reports_four_classifiers(repo):
     root, env, dvc, first, _ = repo
     assert ran(first) == {"prepare", "audit", "folds", f"extract@{B}", *(f"train@{B}-{name}" for name in CLASSIFIERS),
-                          *(f"learning_curve@{B}-{name}" for name in CLASSIFIERS), f"export@{B}", "compare",
-                          "label_issues", "report"}
+                          *(f"learning_curve@{B}-{name}" for name in CLASSIFIERS), f"export@{B}", f"cost@{B}",
+                          "compare", "label_issues", "report"}
     shown = json.loads(run([*dvc, "metrics", "show", "--json"], root, env))
-    files = next(iter(shown.values()))["data"]
-    assert sorted(files) == sorted([*(f"artifacts/metrics/{B}/{name}.json" for name in CLASSIFIERS),
-                                    "artifacts/comparison.json"])  # one row per backbone/classifier pair
+    summaries = next(iter(shown.values()))["data"]
+    # one short row per backbone/classifier pair; the detail stays in artifacts/metrics
+    assert sorted(summaries) == sorted(f"artifacts/summary/{B}/{name}.json" for name in CLASSIFIERS)
+    assert sum(summaries[f"artifacts/summary/{B}/{name}.json"]["data"]["p_best"] for name in CLASSIFIERS) == \
+        pytest.approx(1, abs=1e-3)
+    table = run([*dvc, "metrics", "show"], root, env)
+    assert max(len(line) for line in table.splitlines()) < 200, table
+    files = {f"artifacts/metrics/{B}/{name}.json": {"data": json.loads((root / "artifacts" / "metrics" / B /
+                                                                         f"{name}.json").read_text())}
+             for name in CLASSIFIERS}
+    cost = json.loads((root / "artifacts" / "cost" / f"{B}.json").read_text())
+    assert cost["gflops"] > 0 and cost["images_per_second"] > 0 and cost["params_millions"] > 6  # B1: 6.5M
+    decision = json.loads((root / "artifacts" / "comparison.json").read_text())["decision"]
+    assert decision["cheapest_equivalent"] in decision["equivalent"] and "cheapest" in decision["sentence"]
     for name in CLASSIFIERS:
         metrics = files[f"artifacts/metrics/{B}/{name}.json"]["data"]
         assert metrics["pretrained"] is False and metrics["backbone"] == B and metrics["classifier"] == name
@@ -77,7 +88,7 @@ def test_changing_a_classifier_param_reruns_only_that_classifier_and_compare(rep
                                         "classifiers.knn.n_neighbors": [1]})  # SMALL_RUN has [3, 5]
     try:
         assert ran(run([*dvc, "repro"], root, env)) == {"prepare", f"train@{B}-knn", f"learning_curve@{B}-knn",
-                                                        "compare", "label_issues", "report"}
+                                                        f"cost@{B}", "compare", "label_issues", "report"}
     finally:
         write_params(root / "params.yaml", {**SMALL_RUN, "data.root": data})
         run([*dvc, "repro"], root, env)
@@ -122,8 +133,8 @@ def test_a_second_backbone_runs_only_its_own_stages_and_removing_it_restores_the
     params["backbones"]["resnet18"] = {"source": "torchvision", "model": "resnet18", "weights": None}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "extract@resnet18", "export@resnet18", "compare",
-                                                        "label_issues", "report",
+        assert ran(run([*dvc, "repro"], root, env)) == {"prepare", "extract@resnet18", "export@resnet18",
+                                                        "cost@resnet18", "compare", "label_issues", "report",
                                                         *(f"train@resnet18-{c}" for c in CLASSIFIERS),
                                                         *(f"learning_curve@resnet18-{c}" for c in CLASSIFIERS)}
         table = pd.read_csv(root / "artifacts" / "comparison.csv")

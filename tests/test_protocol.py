@@ -110,3 +110,23 @@ def test_views_join_only_their_own_pictures_training_folds():
             np.testing.assert_allclose(X_fold[(k + 1) * rows:(k + 2) * rows], originals + 100 * (k + 1), rtol=1e-5)
         assert set(g_fold) == set(g_fold[:rows])
     assert result.folds["n_test"].sum() == 2 * n  # held-out folds score originals only (grouped + leaky)
+
+
+def test_out_of_fold_predictions_keep_every_repetition_and_agree_with_the_fold_scores():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    from pipeline.evaluate.protocol import cv_scores_beside
+
+    feats, groups = copies_dataset(n_pictures=40, copies=2)
+    X, y = feats["train"].X, feats["train"].y
+    folds = shared_folds(feats, groups, CV)
+    for fit, has_proba in [(lambda X, y, g: LogisticRegression(max_iter=300).fit(X, y), True),
+                           (lambda X, y, g: LinearSVC().fit(X, y), False)]:
+        scores, _, oof = cv_scores_beside(fit, X, y, groups, folds)
+        assert oof.predicted.shape == (CV.repeats, len(y)) and (oof.predicted >= 0).all()  # each repetition, every row
+        right = [(oof.predicted[k // CV.folds][test] == y[test]).mean() for k, (_, test) in enumerate(folds)]
+        assert np.allclose(right, scores["accuracy"])  # the same predictions the fold scores count
+        assert np.isnan(oof.proba).any() != has_proba  # probabilities where the fold models give them
+        if has_proba:
+            assert (oof.proba.argmax(axis=1) == oof.predicted[0]).all()
