@@ -6,7 +6,8 @@ matrices of the leading pairs, per-class precision and recall, the misclassified
 images of the best pair, the train pictures whose label looks wrong (the label_issues
 stage's), the learning curves by original pictures with their
 readings, and per backbone a 2-D map of a bounded sample of its embeddings (read
-from the memory-mapped arrays) and its linear head's training curve. Images are embedded, so the file opens anywhere.
+from the memory-mapped arrays) and its linear head's training curve. Images are
+embedded, so the file opens anywhere.
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ def fabricated_run(root, *, backbones, classifiers, classes, train_per_class=6, 
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     weights = np.exp(40 * table["cv_accuracy"])
     table["p_best"] = weights / weights.sum()
-    table["rank_low"], table["rank_high"] = np.maximum(1, table["rank"] - 2), np.minimum(len(table), table["rank"] + 2)
+    table["rank_low"] = (table["rank"] - 2).clip(lower=1)
+    table["rank_high"] = (table["rank"] + 2).clip(upper=len(table))
     table["equivalent"] = table["cv_accuracy"] >= table["cv_accuracy"].iloc[0] - 0.05
     best = f"{table['backbone'].iloc[0]}/{table['classifier'].iloc[0]}"
     decision = {"best": best, "equivalence": 0.01, "equivalent": [best], "cheapest_equivalent": best,
@@ -167,4 +168,5 @@ def test_the_embedding_sample_is_bounded_seeded_and_keeps_every_split_and_class(
     assert total == 4 * (300 + 2 + 2) and len(X) == len(labels) == len(splits) == 200
     assert {(s, c) for s, c in zip(splits, labels)} == {(s, c) for s in ("train", "valid", "test") for c in "abcd"}
     monkeypatch.setattr(report_page, "MAP_POINTS", 200)
-    assert "200 of 1,216 images, a stratified sample" in "".join(report_page.backbone_section("b", run["feats"]["b"], None))
+    section = "".join(report_page.backbone_section("b", run["feats"]["b"], None))
+    assert "200 of 1,216 images, a stratified sample" in section

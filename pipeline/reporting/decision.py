@@ -50,7 +50,9 @@ def cost_section(leaderboard: pd.DataFrame, decision: dict | None) -> str:
     if decision.get("sentence"):
         parts.append(f"<p><b>{html.escape(str(decision['sentence']))}</b></p>")
     selection = decision.get("selection")
-    if isinstance(selection, dict) and {"observed", "corrected"} <= set(selection):
+    numbers = isinstance(selection, dict) and all(isinstance(selection.get(k), (int, float))
+                                                  for k in ("observed", "corrected"))
+    if numbers:
         parts.append(f"<p>The winner's figure is biased upward: it was picked among {selection.get('pairs', '?')} "
                      f"pairs on the folds that score it. Observed grouped-CV accuracy {selection['observed']:.3f}; "
                      f"<b>selection-corrected estimate {selection['corrected']:.3f}</b> "

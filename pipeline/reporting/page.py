@@ -33,8 +33,8 @@ from pipeline.reporting.sample import embedding_sample
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
-td{white-space:nowrap}.about td{white-space:normal}.leaderboard td:nth-child(2),.leaderboard td:nth-child(3){text-align:left}
-ul.readings{columns:2;font-size:14px}
+td{white-space:nowrap}.about td{white-space:normal}ul.readings{columns:2;font-size:14px}
+.leaderboard td:nth-child(2),.leaderboard td:nth-child(3){text-align:left}
 .about th{text-align:left}.about td{text-align:left}img{max-width:100%;height:auto}
 .warn{background:#fde2e1;border:1px solid #c00;padding:.6em}.gallery{display:flex;flex-wrap:wrap;gap:10px}
 figure{margin:0;width:170px;font-size:12px}.scroll{overflow-x:auto;max-width:100%;margin:.5em 0}"""
@@ -50,8 +50,6 @@ LEADERBOARD_COLUMNS = {
 P_VALUES = ("mcnemar_p_vs_head", "mcnemar_p_vs_runner_up", "cv_p_vs_best_holm")
 OPTIONAL = ("feature_dim", "extract_images_per_second")  # absent for features written by another producer
 DECISION = ("p_best", "rank_low", "rank_high")  # compare's decision columns; an older comparison.csv lacks them
-SHOWN = ("rank", "backbone", "classifier", "cv_accuracy", "cv_p_vs_best_holm", "cv_leaky_accuracy", "test_accuracy",
-         "test_macro_f1", "mcnemar_p_vs_head", "mcnemar_p_vs_runner_up")  # dim and speed: in the About table
 LEADING = 4  # confusion matrices drawn: the top pairs, or those equivalent to the best up to MOST_LEADING
 MOST_LEADING = 6
 MAP_POINTS = 2000  # an embedding map's points: enough to show the structure, bounded whatever the dataset
@@ -73,32 +71,35 @@ def unverified_backbones(table: pd.DataFrame) -> list[str]:
 
 
 def leaderboard_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The leaderboard as shown: an interval in one cell, the decision columns when compare wrote them."""
+    """The leaderboard as shown: an interval in one cell, the decision columns when compare wrote them, dim and
+    extraction speed left to the About table, so that 24 rows stay readable."""
     shown = table.sort_values("rank")
-    out = shown[list(SHOWN)].copy()
+    label = LEADERBOARD_COLUMNS
 
-    def interval(low: str, high: str, digits: int) -> pd.Series:
+    def interval(low: str, high: str, digits: int) -> list[str]:
         return [f"[{lo:.{digits}f}, {hi:.{digits}f}]" for lo, hi in zip(shown[low], shown[high])]
 
-    out.insert(4, "cv_ci", interval("cv_accuracy_ci95_low", "cv_accuracy_ci95_high", 3))
-    out.insert(7, "test_ci", interval("test_accuracy_ci95_low", "test_accuracy_ci95_high", 3))
-    if all(c in shown for c in DECISION):
-        out.insert(6, "p_best", shown["p_best"])
-        out.insert(7, "rank_ci", interval("rank_low", "rank_high", 0))
-    if "equivalent" in shown:
-        out.insert(6, "equivalent", np.where(flags(shown["equivalent"]), "✓", ""))
-    if "ms_per_image" in shown:
-        out["ms_per_image"] = shown["ms_per_image"]
-    return out.rename(columns={**LEADERBOARD_COLUMNS, "cv_ci": "CV 95% CI", "test_ci": "test 95% CI",
-                               "p_best": "P(best)", "rank_ci": "rank 95%", "equivalent": "≈ best",
-                               "ms_per_image": "ms / image"})
+    decided = all(c in shown for c in DECISION)
+    return pd.DataFrame({
+        **{label[c]: shown[c] for c in ("rank", "backbone", "classifier", "cv_accuracy")},
+        "CV 95% CI": interval("cv_accuracy_ci95_low", "cv_accuracy_ci95_high", 3),
+        label["cv_p_vs_best_holm"]: shown["cv_p_vs_best_holm"],
+        **({"P(best)": shown["p_best"], "rank 95%": interval("rank_low", "rank_high", 0)} if decided else {}),
+        **({"≈ best": np.where(flags(shown["equivalent"]), "✓", "")} if "equivalent" in shown else {}),
+        **{label[c]: shown[c] for c in ("cv_leaky_accuracy", "test_accuracy")},
+        "test 95% CI": interval("test_accuracy_ci95_low", "test_accuracy_ci95_high", 3),
+        **{label[c]: shown[c] for c in ("test_macro_f1", "mcnemar_p_vs_head", "mcnemar_p_vs_runner_up")},
+        **({"ms / image": shown["ms_per_image"]} if "ms_per_image" in shown else {}),
+    })
 
 
-def leading_pairs(table: pd.DataFrame) -> list[str]:
-    """The pairs whose confusion matrices are drawn: those practically equivalent to the best when compare said
-    which (at most ``MOST_LEADING``), else the ``LEADING`` best by rank."""
+def leading_pairs(table: pd.DataFrame) -> tuple[list[str], str]:
+    """The pairs whose confusion matrices are drawn, and how they were chosen: those practically equivalent to
+    the best when compare said which (at most ``MOST_LEADING``), else the ``LEADING`` best by rank."""
     equivalent = flags(table["equivalent"]) if "equivalent" in table else pd.Series(False, index=table.index)
-    return rank_order(table[equivalent])[:MOST_LEADING] if equivalent.any() else rank_order(table)[:LEADING]
+    if equivalent.any():
+        return rank_order(table[equivalent])[:MOST_LEADING], "practically equivalent to the best"
+    return rank_order(table)[:LEADING], "first by grouped CV"
 
 
 def rank_order(table: pd.DataFrame) -> list[str]:
@@ -259,9 +260,9 @@ def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFra
                                                             na_rep="–", classes="leaderboard"))]
     parts.append(cost_section(leaderboard, decision))
     parts += ["<h2 id='grid'>Backbone × classifier</h2>", img_tag(png(grid_figure(leaderboard)), alt="grid")]
-    leading = leading_pairs(leaderboard)
+    leading, chosen = leading_pairs(leaderboard)
     parts += ["<h2 id='confusion'>Test confusion matrices</h2>",
-              f"<p>The {len(leading)} leading pair(s); every pair's test predictions are in "
+              f"<p>The {len(leading)} leading pair(s), {chosen}; every pair's test predictions are in "
               "<code>artifacts/plots/confusion/&lt;backbone&gt;/&lt;classifier&gt;.csv</code>.</p>"
               if len(leading) < len(predictions) else "",
               img_tag(png(confusion_figure({p: predictions[p] for p in leading}, classes, per_row=3)),
