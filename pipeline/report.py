@@ -1,11 +1,13 @@
 """Stage ``report``: one self-contained HTML page to look at the results.
 
-Leaderboard of every backbone/classifier pair, the backbone x classifier grid,
-test confusion matrices, per-class precision and recall, the misclassified test
+Leaderboard of every backbone/classifier pair, accuracy against cost with the
+Pareto front and compare's decision, the backbone x classifier grid, test confusion
+matrices of the leading pairs, per-class precision and recall, the misclassified test
 images of the best pair, the train pictures whose label looks wrong (the label_issues
 stage's), the learning curves by original pictures with their
-readings, and per backbone a 2-D map of its embeddings and its linear head's
-training curve. Images are embedded, so the file opens anywhere.
+readings, and per backbone a 2-D map of a bounded sample of its embeddings (read
+from the memory-mapped arrays) and its linear head's training curve. Images are
+embedded, so the file opens anywhere.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def code_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--comparison", type=Path, required=True, help="the leaderboard CSV of compare")
+    parser.add_argument("--comparison-json", type=Path, default=None,
+                        help="compare's JSON, for its \"decision\" (omitted or absent there: no sentence)")
     parser.add_argument("--predictions-dir", type=Path, required=True)
     parser.add_argument("--features-dir", type=Path, required=True, help="features/<backbone>/")
     parser.add_argument("--history-dir", type=Path, required=True,
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     check_leaderboard(leaderboard, args.comparison, fix=rerun)
     text_columns = dict.fromkeys(["image", "split", "true", "predicted"], str)  # a class may be called "NA"
     backbones = list(dict.fromkeys(leaderboard["backbone"]))
-    feats = {name: features_io.load(args.features_dir / name) for name in backbones}
+    feats = {name: features_io.load(args.features_dir / name, mmap=True) for name in backbones}
     predictions = {}
     for backbone, classifier in zip(leaderboard["backbone"], leaderboard["classifier"]):
         pair = f"{backbone}/{classifier}"
@@ -90,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.learning_summaries is not None:
                 readings[pair] = read_json(args.learning_summaries / f"{pair}.json", what="Learning curve summary",
                                            fix=fix).get("sentence", "")
+    decision = read_json(args.comparison_json, what="Comparison", fix=rerun) if args.comparison_json else {}
     source = read_source(args.source)
     splits = split_origins(read_splits(args.splits)) if args.splits else None
     suspects = None
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             show=load_section("label_issues", args.params).show)
     text = build_report(leaderboard=leaderboard, predictions=predictions, feats=feats, histories=histories,
                         image_root=Path(source["root"]), source=source, code_version=code_version(),
-                        learning_curves=curves, learning_readings=readings, splits=splits, label_issues=suspects)
+                        learning_curves=curves, learning_readings=readings, splits=splits, label_issues=suspects,
+                        decision=decision.get("decision") if isinstance(decision, dict) else None)
     write_text(args.out, text)
     print(f"report: {args.out} ({len(text) / 1e6:.1f} MB)")
     return 0

@@ -268,9 +268,10 @@ def render_markdown(table: pd.DataFrame, tests: dict[str, Any], *,
                     splits: dict[str, dict[str, Any]] | None = None) -> str:
     """The leaderboard for people; ``splits``: how each split was made (``carving.split_origins``)."""
     lines = ["# Backbone and classifier comparison", ""]
-    if not table["pretrained"].fillna(False).astype(bool).all():
-        lines += ["> **RANDOM OR UNVERIFIED BACKBONE WEIGHTS (pretrained: false).** These numbers test the "
-                  "machinery only; they say nothing about the backbones or the classifiers.", ""]
+    unverified = list(dict.fromkeys(table.loc[~table["pretrained"].fillna(False).astype(bool), "backbone"]))
+    if unverified:
+        lines += [f"> **RANDOM OR UNVERIFIED BACKBONE WEIGHTS (pretrained: false): {', '.join(unverified)}.** "
+                  "Their numbers test the machinery only; they say nothing about those backbones.", ""]
     lines += [
         "Every backbone/classifier pair, ranked by accuracy under cross-validation grouped by original picture "
         "(mean ± std over folds, 95% interval with the Nadeau–Bengio correction). All pairs are scored on the "
