@@ -194,7 +194,10 @@ def _load_array(path: Path, mmap: bool) -> np.ndarray:
     except (ValueError, OSError, EOFError) as err:
         raise FeaturesError(f"{path} is not a readable .npy array ({err}); re-run extract.") from err
     if array.dtype.kind == "f":
-        bad = np.flatnonzero(~np.isfinite(array.reshape(-1, array.shape[-1])).all(axis=1)) if array.size else []
+        rows = array.reshape(-1, array.shape[-1]) if array.size else array.reshape(0, 1)
+        step = max(1, 2**24 // rows.shape[1])  # in blocks: a memory-mapped array is never held whole
+        bad = np.concatenate([start + np.flatnonzero(~np.isfinite(rows[start : start + step]).all(axis=1))
+                              for start in range(0, len(rows), step)] or [np.empty(0, int)])
         if len(bad):
             raise FeaturesError(f"{path} holds {len(bad)} row(s) with NaN or infinite values (first: row {bad[0]}); "
                                 "the embeddings are unusable: re-run extract (or fix the producer).")
