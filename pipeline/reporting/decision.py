@@ -54,8 +54,10 @@ def cost_section(leaderboard: pd.DataFrame, decision: dict | None) -> str:
                                                   for k in ("observed", "corrected"))
     if numbers:
         parts.append(f"<p>The winner's figure is biased upward: it was picked among {selection.get('pairs', '?')} "
-                     f"pairs on the folds that score it. Observed grouped-CV accuracy {selection['observed']:.3f}; "
-                     f"<b>selection-corrected estimate {selection['corrected']:.3f}</b> "
+                     f"pairs on the folds that score it. Its out-of-fold accuracy {selection['observed']:.3f}; "
+                     f"<b>selection-corrected estimate {selection['corrected']:.3f}</b>"
+                     + ("" if len(selection.get("corrected_ci95") or []) != 2 else
+                        " [{:.3f}, {:.3f}]".format(*selection["corrected_ci95"])) + " "
                      f"({html.escape(str(selection.get('method', '')))}).</p>")
     if decision.get("method"):
         parts.append(f"<p>P(best) and rank intervals: {html.escape(str(decision['method']))}; they leave out "
