@@ -26,7 +26,8 @@ def load_average() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
-def timed(step: Callable[[], Any], *, seconds: float, at_least: int = 2, sync: Callable[[], None] = lambda: None) -> tuple[int, float]:
+def timed(step: Callable[[], Any], *, seconds: float, at_least: int = 2,
+          sync: Callable[[], None] = lambda: None) -> tuple[int, float]:
     """Run ``step`` once untimed (first-call costs: allocation, cuDNN planning), then until ``seconds`` have passed
     and ``at_least`` calls are made; the calls made and the seconds they took."""
     step()

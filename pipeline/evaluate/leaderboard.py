@@ -169,7 +169,8 @@ def add_decision(table: pd.DataFrame, tests: dict[str, Any], result: dict[str, A
 def cheapest_sentence(table: pd.DataFrame, cheapest: pd.Series | None, best: str, margin: float) -> str:
     n = int(table["equivalent"].sum())
     if cheapest is None:
-        return f"{n} pair(s) are practically equivalent to the best ({best}); no cost was measured to choose among them."
+        return (f"{n} pair(s) are practically equivalent to the best ({best}); no cost was measured to choose "
+                "among them.")
     name = f"{cheapest['backbone']}/{cheapest['classifier']}"
     top = table.iloc[0]
     if name == best:
@@ -198,11 +199,12 @@ def decision_lines(table: pd.DataFrame, decision: dict[str, Any]) -> list[str]:
     low, high = selection["corrected_ci95"]
     lines = ["", "## Which pair to use", "",
              f"*P(best)* and the 95% rank interval come from a {decision['method']}; they leave out "
-             f"{decision['leaves_out']}. *≈ best*: practically equivalent to the best, that is no pair is shown "
-             f"better by more than {decision['equivalence']} accuracy (simultaneous 95% bootstrap bounds, so the "
-             "truly best pair is in this set about 95% of the time). Cost was measured on this machine by the cost "
-             "stage: the backbone's forward pass alone (the 1-minute load average beside it) plus the classifier's "
-             "prediction.", "",
+             f"{decision['leaves_out']}, which the corrected t-tests above include, so those can leave more pairs "
+             "within noise of the best than this set holds. *≈ best*: practically equivalent to the best, that is "
+             f"no pair is shown better by more than {decision['equivalence']} accuracy (simultaneous 95% bootstrap "
+             "bounds, so the truly best pair is in this set about 95% of the time). Cost was measured on this "
+             "machine by the cost stage: the backbone's forward pass alone (the 1-minute load average beside it) plus "
+             "the classifier's prediction.", "",
              f"- {decision['sentence']}",
              f"- Winner's curse: the best out-of-fold accuracy, {selection['observed']:.3f}, belongs to a pair picked "
              f"among {selection['pairs']} on the very folds that score it; corrected for that selection "
@@ -216,7 +218,8 @@ def decision_lines(table: pd.DataFrame, decision: dict[str, Any]) -> list[str]:
 
     for r in table.itertuples():
         lines.append(f"| {r.rank} | {r.backbone}/{r.classifier} | {r.cv_accuracy:.3f} | {r.p_best:.3f} | "
-                     f"{r.rank_low}–{r.rank_high} | {'✓' if r.equivalent else ''} | {number(r.params_millions, '.1f')} | "
+                     f"{r.rank_low}–{r.rank_high} | {'✓' if r.equivalent else ''} | "
+                     f"{number(r.params_millions, '.1f')} | "
                      f"{number(r.gflops, '.2f')} | {number(r.images_per_second, '.1f')} | "
                      f"{number(r.classifier_ms_per_1000, '.1f')} | {number(r.model_bytes / 1e6, '.2f')} | "
                      f"{number(r.ms_per_image, '.1f')} | {number(r.load_average, '.1f')} |")
