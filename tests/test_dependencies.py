@@ -162,6 +162,8 @@ def hook(event, args):
         path, mode, flags = args[0], args[1], args[2]
         write = (isinstance(mode, str) and any(c in mode for c in "wxa+")) or (
             mode is None and isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        if not write and not os.path.isabs(path) and not os.path.exists(path):
+            return  # a name opened inside a folder by its descriptor (shutil.rmtree's walk), not the cwd's
         log.append([os.path.abspath(os.fsdecode(path)), bool(write)])
     elif event in ("os.rename", "os.replace"):
         log.append([os.path.abspath(os.fsdecode(args[1])), True])
