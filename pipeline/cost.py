@@ -19,10 +19,6 @@ from pipeline.embed.cost import backbone_cost, classifier_cost
 from pipeline.embed.embedding import resolve_settings
 from pipeline.evaluate.results import MODEL, load_model
 
-BACKBONE_SECONDS = 2.0  # long enough for a few batches on 2 CPU cores, short beside the extraction
-CLASSIFIER_SECONDS = 0.5
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
@@ -32,20 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="artifacts/cost/<backbone>.json")
     args = parser.parse_args(argv)
 
+    seconds = load_section("cost", args.params).seconds
     features = features_io.load(args.features, mmap=True)
     cost = {"backbone": args.backbone}
     if all(key in features.meta for key in features_io.BACKBONE_KEYS):
         backbone = rebuild_backbone(features.meta, where="to time it")
         cost.update(backbone_cost(backbone, resolve_settings(load_section("extract", args.params)),
-                                  seconds=BACKBONE_SECONDS))
+                                  seconds=seconds))
     else:
         cost["why"] = "features written by another producer: no backbone to rebuild and time"
     X = features["train"].X
     cost["classifiers"] = {}
     for name in classifiers_section(args.params):
         saved = load_model(args.models_dir / name)
-        cost["classifiers"][name] = {"ms_per_1000": classifier_cost(saved.model.predict_proba, X,
-                                                                    seconds=CLASSIFIER_SECONDS),
+        cost["classifiers"][name] = {"ms_per_1000": classifier_cost(saved.model.predict_proba, X, seconds=seconds / 4),
                                      "model_bytes": (args.models_dir / name / MODEL).stat().st_size}
     write_json(args.out, cost)
     print(f"{args.backbone}: {cost.get('gflops', float('nan')):.2f} GFLOPs/image, "

@@ -114,6 +114,7 @@ SMALL_RUN = {
     "classifiers.knn.n_neighbors": [3, 5],
     "learning_curve.fractions": [0.75],
     "learning_curve.draws": 1,
+    "cost.seconds": 0.2,
 }
 
 

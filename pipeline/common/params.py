@@ -170,6 +170,12 @@ class EvaluationParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class CostParams:
+    seconds: float  # how long the cost stage times a backbone's forward pass; each classifier a quarter of it
+    RANGES: ClassVar[dict] = {"seconds": (0.01, None)}
+
+
+@dataclasses.dataclass(frozen=True)
 class LabelIssuesParams:
     alpha: float
     show: int
@@ -208,6 +214,7 @@ SECTIONS: dict[str, type] = {
     "data": DataParams,
     "audit": AuditParams,
     "label_issues": LabelIssuesParams,
+    "cost": CostParams,
     "extract": ExtractParams,
     "views": ViewsParams,
     "cv": CVParams,
