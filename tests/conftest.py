@@ -234,16 +234,6 @@ def outputs(root):
     return found
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items):
-    """With pytest-xdist (``-n 2 --dist loadgroup``, the default addopts), the tests of the one finished ``repo``
-    run in one worker: it is built once, not once per worker, and the tests that change it and put it back
-    never overlap."""
-    for item in items:
-        if "repo" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("repo"))
-
-
 @pytest.fixture(scope="session")
 def repo(tmp_path_factory):
     """A real ``dvc repro`` of the whole project on a small generated dataset, once per test session."""
