@@ -127,6 +127,15 @@ def write_params(path: Path, overrides: dict) -> Path:
     return path
 
 
+def keep_classifiers(path: Path, names: tuple[str, ...]) -> None:
+    """Trim the params.yaml at ``path`` to the classifiers ``names``: a faster run where the others add nothing."""
+    import yaml
+
+    params = yaml.safe_load(path.read_text())
+    params["classifiers"] = {name: params["classifiers"][name] for name in names}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def with_overrides(params: dict, overrides: dict) -> dict:
     """``params`` with each dotted key of ``overrides`` set (in place)."""
     for dotted, value in overrides.items():

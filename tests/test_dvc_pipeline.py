@@ -16,7 +16,19 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import DEFAULT_BACKBONE, DVC, ENV, SMALL_RUN, init_project, make_dataset, outputs, ran, run, write_params
+from tests.conftest import (
+    DEFAULT_BACKBONE,
+    DVC,
+    ENV,
+    SMALL_RUN,
+    init_project,
+    keep_classifiers,
+    make_dataset,
+    outputs,
+    ran,
+    run,
+    write_params,
+)
 
 CLASSIFIERS = ["head", "logreg", "svm", "knn"]
 B = DEFAULT_BACKBONE
@@ -339,9 +351,7 @@ def test_train_and_val_folders_only_give_a_carved_test_split_that_the_leaderboar
     init_project(root, data)
     write_params(root / "params.yaml", {**SMALL_RUN, "data.root": str(data), "data.layout_dir": None,
                                         "views.count": 0, "learning_curve.enabled": False})
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["classifiers"] = {name: params["classifiers"][name] for name in ("head", "logreg")}  # a faster run
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    keep_classifiers(root / "params.yaml", ("head", "logreg"))
     assert {"prepare", "audit", "folds", f"extract@{B}", f"train@{B}-logreg", "compare",
             "report"} <= ran(run([*DVC, "repro"], root, ENV))
 

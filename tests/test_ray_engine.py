@@ -8,9 +8,19 @@ import shutil
 import subprocess
 
 import pytest
-import yaml
 
-from tests.conftest import DVC, ENV, SMALL_RUN, init_project, make_dataset, ran, run, stage_process, write_params
+from tests.conftest import (
+    DVC,
+    ENV,
+    SMALL_RUN,
+    init_project,
+    keep_classifiers,
+    make_dataset,
+    ran,
+    run,
+    stage_process,
+    write_params,
+)
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # Ray clusters and whole dvc runs
@@ -94,9 +104,7 @@ def test_dvc_repro_with_the_ray_engine_runs_end_to_end(tmp_path):
     init_project(root, data)
     write_params(root / "params.yaml", {**SMALL_RUN, "data.root": str(data), "extract.engine": "ray",
                                         "learning_curve.enabled": False})
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["classifiers"] = {name: params["classifiers"][name] for name in ("head", "logreg")}  # a faster run
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    keep_classifiers(root / "params.yaml", ("head", "logreg"))
     out = run([*DVC, "repro"], root, {**ENV, "RAY_ADDRESS": ""})
     assert {"extract@efficientnet_b1", "train@efficientnet_b1-head", "compare", "report"} <= ran(out)
     assert json.loads((root / FEATURES / "meta.json").read_text())["engine"] == "ray"
