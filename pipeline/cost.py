@@ -19,6 +19,7 @@ from pipeline.embed.cost import backbone_cost, classifier_cost
 from pipeline.embed.embedding import resolve_settings
 from pipeline.evaluate.results import MODEL, load_model
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser(__doc__)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS)

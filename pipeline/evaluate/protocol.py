@@ -158,8 +158,8 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixe
     included, on a training fold (or ``grouped`` holds its scores on ``folds`` already);
     ``fit_fixed`` fits the hyperparameters already chosen and serves only the leaky
     figure, which is there to show inflation; ``out_of_fold``: what the grouped CV's folds said of each train
-    image they did not train on, kept for calibration, label checks and compare's bootstrap. ``folds`` are the grouped (train, test)
-    splits shared by every stage (the ``folds`` stage's file); ``views`` (n_views,
+    image they did not train on, kept for calibration, label checks and compare's bootstrap. ``folds`` are the
+    grouped (train, test) splits shared by every stage (the ``folds`` stage's file); ``views`` (n_views,
     n_train, dim), when given, join every training fold.
     """
     train = features["train"]
