@@ -91,13 +91,12 @@ def per_class_table(predictions: dict[str, pd.DataFrame], classes: list[str]) ->
     return pd.DataFrame.from_dict(rows, orient="index", columns=header)
 
 
-def embedding_map_figure(X: np.ndarray, labels: list[str], splits: list[str], *, seed: int = 0,
-                         tsne_max: int = 2000) -> plt.Figure:
+def embedding_map_figure(X: np.ndarray, labels: list[str], splits: list[str], *, seed: int = 0) -> plt.Figure:
     """PCA and t-SNE maps of the embeddings, coloured by class, marked by split; the legend names the classes
-    up to ``MANY_CLASSES``, the splits always."""
+    up to ``MANY_CLASSES``, the splits always. t-SNE maps every row given: the caller bounds them (a sample)."""
     X = np.asarray(X, dtype=np.float64)
     maps = {"PCA": PCA(n_components=2, random_state=seed).fit_transform(X)}
-    if 5 <= len(X) <= tsne_max:
+    if len(X) >= 5:
         perplexity = float(min(30, (len(X) - 1) / 3))
         maps["t-SNE"] = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(X)
     fig, axes = plt.subplots(1, len(maps), figsize=(6 * len(maps), 5), squeeze=False)

@@ -39,16 +39,13 @@ td{white-space:nowrap}.about td{white-space:normal}ul.readings{columns:2;font-si
 .warn{background:#fde2e1;border:1px solid #c00;padding:.6em}.gallery{display:flex;flex-wrap:wrap;gap:10px}
 figure{margin:0;width:170px;font-size:12px}.scroll{overflow-x:auto;max-width:100%;margin:.5em 0}"""
 
-LEADERBOARD_COLUMNS = {
+LEADERBOARD_COLUMNS = {  # comparison.csv's columns the page shows, and their headings
     "rank": "#", "backbone": "backbone", "classifier": "classifier", "cv_accuracy": "grouped CV acc.",
-    "cv_accuracy_std": "± std", "cv_accuracy_ci95_low": "CV 95% low", "cv_accuracy_ci95_high": "CV 95% high",
     "cv_p_vs_best_holm": "CV p vs best (Holm)", "cv_leaky_accuracy": "leaky CV acc.", "test_accuracy": "test acc.",
-    "test_accuracy_ci95_low": "test 95% low", "test_accuracy_ci95_high": "test 95% high",
     "test_macro_f1": "test macro-F1", "mcnemar_p_vs_head": "p vs head", "mcnemar_p_vs_runner_up": "p vs runner-up",
-    "feature_dim": "dim", "extract_images_per_second": "extract img/s",
 }
+INTERVALS = ("cv_accuracy_ci95_low", "cv_accuracy_ci95_high", "test_accuracy_ci95_low", "test_accuracy_ci95_high")
 P_VALUES = ("mcnemar_p_vs_head", "mcnemar_p_vs_runner_up", "cv_p_vs_best_holm")
-OPTIONAL = ("feature_dim", "extract_images_per_second")  # absent for features written by another producer
 DECISION = ("p_best", "rank_low", "rank_high")  # compare's decision columns; an older comparison.csv lacks them
 LEADING = 4  # confusion matrices drawn: the top pairs, or those equivalent to the best up to MOST_LEADING
 MOST_LEADING = 6
@@ -57,11 +54,11 @@ MAP_POINTS = 2000  # an embedding map's points: enough to show the structure, bo
 
 def check_leaderboard(table: pd.DataFrame, path: Path, *, fix: str) -> None:
     """The columns the page shows, scores finite (the p-values may be empty: no pair to test)."""
-    require_columns(table, path, [*LEADERBOARD_COLUMNS, "pretrained"], fix=fix)
+    require_columns(table, path, [*LEADERBOARD_COLUMNS, *INTERVALS, "pretrained"], fix=fix)
     if table.empty:
         raise ReuseError(f"{path} has no classifier rows; {fix}")
-    finite_columns(table, path, [c for c in LEADERBOARD_COLUMNS if c not in ("backbone", "classifier", *P_VALUES,
-                                                                             *OPTIONAL)], fix=fix)
+    finite_columns(table, path, [c for c in [*LEADERBOARD_COLUMNS, *INTERVALS]
+                                 if c not in ("backbone", "classifier", *P_VALUES)], fix=fix)
     finite_columns(table, path, [c for c in DECISION if c in table], fix=fix)
 
 

@@ -31,14 +31,13 @@ def stratified_sample(cells: np.ndarray, *, limit: int, minimum: int = 5, seed: 
     return np.sort(np.concatenate(chosen))
 
 
-def embedding_sample(feats: features_io.Features, *, limit: int = 2000,
-                     seed: int = 0) -> tuple[np.ndarray, list[str], list[str], int]:
+def embedding_sample(feats: features_io.Features, *, limit: int) -> tuple[np.ndarray, list[str], list[str], int]:
     """Embeddings, class names and split names of a sample stratified by (split, class), and how many images
     there were in all; each split's array is indexed at the sampled rows only."""
     splits = list(feats.splits)
     sizes = [len(feats[s].y) for s in splits]
     cells = np.concatenate([i * len(feats.classes) + feats[s].y for i, s in enumerate(splits)])
-    rows = stratified_sample(cells, limit=limit, seed=seed)
+    rows = stratified_sample(cells, limit=limit)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     X, labels, names = [], [], []
     for i, split in enumerate(splits):
