@@ -28,7 +28,6 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from pipeline.data.grouping import (
     Hashes,
-    UnionFind,
     image_hashes,
     near_duplicate_pairs,
     picture_groups,
@@ -132,10 +131,8 @@ def main() -> None:
               flush=True)
 
     before = near_duplicate_pairs(hashes, 10)
-    uf = UnionFind(n)
-    for i, j in before:
-        uf.union(int(i), int(j))
-    row("before: hash <= 10 bits, chained", len(before), before, [names[uf.find(i)] for i in range(n)])
+    # every candidate a link, merged transitively (the names carry no augmentation naming)
+    row("before: hash <= 10 bits, chained", len(before), before, picture_groups(names, [], before))
     for bits in args.bits:
         candidates = near_duplicate_pairs(hashes, bits)
         correlation = thumbnail_correlation(hashes, candidates)

@@ -20,6 +20,8 @@ from pathlib import PurePosixPath
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
 
 from pipeline.data.neighbours import pairs_within
 
@@ -139,24 +141,6 @@ def star_groups(n: int, pairs: np.ndarray) -> list[list[int]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-class UnionFind:
-    """Disjoint sets over 0..n-1; the smallest index represents each set."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
-
-
 def picture_groups(paths: Sequence[str], near_groups: Iterable[Sequence[int]],
                    exact_pairs: Iterable[tuple[int, int]] = ()) -> list[str]:
     """Assign each image the id of its original picture (the first path of its group).
@@ -173,7 +157,9 @@ def picture_groups(paths: Sequence[str], near_groups: Iterable[Sequence[int]],
         original = original_name(path)
         if original != path:
             edges.append((i, index[original] if original in index else first_copy.setdefault(original, i)))
-    uf = UnionFind(len(paths))
-    for i, j in edges:
-        uf.union(int(i), int(j))
-    return [paths[uf.find(i)] for i in range(len(paths))]
+    ends = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    n = len(paths)
+    links = coo_array((np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(n, n))
+    _, component = connected_components(links, directed=False)
+    _, first = np.unique(component, return_index=True)  # each component's smallest index: its first path
+    return [paths[i] for i in first[component]]
