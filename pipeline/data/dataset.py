@@ -209,13 +209,8 @@ def inspect_image(path: Path, *, resize: int | None = None) -> tuple[str, int, i
     """
     try:
         data = read_image_bytes(path)
-    except OSError as err:  # a dangling link, a file without read permission, a folder named like an image
-        raise BadImage(path, f"cannot be read ({type(err).__name__}: {err.strerror or err})") from err
-    except ImageError as err:  # a FIFO, a socket, a device
-        raise BadImage(path, str(err)) from err
-    try:
         image = load_rgb(data)
-    except ImageError as err:
+    except ImageError as err:  # unreadable, not a regular file (a FIFO, a device), or not a decodable image
         raise BadImage(path, str(err)) from err
     refused = resized_too_large(image.size, resize) if resize else None
     if refused:

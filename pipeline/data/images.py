@@ -93,10 +93,13 @@ def resized_too_large(size: tuple[int, int], resize: int) -> str | None:
 
 def read_image_bytes(path: Path) -> bytes:
     """The bytes of an image file; anything but a regular file (a FIFO, a socket, a device) is refused before
-    it is opened, since reading it could block for ever. ``OSError`` for a file that cannot be read."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise ImageError(f"is not a regular file ({_kind(path)}); only image files are read")
-    return Path(path).read_bytes()
+    it is opened, since reading it could block for ever. ``ImageError`` for a file that cannot be read too."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ImageError(f"is not a regular file ({_kind(path)}); only image files are read")
+        return Path(path).read_bytes()
+    except OSError as err:  # deleted, a dangling link, no read permission, a folder named like an image
+        raise ImageError(f"cannot be read ({type(err).__name__}: {err.strerror or err})") from err
 
 
 def _kind(path: Path) -> str:
@@ -117,14 +120,11 @@ def reason(err: BaseException) -> str:
 def load_rgb(source: Path | bytes) -> Image.Image:
     """Decode an image file, or its bytes already read, as upright 8-bit RGB (fully read, file closed)."""
     if not isinstance(source, bytes):
-        try:
-            source = read_image_bytes(source)  # never opens a FIFO or a device
-        except OSError as err:  # deleted, a dangling link, no read permission
-            raise ImageError(f"cannot be read ({type(err).__name__}: {err.strerror or err})") from err
+        source = read_image_bytes(source)  # never opens a FIFO or a device
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by one rule
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            with Image.open(io.BytesIO(source)) as image:
                 refused = too_large(image.size)
                 if refused:
                     raise ImageError(refused)
