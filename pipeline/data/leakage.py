@@ -52,13 +52,10 @@ def audit_dataset(manifest: pd.DataFrame, hashes: Hashes, *, near_duplicate_bits
     group_of = picture_groups(paths, near_groups, exact_pairs)
 
     groups = manifest[["path", "split", "label"]].assign(group=group_of)
-    if carve is not None:
-        assignment = assign_splits(groups, carve=carve, given=given or {})
-        groups = groups.assign(split=assignment.split)
-        manifest = manifest.assign(split=assignment.split.to_numpy())
-        origins = assignment.origins
-    else:
-        origins = {s: (given or {}).get(s, "as given") for s in dict.fromkeys(manifest["split"])}
+    assignment = assign_splits(groups, carve=carve, given=given or {})
+    groups = groups.assign(split=assignment.split)
+    manifest = manifest.assign(split=assignment.split.to_numpy())
+    origins = assignment.origins
     leaks, dropped = [], {}
     for group, members in groups.groupby("group", sort=True):
         member_splits = sorted(set(members["split"]), key=SPLITS.index)
@@ -81,8 +78,8 @@ def audit_dataset(manifest: pd.DataFrame, hashes: Hashes, *, near_duplicate_bits
     manifest = manifest[kept]
     final = split_manifest(manifest, manifest["split"])
     sizes = final.groupby("split")[["width", "height"]]
-    images = _ordered(final.groupby("split").size(), final["split"].to_numpy())
-    pictures = _ordered(groups[kept].groupby("split")["group"].nunique(), final["split"].to_numpy())
+    images = _ordered(final.groupby("split").size())
+    pictures = _ordered(groups[kept].groupby("split")["group"].nunique())
     report = {
         "images_per_split": images,
         "groups_per_split": pictures,
@@ -123,9 +120,8 @@ def audit_dataset(manifest: pd.DataFrame, hashes: Hashes, *, near_duplicate_bits
                  manifest=final)
 
 
-def _ordered(series: pd.Series, splits: np.ndarray) -> dict[str, int]:
-    order = list(dict.fromkeys(splits))
-    return {s: int(series[s]) for s in order if s in series}
+def _ordered(series: pd.Series) -> dict[str, int]:
+    return {s: int(series[s]) for s in SPLITS if s in series}
 
 
 def render_markdown(report: dict[str, Any], *, max_listed: int = 20) -> str:
