@@ -118,12 +118,11 @@ def split_folders(root: Path, names: SplitNames | None) -> dict[str, str]:
     found = [e.name for e in _folders(root)]
     if names is not None:
         folders = {split: value for split, value in dataclasses.asdict(names).items() if value is not None}
-        absent = {split: value for split, value in folders.items() if value not in found}
-        if absent:
-            split, value = next(iter(absent.items()))
-            raise DatasetError(f"data.splits.{split}={value!r}: there is no folder {root / value}; the folders there "
-                               f"are {found}. Name an existing folder, or write null when the data has no {split} "
-                               "split.")
+        for split, value in folders.items():
+            if value not in found:
+                raise DatasetError(f"data.splits.{split}={value!r}: there is no folder {root / value}; the folders "
+                                   f"there are {found}. Name an existing folder, or write null when the data has no "
+                                   f"{split} split.")
         return folders
     matched: dict[str, list[str]] = {}
     for name in found:
@@ -145,8 +144,7 @@ def split_folders(root: Path, names: SplitNames | None) -> dict[str, str]:
         raise DatasetError(f"{root} has split folders {sorted(n for f in matched.values() for n in f)} but no train "
                           f"folder ({'|'.join(SPLIT_NAMES['train'])}); the found folders are {found}. Add one, or "
                           "name it in data.splits.train.")
-    return {split: folders_of_split[0] for split, folders_of_split in sorted(matched.items(),
-                                                                            key=lambda item: SPLITS.index(item[0]))}
+    return {split: matched[split][0] for split in SPLITS if split in matched}
 
 
 def _suggested_splits(found: list[str]) -> str:
@@ -224,9 +222,8 @@ def read_list(path: Path, names: SplitNames | None) -> pd.DataFrame:
         seen[p] = line
     if "split" in table.columns:
         splits = [split_of(value.strip(), names) for value in table["split"]]
-        unknown = [i for i, split in enumerate(splits) if split is None]
-        if unknown:
-            i = unknown[0]
+        if None in splits:
+            i = splits.index(None)
             raise DatasetError(f"Image list {path} line {lines[i]}: split {table['split'].iloc[i]!r} is not a split "
                               f"name (recognised: {_recognised(names)}); fix the row, or name the splits in "
                               "data.splits.")
