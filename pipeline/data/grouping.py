@@ -77,8 +77,7 @@ def near_duplicate_pairs(hashes: Hashes, max_bits: int, *, threads: int | None =
     plain, mirrored = hashes.plain[keep], hashes.mirrored[keep]
     found = np.concatenate([pairs_within(plain, plain, max_bits, threads=threads),
                             pairs_within(plain, mirrored, max_bits, threads=threads)])
-    found = np.unique(found, axis=0) if len(found) else np.empty((0, 2), dtype=np.int64)
-    return keep[found].reshape(-1, 2).astype(np.int64)
+    return keep[np.unique(found, axis=0)].astype(np.int64)  # unique rows: an empty (0, 2) stays one
 
 
 def thumbnail_correlation(hashes: Hashes, pairs: np.ndarray) -> np.ndarray:
@@ -93,9 +92,8 @@ def thumbnail_correlation(hashes: Hashes, pairs: np.ndarray) -> np.ndarray:
         return np.empty(0)
     used, local = np.unique(pairs, return_inverse=True)
     local = local.reshape(-1, 2)
-    side = THUMBNAIL
     plain = hashes.thumbnails[used].astype(np.float32)
-    mirrored = plain.reshape(-1, side, side)[:, :, ::-1].reshape(len(used), -1)
+    mirrored = plain.reshape(-1, THUMBNAIL, THUMBNAIL)[:, :, ::-1].reshape(len(used), -1)
 
     def unit(rows: np.ndarray) -> np.ndarray:
         rows = rows - rows.mean(axis=1, keepdims=True)
