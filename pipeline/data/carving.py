@@ -84,17 +84,15 @@ def _carve(groups: pd.DataFrame, *, fractions: dict[str, float], seed: int) -> d
             raise CarveError(f"{keys} leave class {label!r} with no picture in train: it has {n} picture(s), "
                              f"{', '.join(f'{c} to {s}' for s, c in counts.items())}. Lower them, or add pictures "
                              f"of {label!r}.")
-        order = pictures[rng.permutation(n)]
-        start = 0
-        for s, count in counts.items():
-            out.update(dict.fromkeys(order[start : start + count], s))
-            start += count
+        dealt = np.split(pictures[rng.permutation(n)], np.cumsum(list(counts.values())))  # the rest stays in train
+        for s, part in zip(counts, dealt):
+            out.update(dict.fromkeys(part, s))
     return out
 
 
 def _majority(labels: pd.Series) -> str:
     counts = labels.value_counts()
-    return sorted(counts.index[counts == counts.max()])[0]
+    return min(counts.index[counts == counts.max()])
 
 
 def split_manifest(manifest: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
