@@ -197,10 +197,9 @@ class LearningCurveParams:
         values = [number_from_text(v) for v in self.fractions]
         if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
             raise ParamsError(f"{name}.fractions={self.fractions!r} must be a list of numbers in (0, 1].")
-        for v in values:
-            if not 0 < v <= 1:
-                raise ParamsError(f"{name}.fractions={self.fractions!r} is out of range: each must be in (0, 1] "
-                                  "(a share of train's original pictures).")
+        if not all(0 < v <= 1 for v in values):
+            raise ParamsError(f"{name}.fractions={self.fractions!r} is out of range: each must be in (0, 1] "
+                              "(a share of train's original pictures).")
         if len(set(values)) != len(values):
             raise ParamsError(f"{name}.fractions={self.fractions!r} repeats a value; list each fraction once.")
 
