@@ -88,12 +88,12 @@ def resolve_layout(data: DataParams) -> Layout:
     ``data.layout_dir`` (found under the dataset when it is null)."""
     if data.list is not None:
         listed = Path(data.list).expanduser()
-        csv = listed if listed.is_absolute() else dataset_folder(data) / listed
+        within = None if listed.is_absolute() else dataset_folder(data)  # None: the list's own folder
+        csv = listed if within is None else within / listed
         if not csv.is_file():
             raise DatasetError(f"data.list={data.list!r}: {csv} is not a file; point data.list at the CSV that lists "
                                "the images (relative to the dataset folder, or absolute).")
-        return Layout(root=csv.parent, folders={}, list_file=csv, names=data.splits,
-                      within=csv.parent if listed.is_absolute() else dataset_folder(data))
+        return Layout(root=csv.parent, folders={}, list_file=csv, names=data.splits, within=within or csv.parent)
     base = dataset_folder(data)
     if data.layout_dir is None:
         root = find_root(base, data.splits)
