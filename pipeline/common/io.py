@@ -134,14 +134,8 @@ class OutputSet:
                 if target.exists() or target.is_symlink():
                     backup = target.with_name(f".{target.name}.tmp-old-{uuid.uuid4().hex[:8]}")
                     target.rename(backup)
-                try:
-                    tmp.rename(target)
-                except OSError:
-                    if backup is not None:
-                        with contextlib.suppress(OSError):
-                            backup.rename(target)
-                    raise
-                placed.append((target, backup))
+                placed.append((target, backup))  # from here on, a failure puts the backup back (below)
+                tmp.rename(target)
         except OSError as err:
             for target, backup in reversed(placed):
                 with contextlib.suppress(OSError):
