@@ -143,16 +143,14 @@ def scan_layout(root: Path, folders: dict[str, str], *, skipped: list[tuple[str,
             for file in sorted(class_dir.iterdir()):
                 if is_clutter(file):
                     log.info("skipping operating-system metadata file %s", file)
-                    continue
-                if file.is_dir():
+                elif file.is_dir():
                     bad_entry(file, f"Unexpected folder {file}: class folders must hold image files only; move "
                               "it out, or set data.on_bad_image: skip.", "a folder inside a class folder")
-                    continue
-                if file.suffix.lower() not in IMAGE_SUFFIXES:
+                elif file.suffix.lower() not in IMAGE_SUFFIXES:
                     bad_entry(file, f"{file} is not an image file (allowed: {sorted(IMAGE_SUFFIXES)}); move it out "
                               "of the class folder, or set data.on_bad_image: skip.", "not an image file")
-                    continue
-                images.append(file)
+                else:
+                    images.append(file)
             if not images:
                 raise DatasetError(f"Class folder {class_dir} is empty.")
             rows += [(f.relative_to(root).as_posix(), split, class_dir.name) for f in images]
