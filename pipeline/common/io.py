@@ -188,9 +188,8 @@ def reserve(path: Path) -> None:
             try:
                 os.posix_fallocate(f.fileno(), 0, size)
             except OSError as err:
-                if err.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    return
-                raise
+                if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # these: not supported here
+                    raise
 
 
 def write_text(path: Path | str, text: str) -> None:
