@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import logging
 import os
 import time
 import typing
@@ -38,8 +37,6 @@ from pipeline.common.params import ExtractParams
 from pipeline.embed.backbone import Backbone
 from pipeline.embed.loading import Chunk, Preprocess, WorkImages, collate, decode_on_device
 from pipeline.embed.work import PLAIN, Work, plan_batches, work_of_paths
-
-log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DECODES = typing.get_args(typing.get_type_hints(ExtractParams)["decode"])  # auto, cpu, device

@@ -10,7 +10,6 @@ and the original head applied to the embedding gives the model's logits
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 import urllib.error
@@ -35,8 +34,6 @@ from pipeline.embed.sources.base import (
     state_dict_fingerprint,
     transform_info,
 )
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
