@@ -131,7 +131,7 @@ def build(entry: TorchvisionEntry, key: str, *, crop_size: int | None, resize_si
     check(entry, key)
     info: dict[str, Any] = {"arch": entry.model, "weights": entry.weights, "checkpoint": None,
                             "checkpoint_sha256": None, "init_seed": None}
-    transform_weights = _weights(entry, key, entry.weights or "DEFAULT")
+    weights = _weights(entry, key, entry.weights or "DEFAULT")  # weights: null still preprocesses as DEFAULT
     torch.manual_seed(entry.init_seed)  # makes the random init (weights: null) reproducible
     model = torchvision.models.get_model(entry.model)
     head_name, head = split_head(model, key)
@@ -146,7 +146,6 @@ def build(entry: TorchvisionEntry, key: str, *, crop_size: int | None, resize_si
             warnings.warn(f"{path} is not a published torchvision file for {entry.model}; its results are "
                           "recorded as pretrained: false.", stacklevel=2)
     elif entry.weights is not None:
-        weights = _weights(entry, key, entry.weights)
         _load_trunk(model, head_name, _download(weights), str(weights))
         info.update(weights=weights.name, pretrained=True)
     else:
@@ -154,9 +153,9 @@ def build(entry: TorchvisionEntry, key: str, *, crop_size: int | None, resize_si
         warnings.warn(f"{key}.weights is null: the backbone is RANDOMLY INITIALISED. Its embeddings carry no "
                       "signal; results are recorded as pretrained: false.", stacklevel=2)
     model.eval().requires_grad_(False)
-    transform = Preset.of(transform_weights.transforms(), crop_size=crop_size, resize_size=resize_size)
+    transform = Preset.of(weights.transforms(), crop_size=crop_size, resize_size=resize_size)
     info.update(feature_dim=head.in_features, fingerprint=state_dict_fingerprint(model), head=head_name,
-                transform=transform_info(transform, weights=transform_weights.name))
+                transform=transform_info(transform, weights=weights.name))
     return Backbone(model=model, transform=transform, info=info)
 
 
