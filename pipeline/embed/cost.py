@@ -44,8 +44,7 @@ def timed(step: Callable[[], Any], *, seconds: float, at_least: int = 2,
 def backbone_cost(backbone: Backbone, settings: Settings, *, seconds: float) -> dict[str, Any]:
     """Parameters, GFLOPs per image (``torch.utils.flop_counter``: a multiply-add counts 2) and images/s of the
     forward pass at extraction's device, precision, batch size and memory layout."""
-    h = backbone.transform.crop_size[0]
-    w = backbone.transform.crop_size[-1]
+    h, w = backbone.transform.size
     model = backbone.model.to(settings.device)
     with FlopCounterMode(display=False) as counter:
         backbone.embed(torch.zeros(1, 3, h, w, device=settings.device))

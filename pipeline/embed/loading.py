@@ -53,11 +53,6 @@ class Preprocess(Preset):
 
     views: ViewsParams | None = None
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width) of the crop."""
-        return (self.crop_size[0], self.crop_size[-1])
-
     def geometry(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """Resize and centre crop as the weights' transform does: 8-bit (3, crop, crop), or a batch of them.
         An image whose resized size would be unbounded (an extreme aspect ratio) is refused, as prepare does."""

@@ -138,6 +138,11 @@ class Preset:
     mean: list[float]
     std: list[float]
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the crop."""
+        return (self.crop_size[0], self.crop_size[-1])
+
     @classmethod
     def of(cls, transform: Any, *, crop_size: int | None = None, resize_size: int | None = None, **extra: Any):
         """From another preset or ``weights.transforms()``, with ``crop_size``/``resize_size`` (``extract``'s)
