@@ -19,10 +19,7 @@ from torch import nn
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import BACKBONES_SECTION, parse_section
 from pipeline.embed.sources import exported_models, timm_models, torchvision_models
-from pipeline.embed.sources.base import Backbone, BackboneError, refuse_unsafe_torch_load, state_dict_fingerprint
-
-__all__ = ["Backbone", "BackboneError", "SOURCES", "build_backbone", "check_backbones", "parse_backbone",
-           "state_dict_fingerprint", "full_model_with_head", "rebuild_backbone", "resize_of"]
+from pipeline.embed.sources.base import Backbone, BackboneError, refuse_unsafe_torch_load
 
 log = logging.getLogger(__name__)
 
