@@ -159,12 +159,11 @@ def build(entry: TorchvisionEntry, key: str, *, crop_size: int | None, resize_si
     return Backbone(model=model, transform=transform, info=info)
 
 
-def full_model_with_head(backbone: Backbone, head: nn.Module) -> nn.Module:
-    """The torchvision network for ``n`` classes with the trained head's ``Linear`` as its last layer.
+def full_model_with_head(backbone: Backbone, linear: nn.Linear) -> nn.Module:
+    """The torchvision network for ``n`` classes with the trained head's ``linear`` as its last layer.
 
     Loads into ``get_model(arch, num_classes=n)`` as it is, so the saved state dict needs only torchvision.
     """
-    linear = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
     model = torchvision.models.get_model(backbone.info["arch"], num_classes=linear.out_features)
     head_name = backbone.info["head"]
     state = {**backbone.model.state_dict(), **{f"{head_name}.{k}": v for k, v in linear.state_dict().items()}}
