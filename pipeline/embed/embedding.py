@@ -193,9 +193,7 @@ class _Runner:
             normalize = self.preprocess.normalize if views[0] == PLAIN else self.preprocess.view_normalize
             batch = normalize(pixels)
             batch = batch.contiguous(memory_format=self.memory_format)
-            ready = torch.cuda.Event() if self.cuda else None
-            if ready is not None:
-                ready.record(self.side)
+            ready = self.side.record_event() if self.cuda else None
         return batch, items, failed, ready
 
     def launch(self, batch: torch.Tensor, ready) -> tuple[torch.Tensor | np.ndarray, object]:
@@ -212,8 +210,7 @@ class _Runner:
         with self._timed("copy_back"):
             host = torch.empty(embedding.shape, dtype=torch.float32, pin_memory=True)
             host.copy_(embedding.float(), non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
+            done = torch.cuda.current_stream().record_event()
         return host, done
 
     def device_seconds(self) -> None:
