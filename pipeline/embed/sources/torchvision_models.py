@@ -26,7 +26,6 @@ from pipeline.embed.sources.base import (
     Backbone,
     BackboneError,
     Preset,
-    check_finite,
     check_pin,
     existing_file,
     load_state_dict,
@@ -123,7 +122,10 @@ def _load_trunk(model: nn.Module, head_name: str, state: dict[str, torch.Tensor]
             f"{tuple(expected[mismatched[0]].shape)}")
         raise BackboneError(f"{source} does not fit {type(model).__name__}: {detail}. "
                             "Is it a checkpoint of another architecture?")
-    check_finite(trunk, source)
+    damaged = [k for k, v in trunk.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if damaged:
+        raise BackboneError(f"{source} holds NaN or infinite values in {len(damaged)} tensor(s), e.g. "
+                            f"{damaged[0]}: the file is damaged; copy it again.")
     model.load_state_dict({k: trunk[k] for k in expected}, strict=True)
 
 
