@@ -9,11 +9,11 @@ only when complete. ``extract.engine: ray`` computes the shards on a Ray cluster
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
 from pipeline.common.cli import run, stage_parser
+from pipeline.common.io import file_sha256
 from pipeline.common.params import BACKBONES_SECTION, DEFAULT_PARAMS, backbones_section, entry_of, load_section
 from pipeline.data.dataset import read_manifest, read_source
 from pipeline.embed.backbone import build_backbone, parse_backbone
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         device = cluster_device(params)
     settings = resolve_settings(params, device)
     backbone = build_backbone(args.backbone, entry, crop_size=params.crop_size, resize_size=params.resize_size)
-    result = extract_features(manifest=manifest, manifest_sha256=hashlib.sha256(args.manifest.read_bytes()).hexdigest(),
+    result = extract_features(manifest=manifest, manifest_sha256=file_sha256(args.manifest),
                               root=root, backbone=backbone, settings=settings, params=params,
                               views=views, out=args.out, scratch=args.scratch)
     print(f"{args.backbone}: {result.rows} embeddings of dim {backbone.info['feature_dim']} on {settings.device.type} "

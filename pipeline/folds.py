@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     train = read_manifest(args.manifest).query("split == 'train'")
     paths = train["path"].tolist()
     groups = read_groups(args.groups, paths)
-    classes = sorted(train["label"].unique())  # the features' class order: the same strata as the train stages
-    y = train["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    y = np.unique(train["label"], return_inverse=True)[1]  # sorted classes, the features' order: the train strata
     assignment = assign_folds(y, groups, folds=cv.folds, repeats=cv.repeats, seed=cv.seed)
     write_csv(args.out, folds_frame(paths, groups, assignment))
     print(f"{len(paths)} train images, {len(np.unique(groups))} pictures -> {cv.folds} folds x {cv.repeats} "

@@ -22,7 +22,6 @@ backbone keys that ``extract`` also writes (``backbone``, ``source``, ``entry``,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +128,7 @@ def load(directory: Path | str, *, mmap: bool = False, manifest: Path | None = N
         if not Path(manifest).is_file():
             raise FeaturesError(f"Manifest {manifest} not found; run the stages that write it "
                                 "(dvc repro audit: prepare, then audit).")
-        digest = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
-        if meta.get("manifest_sha256") != digest:
+        if meta.get("manifest_sha256") != file_sha256(manifest):
             raise FeaturesError(f"{directory} was extracted from another manifest than {manifest} "
                                 "(manifest_sha256 differs): the embeddings are stale. Re-run extract (dvc repro).")
     index = read_csv(directory / INDEX, what="Features index", fix="re-run extract, or fix the file.",

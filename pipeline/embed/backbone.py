@@ -19,10 +19,7 @@ from torch import nn
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import BACKBONES_SECTION, parse_section
 from pipeline.embed.sources import exported_models, timm_models, torchvision_models
-from pipeline.embed.sources.base import Backbone, BackboneError, refuse_unsafe_torch_load, state_dict_fingerprint
-
-__all__ = ["Backbone", "BackboneError", "SOURCES", "build_backbone", "check_backbones", "parse_backbone",
-           "state_dict_fingerprint", "full_model_with_head", "rebuild_backbone", "resize_of"]
+from pipeline.embed.sources.base import Backbone, BackboneError, refuse_unsafe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +82,13 @@ def build_backbone(name: str, entry: Any, *, crop_size: int | None = None,
 
 
 def full_model_with_head(backbone: Backbone, head: nn.Module) -> nn.Module:
-    """The library's network for ``n`` classes with the trained linear head as its classifier."""
+    """The library's network for ``n`` classes with the trained linear head's ``Linear`` as its classifier."""
     source = backbone.info["source"]
+    linear = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
     if source == "torchvision":
-        return torchvision_models.full_model_with_head(backbone, head)
+        return torchvision_models.full_model_with_head(backbone, linear)
     if source == "timm":
-        return timm_models.full_model_with_head(backbone, head, f"{BACKBONES_SECTION}.{backbone.info['backbone']}")
+        return timm_models.full_model_with_head(backbone, linear, f"{BACKBONES_SECTION}.{backbone.info['backbone']}")
     raise PipelineError(f"backbone {backbone.info['backbone']!r} comes from an exported file: no library network "
                         "to put the head into; export saves the head alone (its state dict).")
 

@@ -21,11 +21,6 @@ from pipeline.embed.embedding import PRECISIONS, Settings
 from pipeline.embed.sources.base import Backbone
 
 
-def load_average() -> float | None:
-    """The 1-minute load average (runnable processes), where the system gives one."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
 def timed(step: Callable[[], Any], *, seconds: float, at_least: int = 2,
           sync: Callable[[], None] = lambda: None) -> tuple[int, float]:
     """Run ``step`` once untimed (first-call costs: allocation, cuDNN planning), then until ``seconds`` have passed
@@ -44,8 +39,7 @@ def timed(step: Callable[[], Any], *, seconds: float, at_least: int = 2,
 def backbone_cost(backbone: Backbone, settings: Settings, *, seconds: float) -> dict[str, Any]:
     """Parameters, GFLOPs per image (``torch.utils.flop_counter``: a multiply-add counts 2) and images/s of the
     forward pass at extraction's device, precision, batch size and memory layout."""
-    h = backbone.transform.crop_size[0]
-    w = backbone.transform.crop_size[-1]
+    h, w = backbone.transform.size
     model = backbone.model.to(settings.device)
     with FlopCounterMode(display=False) as counter:
         backbone.embed(torch.zeros(1, 3, h, w, device=settings.device))
@@ -55,7 +49,8 @@ def backbone_cost(backbone: Backbone, settings: Settings, *, seconds: float) -> 
     batch = batch.to(settings.device).contiguous(memory_format=layout)
     dtype = PRECISIONS[settings.precision]
     sync = torch.cuda.synchronize if settings.device.type == "cuda" else (lambda: None)
-    load = load_average()
+    # the 1-minute load average (runnable processes), where the system gives one
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     def step() -> None:
         with torch.autocast(settings.device.type, dtype=dtype, enabled=dtype is not None):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import logging
 import os
 import time
 import typing
@@ -38,8 +37,6 @@ from pipeline.common.params import ExtractParams
 from pipeline.embed.backbone import Backbone
 from pipeline.embed.loading import Chunk, Preprocess, WorkImages, collate, decode_on_device
 from pipeline.embed.work import PLAIN, Work, plan_batches, work_of_paths
-
-log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DECODES = typing.get_args(typing.get_type_hints(ExtractParams)["decode"])  # auto, cpu, device
@@ -196,9 +193,7 @@ class _Runner:
             normalize = self.preprocess.normalize if views[0] == PLAIN else self.preprocess.view_normalize
             batch = normalize(pixels)
             batch = batch.contiguous(memory_format=self.memory_format)
-            ready = torch.cuda.Event() if self.cuda else None
-            if ready is not None:
-                ready.record(self.side)
+            ready = self.side.record_event() if self.cuda else None
         return batch, items, failed, ready
 
     def launch(self, batch: torch.Tensor, ready) -> tuple[torch.Tensor | np.ndarray, object]:
@@ -215,8 +210,7 @@ class _Runner:
         with self._timed("copy_back"):
             host = torch.empty(embedding.shape, dtype=torch.float32, pin_memory=True)
             host.copy_(embedding.float(), non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
+            done = torch.cuda.current_stream().record_event()
         return host, done
 
     def device_seconds(self) -> None:

@@ -53,11 +53,6 @@ class Preprocess(Preset):
 
     views: ViewsParams | None = None
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width) of the crop."""
-        return (self.crop_size[0], self.crop_size[-1])
-
     def geometry(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """Resize and centre crop as the weights' transform does: 8-bit (3, crop, crop), or a batch of them.
         An image whose resized size would be unbounded (an extreme aspect ratio) is refused, as prepare does."""
@@ -101,7 +96,7 @@ def _moments(mean: tuple[float, ...], std: tuple[float, ...],
             torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1))
 
 
-def device_decodable(data: bytes, resize: int | None = None) -> bool:
+def device_decodable(data: bytes, resize: int) -> bool:
     """A JPEG that ``decode_jpeg`` turns into the pixels ``load_rgb`` gives, up to IDCT rounding:
     colour or grayscale (not CMYK), and upright (no EXIF rotation to apply)."""
     if not data.startswith(JPEG_MAGIC):
@@ -112,7 +107,7 @@ def device_decodable(data: bytes, resize: int | None = None) -> bool:
             with Image.open(io.BytesIO(data)) as image:  # reads the header only
                 return (image.mode in ("RGB", "L") and image.getexif().get(EXIF_ORIENTATION, 1) == 1
                         and too_large(image.size) is None  # the cpu path refuses an oversized one
-                        and (resize is None or resized_too_large(image.size, resize) is None))
+                        and resized_too_large(image.size, resize) is None)
     except Exception:
         return False  # let the cpu path raise its own clear error
 

@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +32,6 @@ import pandas as pd
 from pipeline.common import features
 from pipeline.common.errors import PipelineError
 from pipeline.common.io import atomic_path, reserve
-
-log = logging.getLogger(__name__)
 
 PLAIN = -1  # the view number of an item seen through the weights' own transform
 VIEWS_SPLIT = "train"  # the split whose images have augmented views

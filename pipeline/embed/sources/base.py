@@ -115,13 +115,6 @@ def load_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
-    damaged = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if damaged:
-        raise BackboneError(f"{source} holds NaN or infinite values in {len(damaged)} tensor(s), e.g. "
-                            f"{damaged[0]}: the file is damaged; copy it again.")
-
-
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """The eval preprocessing every source is expressed in: resize the shorter side, centre crop, normalise.
@@ -137,6 +130,11 @@ class Preset:
     antialias: bool
     mean: list[float]
     std: list[float]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the crop."""
+        return (self.crop_size[0], self.crop_size[-1])
 
     @classmethod
     def of(cls, transform: Any, *, crop_size: int | None = None, resize_size: int | None = None, **extra: Any):

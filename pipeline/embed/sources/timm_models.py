@@ -137,10 +137,9 @@ def build(entry: TimmEntry, key: str, *, crop_size: int | None, resize_size: int
     return Backbone(model=model, transform=transform, info=info)
 
 
-def full_model_with_head(backbone: Backbone, head: nn.Module, key: str) -> nn.Module:
-    """timm's model for ``n`` classes with the trained head's ``Linear`` as its classifier."""
+def full_model_with_head(backbone: Backbone, linear: nn.Linear, key: str) -> nn.Module:
+    """timm's model for ``n`` classes with the trained head's ``linear`` as its classifier."""
     timm = _timm(key)
-    linear = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
     model = timm.create_model(backbone.info["arch"], pretrained=False, num_classes=linear.out_features)
     trunk = backbone.model.state_dict()
     missing, unexpected = model.load_state_dict(trunk, strict=False)

@@ -10,7 +10,6 @@ and the original head applied to the embedding gives the model's logits
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 import urllib.error
@@ -27,7 +26,6 @@ from pipeline.embed.sources.base import (
     Backbone,
     BackboneError,
     Preset,
-    check_finite,
     check_pin,
     existing_file,
     load_state_dict,
@@ -35,8 +33,6 @@ from pipeline.embed.sources.base import (
     state_dict_fingerprint,
     transform_info,
 )
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +122,10 @@ def _load_trunk(model: nn.Module, head_name: str, state: dict[str, torch.Tensor]
             f"{tuple(expected[mismatched[0]].shape)}")
         raise BackboneError(f"{source} does not fit {type(model).__name__}: {detail}. "
                             "Is it a checkpoint of another architecture?")
-    check_finite(trunk, source)
+    damaged = [k for k, v in trunk.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if damaged:
+        raise BackboneError(f"{source} holds NaN or infinite values in {len(damaged)} tensor(s), e.g. "
+                            f"{damaged[0]}: the file is damaged; copy it again.")
     model.load_state_dict({k: trunk[k] for k in expected}, strict=True)
 
 
@@ -134,7 +133,7 @@ def build(entry: TorchvisionEntry, key: str, *, crop_size: int | None, resize_si
     check(entry, key)
     info: dict[str, Any] = {"arch": entry.model, "weights": entry.weights, "checkpoint": None,
                             "checkpoint_sha256": None, "init_seed": None}
-    transform_weights = _weights(entry, key, entry.weights or "DEFAULT")
+    weights = _weights(entry, key, entry.weights or "DEFAULT")  # weights: null still preprocesses as DEFAULT
     torch.manual_seed(entry.init_seed)  # makes the random init (weights: null) reproducible
     model = torchvision.models.get_model(entry.model)
     head_name, head = split_head(model, key)
@@ -149,7 +148,6 @@ def build(entry: TorchvisionEntry, key: str, *, crop_size: int | None, resize_si
             warnings.warn(f"{path} is not a published torchvision file for {entry.model}; its results are "
                           "recorded as pretrained: false.", stacklevel=2)
     elif entry.weights is not None:
-        weights = _weights(entry, key, entry.weights)
         _load_trunk(model, head_name, _download(weights), str(weights))
         info.update(weights=weights.name, pretrained=True)
     else:
@@ -157,18 +155,17 @@ def build(entry: TorchvisionEntry, key: str, *, crop_size: int | None, resize_si
         warnings.warn(f"{key}.weights is null: the backbone is RANDOMLY INITIALISED. Its embeddings carry no "
                       "signal; results are recorded as pretrained: false.", stacklevel=2)
     model.eval().requires_grad_(False)
-    transform = Preset.of(transform_weights.transforms(), crop_size=crop_size, resize_size=resize_size)
+    transform = Preset.of(weights.transforms(), crop_size=crop_size, resize_size=resize_size)
     info.update(feature_dim=head.in_features, fingerprint=state_dict_fingerprint(model), head=head_name,
-                transform=transform_info(transform, weights=transform_weights.name))
+                transform=transform_info(transform, weights=weights.name))
     return Backbone(model=model, transform=transform, info=info)
 
 
-def full_model_with_head(backbone: Backbone, head: nn.Module) -> nn.Module:
-    """The torchvision network for ``n`` classes with the trained head's ``Linear`` as its last layer.
+def full_model_with_head(backbone: Backbone, linear: nn.Linear) -> nn.Module:
+    """The torchvision network for ``n`` classes with the trained head's ``linear`` as its last layer.
 
     Loads into ``get_model(arch, num_classes=n)`` as it is, so the saved state dict needs only torchvision.
     """
-    linear = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
     model = torchvision.models.get_model(backbone.info["arch"], num_classes=linear.out_features)
     head_name = backbone.info["head"]
     state = {**backbone.model.state_dict(), **{f"{head_name}.{k}": v for k, v in linear.state_dict().items()}}
