@@ -213,9 +213,6 @@ def decision_lines(table: pd.DataFrame, decision: dict[str, Any]) -> list[str]:
              "| classifier ms/1000 | model MB | ms/image | load |",
              "|---:|---|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---:|"]
 
-    def number(value: Any, spec: str) -> str:
-        return "–" if value is None or pd.isna(value) else format(value, spec)
-
     for r in table.itertuples():
         lines.append(f"| {r.rank} | {r.backbone}/{r.classifier} | {r.cv_accuracy:.3f} | {r.p_best:.3f} | "
                      f"{r.rank_low}–{r.rank_high} | {'✓' if r.equivalent else ''} | "
@@ -233,8 +230,9 @@ def _p(value: float) -> str:
     return f"{value:.3f}{mark}"
 
 
-def _speed(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:,.0f}"
+def number(value: Any, spec: str) -> str:
+    """``value`` formatted by ``spec``; a dash where it is missing (None or NaN)."""
+    return "–" if value is None or pd.isna(value) else format(value, spec)
 
 
 def grid(table: pd.DataFrame) -> pd.DataFrame:
@@ -308,7 +306,7 @@ def render_markdown(table: pd.DataFrame, tests: dict[str, Any], *,
             f"{r.test_accuracy:.3f} [{r.test_accuracy_ci95_low:.3f}, {r.test_accuracy_ci95_high:.3f}] | "
             f"{r.test_balanced_accuracy:.3f} | {r.test_macro_f1:.3f} | {r.test_log_loss:.3f} | {r.test_ece:.3f} | "
             f"{_p(r.mcnemar_p_vs_head)} | {_p(r.mcnemar_p_vs_runner_up)} | {r.feature_dim or '–'} | "
-            f"{_speed(r.extract_images_per_second)} |"
+            f"{number(r.extract_images_per_second, ',.0f')} |"
         )
     cells = grid(table)
     lines += ["", "## Grouped-CV accuracy, backbone × classifier", "",
