@@ -140,19 +140,17 @@ def add_decision(table: pd.DataFrame, tests: dict[str, Any], result: dict[str, A
     """The leaderboard with each pair's P(best), rank interval, practical equivalence and cost (``result`` is
     ``decision.decide``'s over the pairs ``names``; ``costs`` each pair's ``decision.cost_of``), and the decision
     in words in ``tests["decision"]``."""
-    at = {name: i for i, name in enumerate(names)}
-    rows = [at[f"{b}/{c}"] for b, c in zip(table["backbone"], table["classifier"])]
+    pairs = [f"{b}/{c}" for b, c in zip(table["backbone"], table["classifier"])]  # the table's rows, ranked
+    rows = [names.index(name) for name in pairs]
     table = table.assign(p_best=result["p_best"][rows], rank_low=result["rank_low"][rows],
                          rank_high=result["rank_high"][rows], equivalent=result["equivalent"][rows])
-    cost = pd.DataFrame([costs[f"{b}/{c}"] for b, c in zip(table["backbone"], table["classifier"])],
-                        columns=list(COST_COLUMNS), dtype=float)
+    cost = pd.DataFrame([costs[name] for name in pairs], columns=list(COST_COLUMNS), dtype=float)
     table = pd.concat([table, cost], axis=1)
-    for r in table.itertuples():
-        name = f"{r.backbone}/{r.classifier}"
+    for name, r in zip(pairs, table.itertuples()):
         tests["pairs"][name].update(p_best=float(r.p_best), rank_interval=[int(r.rank_low), int(r.rank_high)],
                                     equivalent=bool(r.equivalent), cost=costs[name])
-    best = f"{table['backbone'].iloc[0]}/{table['classifier'].iloc[0]}"
-    equivalent = [f"{r.backbone}/{r.classifier}" for r in table.itertuples() if r.equivalent]
+    best = pairs[0]
+    equivalent = [name for name, r in zip(pairs, table.itertuples()) if r.equivalent]
     priced = table[table["equivalent"] & table["ms_per_image"].notna()]
     cheapest = None
     if not priced.empty:  # the best-ranked of the pairs that cost about the least
