@@ -111,11 +111,11 @@ def cv_scores_beside(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np
     """
     splits = list(splits)
     if engine is not None and engine.kind == "ray":
-        rows, result = engine.map(_score_fold, fit_fold, X, y, groups, views, splits, n_jobs=n_jobs, beside=beside)
+        rows = engine.map(_score_fold, fit_fold, X, y, groups, views, splits, n_jobs=n_jobs, beside=beside)
     else:
         tasks = [delayed(_score_fold)(fit_fold, X, y, groups, views, train, test) for train, test in splits]
         rows = Parallel(n_jobs=n_jobs)(tasks if beside is None else [delayed(beside)(), *tasks])
-        result, rows = (None, rows) if beside is None else (rows[0], rows[1:])
+    result, rows = (None, rows) if beside is None else (rows[0], rows[1:])  # beside()'s result came first
     proba = np.full((len(y), int(y.max()) + 1), np.nan)
     predicted = [np.full(len(y), -1)]
     for (_, test), row in zip(splits, rows):
