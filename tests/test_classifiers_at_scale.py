@@ -40,15 +40,15 @@ def test_one_search_per_fold_gives_grid_search_cv_scores_ranks_and_choice():
     X, y, groups = pictures(160)
     X[7] = X[300]  # an exact duplicate: distance ties and a zero distance for distance weighting
     X[8] = X[300]
-    search = GridSearchCV(knn.build_knn(), GRID, scoring="accuracy",
+    search = GridSearchCV(_GRIDS["knn"].pipeline(), GRID, scoring="accuracy",
                           cv=StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=0)).fit(X, y, groups=groups)
-    chosen, record = knn.search(knn.build_knn(), GRID, X, y, groups, inner_folds=3, seed=0)
+    chosen, record = knn.search(_GRIDS["knn"].pipeline(), GRID, X, y, groups, inner_folds=3, seed=0)
     np.testing.assert_array_equal(record["mean_accuracy"], search.cv_results_["mean_test_score"])
     np.testing.assert_array_equal(record["std_accuracy"], search.cv_results_["std_test_score"])
     np.testing.assert_array_equal(record["rank"], search.cv_results_["rank_test_score"])
     assert record["n_neighbors"].tolist() == list(search.cv_results_["param_clf__n_neighbors"])
     assert {f"clf__{k}": v for k, v in chosen.items()} == search.best_params_
-    model = fit_chosen(knn.build_knn(), chosen, X, y)
+    model = fit_chosen(_GRIDS["knn"].pipeline(), chosen, X, y)
     queries = pictures(20, seed=1)[0]
     np.testing.assert_array_equal(model.predict_proba(queries), search.best_estimator_.predict_proba(queries))
 

@@ -90,20 +90,15 @@ class ExactKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[self._votes(X)[1]]
 
 
-def build_knn() -> Pipeline:
-    """The kNN pipeline: L2 normalisation (cosine neighbours), then the exact classifier."""
-    return Pipeline([("l2", Normalizer()), ("clf", ExactKNeighborsClassifier())])
-
-
 def build(grid: Any, rows: int) -> tuple[Pipeline, str]:
-    """The registry's builder: the same exact pipeline at every size."""
-    return build_knn(), "exact search"
+    """The registry's builder: L2 normalisation (cosine neighbours), then the exact classifier, at every size."""
+    return Pipeline([("l2", Normalizer()), ("clf", ExactKNeighborsClassifier())]), "exact search"
 
 
 def search(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
            inner_folds: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
     """The registry's search: the best (n_neighbors, weights) by grouped CV, one neighbour search per inner fold
-    (``pipeline`` is always ``build_knn()``'s).
+    (``pipeline`` is always ``build``'s).
 
     Returns the chosen cell and the record (one row per cell: values, mean and std of the
     accuracy, rank), computed as ``GridSearchCV`` computes them; the first best cell wins
