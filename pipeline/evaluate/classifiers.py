@@ -232,13 +232,10 @@ def selected_params(model: Pipeline, param_grid: dict[str, list[Any]]) -> dict[s
 
 def smallest_training_fold(y, groups, *, folds: int, repeats: int, inner_folds: int, seed: int) -> int:
     """Images in the smallest inner-CV training fold a classifier will be fitted on."""
-    smallest = len(y)
-    for outer, _ in RepeatedStratifiedGroupKFold(n_splits=folds, n_repeats=repeats,
-                                                 random_state=seed).split(y, y, groups):
-        inner = inner_splitter(inner_folds, seed)
-        for train, _ in inner.split(outer, y[outer], groups[outer]):
-            smallest = min(smallest, len(train))
-    return smallest
+    outer = RepeatedStratifiedGroupKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    inner = inner_splitter(inner_folds, seed)
+    return min((len(train) for fold, _ in outer.split(y, y, groups)
+                for train, _ in inner.split(fold, y[fold], groups[fold])), default=len(y))
 
 
 def grid_that_fits(grid: Grid, smallest_fold: int) -> Grid:

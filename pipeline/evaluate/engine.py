@@ -44,9 +44,9 @@ class Engine:
 
     def map(self, function: Callable[..., Any], fit_fold: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
             views: np.ndarray | None, splits: list[tuple[np.ndarray, np.ndarray]], *,
-            n_jobs: int | None, beside: Callable[[], Any] | None = None) -> tuple[list[Any], Any]:
+            n_jobs: int | None, beside: Callable[[], Any] | None = None) -> list[Any]:
         """``function(fit_fold, X, y, groups, views, train, test)`` for every split, as Ray tasks, in split order;
-        and ``beside()``'s result, run as one more task (first), or None."""
+        after ``beside()``'s result when it is given (run as one more task, first)."""
         ray = ray_module("cv.engine")
         connect(self.address, self.timeout_s, engine_key="cv.engine")
         shared = [ray.put(value) for value in (fit_fold, np.asarray(X), y, groups,
@@ -54,5 +54,4 @@ class Engine:
         task = ray.remote(num_cpus=1)(_in_task)
         threads = worker_threads(n_jobs)
         first = [] if beside is None else [task.remote(beside, threads)]
-        results = ray.get(first + [task.remote(function, threads, *shared, train, test) for train, test in splits])
-        return (results, None) if beside is None else (results[1:], results[0])
+        return ray.get(first + [task.remote(function, threads, *shared, train, test) for train, test in splits])

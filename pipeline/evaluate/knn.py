@@ -46,9 +46,7 @@ def votes(dist: np.ndarray, ind: np.ndarray, y_fit: np.ndarray, *, k: int, weigh
     labels = y_fit[ind[:, :k]]
     w = np.ones(labels.shape) if weights == "uniform" else distance_weights(dist[:, :k].astype(np.float64))
     proba = np.zeros((len(labels), n_classes))
-    rows = np.arange(len(labels))
-    for column in range(k):
-        proba[rows, labels[:, column]] += w[:, column]
+    np.add.at(proba, (np.arange(len(labels))[:, None], labels), w)  # row by row, each row's neighbours in order
     proba /= proba.sum(axis=1, keepdims=True)
     if weights == "uniform":
         return proba, proba.argmax(axis=1)
@@ -92,20 +90,15 @@ class ExactKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[self._votes(X)[1]]
 
 
-def build_knn() -> Pipeline:
-    """The kNN pipeline: L2 normalisation (cosine neighbours), then the exact classifier."""
-    return Pipeline([("l2", Normalizer()), ("clf", ExactKNeighborsClassifier())])
-
-
 def build(grid: Any, rows: int) -> tuple[Pipeline, str]:
-    """The registry's builder: the same exact pipeline at every size."""
-    return build_knn(), "exact search"
+    """The registry's builder: L2 normalisation (cosine neighbours), then the exact classifier, at every size."""
+    return Pipeline([("l2", Normalizer()), ("clf", ExactKNeighborsClassifier())]), "exact search"
 
 
 def search(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
            inner_folds: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
     """The registry's search: the best (n_neighbors, weights) by grouped CV, one neighbour search per inner fold
-    (``pipeline`` is always ``build_knn()``'s).
+    (``pipeline`` is always ``build``'s).
 
     Returns the chosen cell and the record (one row per cell: values, mean and std of the
     accuracy, rank), computed as ``GridSearchCV`` computes them; the first best cell wins
@@ -117,16 +110,15 @@ def search(pipeline: Pipeline, grid: dict[str, list[Any]], X: np.ndarray, y: np.
 def _scored_grid(grid: dict[str, list[Any]], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, inner_folds: int,
                  seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
     cells = grid_cells(grid)
-    defaults = ExactKNeighborsClassifier().get_params()  # for a key the grid leaves out
-    largest = max(cell.get("n_neighbors", defaults["n_neighbors"]) for cell in cells)
+    models = [ExactKNeighborsClassifier(**cell) for cell in cells]  # a key the grid leaves out keeps its default
+    largest = max(model.n_neighbors for model in models)
     classes, y_codes = np.unique(y, return_inverse=True)
     scores = []
     for train, test in inner_splitter(inner_folds, seed).split(X, y, groups):
         normaliser = Normalizer()
         dist, ind = neighbours(normaliser.fit_transform(X[train]), normaliser.transform(X[test]), largest)
-        scores.append([accuracy_score(y[test], classes[votes(dist, ind, y_codes[train], n_classes=len(classes),
-                                                                    k=cell.get("n_neighbors", defaults["n_neighbors"]),
-                                                                    weights=cell.get("weights", defaults["weights"]))[1]])
-                       for cell in cells])
+        scores.append([accuracy_score(y[test], classes[votes(dist, ind, y_codes[train], k=model.n_neighbors,
+                                                             weights=model.weights, n_classes=len(classes))[1]])
+                       for model in models])
     return grid_record(cells, scores)
 

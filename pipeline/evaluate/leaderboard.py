@@ -140,19 +140,17 @@ def add_decision(table: pd.DataFrame, tests: dict[str, Any], result: dict[str, A
     """The leaderboard with each pair's P(best), rank interval, practical equivalence and cost (``result`` is
     ``decision.decide``'s over the pairs ``names``; ``costs`` each pair's ``decision.cost_of``), and the decision
     in words in ``tests["decision"]``."""
-    at = {name: i for i, name in enumerate(names)}
-    rows = [at[f"{b}/{c}"] for b, c in zip(table["backbone"], table["classifier"])]
+    pairs = [f"{b}/{c}" for b, c in zip(table["backbone"], table["classifier"])]  # the table's rows, ranked
+    rows = [names.index(name) for name in pairs]
     table = table.assign(p_best=result["p_best"][rows], rank_low=result["rank_low"][rows],
                          rank_high=result["rank_high"][rows], equivalent=result["equivalent"][rows])
-    cost = pd.DataFrame([costs[f"{b}/{c}"] for b, c in zip(table["backbone"], table["classifier"])],
-                        columns=list(COST_COLUMNS), dtype=float)
+    cost = pd.DataFrame([costs[name] for name in pairs], columns=list(COST_COLUMNS), dtype=float)
     table = pd.concat([table, cost], axis=1)
-    for r in table.itertuples():
-        name = f"{r.backbone}/{r.classifier}"
+    for name, r in zip(pairs, table.itertuples()):
         tests["pairs"][name].update(p_best=float(r.p_best), rank_interval=[int(r.rank_low), int(r.rank_high)],
                                     equivalent=bool(r.equivalent), cost=costs[name])
-    best = f"{table['backbone'].iloc[0]}/{table['classifier'].iloc[0]}"
-    equivalent = [f"{r.backbone}/{r.classifier}" for r in table.itertuples() if r.equivalent]
+    best = pairs[0]
+    equivalent = [name for name, r in zip(pairs, table.itertuples()) if r.equivalent]
     priced = table[table["equivalent"] & table["ms_per_image"].notna()]
     cheapest = None
     if not priced.empty:  # the best-ranked of the pairs that cost about the least
@@ -213,9 +211,6 @@ def decision_lines(table: pd.DataFrame, decision: dict[str, Any]) -> list[str]:
              "| classifier ms/1000 | model MB | ms/image | load |",
              "|---:|---|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---:|"]
 
-    def number(value: Any, spec: str) -> str:
-        return "–" if value is None or pd.isna(value) else format(value, spec)
-
     for r in table.itertuples():
         lines.append(f"| {r.rank} | {r.backbone}/{r.classifier} | {r.cv_accuracy:.3f} | {r.p_best:.3f} | "
                      f"{r.rank_low}–{r.rank_high} | {'✓' if r.equivalent else ''} | "
@@ -233,8 +228,9 @@ def _p(value: float) -> str:
     return f"{value:.3f}{mark}"
 
 
-def _speed(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:,.0f}"
+def number(value: Any, spec: str) -> str:
+    """``value`` formatted by ``spec``; a dash where it is missing (None or NaN)."""
+    return "–" if value is None or pd.isna(value) else format(value, spec)
 
 
 def grid(table: pd.DataFrame) -> pd.DataFrame:
@@ -308,7 +304,7 @@ def render_markdown(table: pd.DataFrame, tests: dict[str, Any], *,
             f"{r.test_accuracy:.3f} [{r.test_accuracy_ci95_low:.3f}, {r.test_accuracy_ci95_high:.3f}] | "
             f"{r.test_balanced_accuracy:.3f} | {r.test_macro_f1:.3f} | {r.test_log_loss:.3f} | {r.test_ece:.3f} | "
             f"{_p(r.mcnemar_p_vs_head)} | {_p(r.mcnemar_p_vs_runner_up)} | {r.feature_dim or '–'} | "
-            f"{_speed(r.extract_images_per_second)} |"
+            f"{number(r.extract_images_per_second, ',.0f')} |"
         )
     cells = grid(table)
     lines += ["", "## Grouped-CV accuracy, backbone × classifier", "",

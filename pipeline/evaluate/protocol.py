@@ -87,35 +87,26 @@ def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndar
             "balanced_accuracy": balanced, "macro_f1": macro_f1(y[test], pred), "proba": proba, "pred": pred}
 
 
-def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-              splits: Iterable[tuple[np.ndarray, np.ndarray]], *, views: np.ndarray | None = None,
-              n_jobs: int | None = None, engine: Engine | None = None) -> pd.DataFrame:
-    """Score ``fit_fold`` on every (train, test) split: accuracy, balanced accuracy, macro-F1.
-
-    Training folds get their images' augmented views too; test folds score originals only.
-    The folds run in parallel on ``n_jobs`` local processes (memory-mapped arrays are handed
-    over by reference, larger ones dumped once), or as Ray tasks with ``engine``.
-    """
-    return cv_scores_beside(fit_fold, X, y, groups, splits, views=views, n_jobs=n_jobs, engine=engine)[0]
-
-
 def cv_scores_beside(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                      splits: Iterable[tuple[np.ndarray, np.ndarray]], *, views: np.ndarray | None = None,
                      n_jobs: int | None = None, engine: Engine | None = None,
                      beside: Callable[[], Any] | None = None) -> tuple[pd.DataFrame, Any, OutOfFold]:
-    """``cv_scores``, with ``beside()`` (when given) run as one more task among the folds; its result; and the
-    out-of-fold predictions of every row of ``X`` (``OutOfFold``).
+    """Score ``fit_fold`` on every (train, test) split: accuracy, balanced accuracy, macro-F1; ``beside()``'s result
+    (when given: run as one more task among the folds); and the out-of-fold predictions of every row of ``X``.
 
-    It goes first, so the folds fill the other workers while it runs (the final selection, which
-    needs no fold's result, takes no core of its own then).
+    Training folds get their images' augmented views too; test folds score originals only.
+    The folds run in parallel on ``n_jobs`` local processes (memory-mapped arrays are handed
+    over by reference, larger ones dumped once), or as Ray tasks with ``engine``. ``beside()`` goes
+    first, so the folds fill the other workers while it runs (the final selection, which needs no
+    fold's result, takes no core of its own then).
     """
     splits = list(splits)
     if engine is not None and engine.kind == "ray":
-        rows, result = engine.map(_score_fold, fit_fold, X, y, groups, views, splits, n_jobs=n_jobs, beside=beside)
+        rows = engine.map(_score_fold, fit_fold, X, y, groups, views, splits, n_jobs=n_jobs, beside=beside)
     else:
         tasks = [delayed(_score_fold)(fit_fold, X, y, groups, views, train, test) for train, test in splits]
         rows = Parallel(n_jobs=n_jobs)(tasks if beside is None else [delayed(beside)(), *tasks])
-        result, rows = (None, rows) if beside is None else (rows[0], rows[1:])
+    result, rows = (None, rows) if beside is None else (rows[0], rows[1:])  # beside()'s result came first
     proba = np.full((len(y), int(y.max()) + 1), np.nan)
     predicted = [np.full(len(y), -1)]
     for (_, test), row in zip(splits, rows):
@@ -171,8 +162,8 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixe
         grouped, _, out_of_fold = cv_scores_beside(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs,
                                                    engine=engine)
     # every image its own group: inner selection (if any) is as leaky as the outer split
-    leaky = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs,
-                      engine=engine)
+    leaky, _, _ = cv_scores_beside(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs,
+                                   engine=engine)
     metrics: dict[str, Any] = {
         "cv": {**summarise_cv(grouped, n_samples=len(train.y)), "n_groups": int(len(np.unique(groups))),
                "train_views": 0 if views is None else len(views)},

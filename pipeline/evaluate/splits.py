@@ -89,10 +89,8 @@ def assign_folds(y: np.ndarray, groups: np.ndarray, *, folds: int, repeats: int,
 
 def folds_frame(paths: list[str], groups: np.ndarray, assignment: np.ndarray) -> pd.DataFrame:
     """The assignment as written to ``folds.csv``: path, group, then one column per repeat."""
-    frame = pd.DataFrame({"path": paths, "group": groups})
-    for r, column in enumerate(assignment):
-        frame[f"repeat_{r}"] = column
-    return frame
+    repeats = {f"repeat_{r}": column for r, column in enumerate(assignment)}
+    return pd.DataFrame({"path": paths, "group": groups, **repeats})
 
 
 def read_folds(path: Path, paths: list[str] | None) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -62,11 +62,6 @@ def check_leaderboard(table: pd.DataFrame, path: Path, *, fix: str) -> None:
     finite_columns(table, path, [c for c in DECISION if c in table], fix=fix)
 
 
-def unverified_backbones(table: pd.DataFrame) -> list[str]:
-    """Backbones with a row whose ``pretrained`` is not true: random weights, or weights nobody vouched for."""
-    return list(dict.fromkeys(table.loc[~flags(table["pretrained"]), "backbone"]))
-
-
 def leaderboard_table(table: pd.DataFrame) -> pd.DataFrame:
     """The leaderboard as shown: an interval in one cell, the decision columns when compare wrote them, dim and
     extraction speed left to the About table, so that 24 rows stay readable."""
@@ -243,7 +238,8 @@ def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFra
              about_table(metas={name: f.meta for name, f in feats.items()}, source=source, code_version=code_version,
                          counts={split: len(f.paths) for split, f in next(iter(feats.values())).splits.items()},
                          splits=splits)]
-    unverified = unverified_backbones(leaderboard)
+    # backbones with a row whose pretrained is not true: random weights, or weights nobody vouched for
+    unverified = list(dict.fromkeys(leaderboard.loc[~flags(leaderboard["pretrained"]), "backbone"]))
     if unverified:
         parts.append(f"<p class='warn'><b>Random or unverified backbone weights (pretrained: false): "
                      f"{html.escape(', '.join(unverified))}.</b> Their results test the machinery only.</p>")
