@@ -17,7 +17,7 @@ from pipeline.common.params import CVParams, ParamsError
 from pipeline.evaluate import knn, svm
 from pipeline.evaluate.classifiers import _GRIDS, CLASSIFIERS, TrainingData, parse_classifier_params
 from pipeline.evaluate.grid_scores import fit_chosen
-from pipeline.evaluate.protocol import cv_scores_beside
+from pipeline.evaluate.protocol import cv_scores
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
 from pipeline.evaluate.statistics import corrected_cv_interval
 
@@ -112,7 +112,7 @@ def test_nystroem_svm_lands_within_the_exact_svms_grouped_cv_interval():
         selection = CLASSIFIERS["svm"].select(params, data_of(X, y, groups), CV)
         assert selection.method["name"] == ("exact RBF SVC" if name == "exact" else "nystroem 300 + linear SVM")
         np.testing.assert_allclose(selection.model.predict_proba(X[:20]).sum(1), 1)  # calibrated (grouped folds)
-        scores[name] = cv_scores_beside(selection.fit_fold, X, y, groups, folds)[0]["accuracy"]
+        scores[name] = cv_scores(selection.fit_fold, X, y, groups, folds)[0]["accuracy"]
     low, high = corrected_cv_interval(scores["exact"], test_fraction=0.2)
     assert 0.4 < scores["exact"].mean() < 0.95  # a task with room to differ
     assert low <= scores["nystroem"].mean() <= high
@@ -156,9 +156,8 @@ def test_the_ray_engine_gives_the_local_engines_scores_byte_for_byte():
     folds = list(RepeatedStratifiedGroupKFold(n_splits=3, n_repeats=1, random_state=0).split(X, y, groups))
     for name, grid in [("logreg", {"C": [0.1, 1.0]}), ("knn", {"n_neighbors": [3, 5], "weights": ["distance"]})]:
         selection = CLASSIFIERS[name].select(parse_classifier_params(name, grid), data_of(X, y, groups), CV)
-        local, _, _ = cv_scores_beside(selection.fit_fold, X, y, groups, folds, n_jobs=2)
-        remote, _, _ = cv_scores_beside(selection.fit_fold, X, y, groups, folds, n_jobs=2,
-                                        engine=Engine("ray"))
+        local, _, _ = cv_scores(selection.fit_fold, X, y, groups, folds, n_jobs=2)
+        remote, _, _ = cv_scores(selection.fit_fold, X, y, groups, folds, n_jobs=2, engine=Engine("ray"))
         assert local.to_csv() == remote.to_csv()
 
 

@@ -8,7 +8,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.evaluate.calibration import calibration_report, fit_temperature, scaled
 from pipeline.evaluate.label_issues import find_suspects, picture_probabilities
-from pipeline.evaluate.protocol import cv_scores_beside
+from pipeline.evaluate.protocol import cv_scores
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -26,7 +26,7 @@ def _pictures(rng, *, pictures: int, copies: int, separation: float):
 def _out_of_fold(X, y, groups, seed=0):
     """Grouped 5-fold out-of-fold probabilities of a logistic regression, through the pipeline's own CV code."""
     splits = list(StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=seed).split(X, y, groups))
-    _, _, oof = cv_scores_beside(lambda X, y, g: LogisticRegression(max_iter=500).fit(X, y), X, y, groups, splits)
+    _, _, oof = cv_scores(lambda X, y, g: LogisticRegression(max_iter=500).fit(X, y), X, y, groups, splits)
     paths = [f"train/{CLASSES[label]}/{i}.jpg" for i, label in enumerate(y)]
     frame = pd.DataFrame({"image": paths, "true": [CLASSES[label] for label in y]})
     return pd.concat([frame, pd.DataFrame(oof.proba, columns=[f"p_{c}" for c in CLASSES])], axis=1)

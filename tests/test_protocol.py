@@ -116,14 +116,14 @@ def test_out_of_fold_predictions_keep_every_repetition_and_agree_with_the_fold_s
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
-    from pipeline.evaluate.protocol import cv_scores_beside
+    from pipeline.evaluate.protocol import cv_scores
 
     feats, groups = copies_dataset(n_pictures=40, copies=2)
     X, y = feats["train"].X, feats["train"].y
     folds = shared_folds(feats, groups, CV)
     for fit, has_proba in [(lambda X, y, g: LogisticRegression(max_iter=300).fit(X, y), True),
                            (lambda X, y, g: LinearSVC().fit(X, y), False)]:
-        scores, _, oof = cv_scores_beside(fit, X, y, groups, folds)
+        scores, _, oof = cv_scores(fit, X, y, groups, folds)
         assert oof.predicted.shape == (CV.repeats, len(y)) and (oof.predicted >= 0).all()  # each repetition, every row
         right = [(oof.predicted[k // CV.folds][test] == y[test]).mean() for k, (_, test) in enumerate(folds)]
         assert np.allclose(right, scores["accuracy"])  # the same predictions the fold scores count

@@ -147,10 +147,8 @@ class WorkImages(Dataset):
         item = int(self.items[j])
         try:
             return self._load(item)
-        except ImageError as err:
+        except ImageError as err:  # deleted or unreadable since the manifest was made, or no longer an image
             return item, int(self.work.views[item]), str(err)
-        except OSError as err:  # deleted or unreadable since the manifest was made
-            return item, int(self.work.views[item]), f"cannot be read ({type(err).__name__}: {err.strerror or err})"
 
     def _load(self, item: int) -> tuple[int, int, torch.Tensor | bytes]:
         path, view = self.work.paths[item], int(self.work.views[item])

@@ -3,7 +3,7 @@
 Label-noise methods judge a label by probabilities from a model that did not train on the image.
 With copies of one picture on both sides of a plain k-fold split the model has seen the image after
 all and is confident on exactly what it memorised, so the probabilities here come from the grouped
-CV (``protocol.cv_scores_beside``: a fold never trains on a copy of the picture it scores). They are
+CV (``protocol.cv_scores``: a fold never trains on a copy of the picture it scores). They are
 averaged over a picture's images, so a picture with four augmented copies counts once, and ranked
 by cleanlab: its self-confidence score (the probability of the given label; low is suspect) orders
 the pictures, and its estimate of how many labels are wrong (``num_label_issues``, from the confident

@@ -28,7 +28,7 @@ from pipeline.common.features import Features
 from pipeline.common.params import CVParams, LearningCurveParams, ParamsError
 from pipeline.evaluate.classifiers import get_classifier
 from pipeline.evaluate.engine import Engine
-from pipeline.evaluate.protocol import cv_scores_beside
+from pipeline.evaluate.protocol import cv_scores
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold, check_cv_fits
 from pipeline.evaluate.statistics import corrected_cv_interval
 from pipeline.evaluate.training import placement, training_data
@@ -137,8 +137,8 @@ def learning_curve_scores(name: str, params: Any, *, features: Features, groups:
         skipped += [said(point.fraction, point.draw, point.pictures, f"learning_curve.fractions: at {point.fraction:g} "
                          f"of the pictures: {note}") for note in getattr(fit_fold, "notes", ())]  # the point runs
         sub_views = None if views is None else np.asarray(views)[:, rows]
-        scores, _, _ = cv_scores_beside(fit_fold, train.X[rows], train.y[rows], groups[rows], point.splits,
-                                        views=sub_views, n_jobs=cv.n_jobs, engine=engine)
+        scores, _, _ = cv_scores(fit_fold, train.X[rows], train.y[rows], groups[rows], point.splits,
+                                 views=sub_views, n_jobs=cv.n_jobs, engine=engine)
         frames.append(scores.assign(draw=point.draw, fraction=point.fraction, pictures=point.pictures,
                                     images=len(rows)))
         log.info("%s at %g of the pictures (%d, draw %d): grouped CV %.3f", name, point.fraction,

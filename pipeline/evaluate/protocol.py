@@ -87,10 +87,10 @@ def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndar
             "balanced_accuracy": balanced, "macro_f1": macro_f1(y[test], pred), "proba": proba, "pred": pred}
 
 
-def cv_scores_beside(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-                     splits: Iterable[tuple[np.ndarray, np.ndarray]], *, views: np.ndarray | None = None,
-                     n_jobs: int | None = None, engine: Engine | None = None,
-                     beside: Callable[[], Any] | None = None) -> tuple[pd.DataFrame, Any, OutOfFold]:
+def cv_scores(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+              splits: Iterable[tuple[np.ndarray, np.ndarray]], *, views: np.ndarray | None = None,
+              n_jobs: int | None = None, engine: Engine | None = None,
+              beside: Callable[[], Any] | None = None) -> tuple[pd.DataFrame, Any, OutOfFold]:
     """Score ``fit_fold`` on every (train, test) split: accuracy, balanced accuracy, macro-F1; ``beside()``'s result
     (when given: run as one more task among the folds); and the out-of-fold predictions of every row of ``X``.
 
@@ -159,11 +159,11 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixe
     if (fit_fold is None) == (grouped is None):
         raise ValueError("evaluate_classifier needs either fit_fold or the grouped scores it gave, not both.")
     if grouped is None:
-        grouped, _, out_of_fold = cv_scores_beside(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs,
-                                                   engine=engine)
+        grouped, _, out_of_fold = cv_scores(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs,
+                                            engine=engine)
     # every image its own group: inner selection (if any) is as leaky as the outer split
-    leaky, _, _ = cv_scores_beside(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs,
-                                   engine=engine)
+    leaky, _, _ = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs,
+                            engine=engine)
     metrics: dict[str, Any] = {
         "cv": {**summarise_cv(grouped, n_samples=len(train.y)), "n_groups": int(len(np.unique(groups))),
                "train_views": 0 if views is None else len(views)},

@@ -34,7 +34,7 @@ from pipeline.common.params import (
 )
 from pipeline.evaluate.classifiers import ClassifierSpec, Selection, TrainingData, get_classifier
 from pipeline.evaluate.engine import Engine
-from pipeline.evaluate.protocol import Evaluation, cv_scores_beside, evaluate_classifier, with_views
+from pipeline.evaluate.protocol import Evaluation, cv_scores, evaluate_classifier, with_views
 from pipeline.evaluate.splits import check_cv_fits
 
 log = logging.getLogger(__name__)
@@ -138,12 +138,12 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
     data = training_data(features, groups, views=views, device=device)
     if spec.fold_fit is None:  # the folds train what the selection chose
         selection, fit_seconds = timed_select(spec, params, data, cv)
-        grouped, _, out_of_fold = cv_scores_beside(selection.fit_fold, train.X, train.y, groups, folds, views=views,
-                                                   n_jobs=cv.n_jobs, engine=engine)
+        grouped, _, out_of_fold = cv_scores(selection.fit_fold, train.X, train.y, groups, folds, views=views,
+                                            n_jobs=cv.n_jobs, engine=engine)
     else:  # the final selection runs beside the grouped folds, as one more task
         fold_fit = spec.fold_fit(params, data, cv)
         select = functools.partial(select_beside, spec, params, features, groups, views, device, cv)
-        grouped, (selection, fit_seconds), out_of_fold = cv_scores_beside(
+        grouped, (selection, fit_seconds), out_of_fold = cv_scores(
             fold_fit, train.X, train.y, groups, folds, views=views, n_jobs=cv.n_jobs, engine=engine, beside=select)
     log.info("%s: selected %s in %.1f s", name, selection.selected, fit_seconds)
     result = evaluate_classifier(model=selection.model, fit_fixed=selection.fit_fixed, grouped=grouped,
