@@ -188,7 +188,7 @@ def precision_check(backbone, paths: list[Path], settings: Settings, *, labels: 
         return embed_paths(backbone, paths, Settings(**{**settings.__dict__, "precision": precision}), desc=precision)
 
     def predictions(X: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: grid.build().fit(X[:n_train], labels[:n_train]).predict(X[n_train:])
+        return {name: grid.pipeline(n_train).fit(X[:n_train], labels[:n_train]).predict(X[n_train:])
                 for name, grid in _GRIDS.items()}
 
     reference = embed("fp32")
@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.data_root:
                 from pipeline.data.dataset import scan_layout
 
-                frame = scan_layout(args.data_root / "Master Folder", ("train", "test"))
+                frame = scan_layout(args.data_root / "Master Folder", {"train": "train", "test": "test"},
+                                    skipped=[])  # valid is left out
                 paths = [args.data_root / "Master Folder" / p for p in frame["path"]]
                 labels, n_train = frame["label"].to_numpy(), int((frame["split"] == "train").sum())
             else:
