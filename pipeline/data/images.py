@@ -98,7 +98,7 @@ def read_image_bytes(path: Path) -> bytes:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise ImageError(f"is not a regular file ({_kind(path)}); only image files are read")
         return Path(path).read_bytes()
-    except OSError as err:  # deleted, a dangling link, no read permission, a folder named like an image
+    except OSError as err:  # deleted, a dangling link, no read permission
         raise ImageError(f"cannot be read ({type(err).__name__}: {err.strerror or err})") from err
 
 
