@@ -41,7 +41,7 @@ def main() -> None:
         start = time.perf_counter()
         ours = NewtonLinearSVC().fit_path(F[train], y[train], args.C)
         newton = time.perf_counter() - start
-        print(f"{args.rows:,} rows x 1,000 Nystroem features, one thread")
+        print(f"{args.rows:,} rows x {F.shape[1]:,} Nystroem features, one thread")
         print(f"NewtonLinearSVC, C path {args.C}: {newton:.1f} s")
         for C, model in zip(args.C, ours):
             start = time.perf_counter()

@@ -113,6 +113,8 @@ def main() -> None:
     parser.add_argument("--correlation", type=float, nargs="+", default=[0.75, 0.8, 0.85, 0.9])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if not (args.pets / "Master Folder").is_dir():
+        parser.error(f"--pets {args.pets}: no 'Master Folder' there; point it at the pets dataset (Kaggle's layout)")
     files = originals(args.pets, args.extra)
     hashes, picture, kind = signatures(files, args.copies, args.seed)
     n = len(picture)
