@@ -32,11 +32,11 @@ def ray_module(engine_key: str):
     return ray
 
 
-def connect(address: str | None, timeout: float, *, engine_key: str) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), or start a local one; once per process."""
+def connect(address: str | None, timeout: float, *, engine_key: str):
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), or start a local one, once per process; return ``ray``."""
     ray = ray_module(engine_key)
     if ray.is_initialized():
-        return
+        return ray
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to the Ray cluster at %s (waiting at most %g s)", address, timeout)
@@ -47,6 +47,7 @@ def connect(address: str | None, timeout: float, *, engine_key: str) -> None:
         ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    return ray
 
 
 def _unreachable(address: str, why: str) -> PipelineError:

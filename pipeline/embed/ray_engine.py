@@ -24,7 +24,7 @@ import torch
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.params import ExtractParams
-from pipeline.common.ray_cluster import connect, ray_module
+from pipeline.common.ray_cluster import connect
 from pipeline.embed.backbone import Backbone, rebuild_backbone
 from pipeline.embed.embedding import Settings, Stats, embed_items
 from pipeline.embed.loading import Preprocess
@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 def cluster_device(params: ExtractParams) -> torch.device:
     """The device the actors will run on: CUDA when the cluster has GPUs and the params allow it."""
-    connect(params.ray_address, params.ray_timeout_s, engine_key="extract.engine")
-    gpus = ray_module("extract.engine").cluster_resources().get("GPU", 0)
+    ray = connect(params.ray_address, params.ray_timeout_s, engine_key="extract.engine")
+    gpus = ray.cluster_resources().get("GPU", 0)
     if params.device == "cuda" and not gpus:
         raise PipelineError("extract.device: cuda, but the Ray cluster has no GPU; set extract.device: auto or cpu.")
     if params.device in ("auto", "cuda") and gpus:
@@ -88,8 +88,7 @@ def run_ray(*, work: Work, batches: list[tuple[int, int]], missing: list[tuple[i
     """Compute the ``missing`` shards on the cluster; the driver writes each one as it arrives."""
     if not missing:
         return
-    ray = ray_module("extract.engine")
-    connect(address, timeout, engine_key="extract.engine")
+    ray = connect(address, timeout, engine_key="extract.engine")
     gpus = int(ray.cluster_resources().get("GPU", 0)) if settings.device.type == "cuda" else 0
     count = min((gpus or 1) if actors == "auto" else int(actors), len(missing))
     # CPU actors share the cores between them; a GPU actor takes its GPU's share of the cores and decodes with

@@ -19,7 +19,7 @@ import numpy as np
 from joblib import cpu_count, effective_n_jobs
 from threadpoolctl import threadpool_limits
 
-from pipeline.common.ray_cluster import connect, ray_module
+from pipeline.common.ray_cluster import connect
 
 
 def worker_threads(n_jobs: int | None) -> int:
@@ -47,8 +47,7 @@ class Engine:
             n_jobs: int | None, beside: Callable[[], Any] | None = None) -> list[Any]:
         """``function(fit_fold, X, y, groups, views, train, test)`` for every split, as Ray tasks, in split order;
         after ``beside()``'s result when it is given (run as one more task, first)."""
-        ray = ray_module("cv.engine")
-        connect(self.address, self.timeout_s, engine_key="cv.engine")
+        ray = connect(self.address, self.timeout_s, engine_key="cv.engine")
         shared = [ray.put(value) for value in (fit_fold, np.asarray(X), y, groups,
                                                None if views is None else np.asarray(views))]
         task = ray.remote(num_cpus=1)(_in_task)
