@@ -231,8 +231,7 @@ def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFra
     ``<backbone>/<classifier>``, ``feats`` and ``histories`` by backbone; ``splits``: how each split was made;
     ``decision``: comparison.json's ``"decision"``, when there."""
     classes = next(iter(feats.values())).classes
-    top = leaderboard.sort_values("rank").iloc[0]
-    best = f"{top['backbone']}/{top['classifier']}"
+    best = rank_order(leaderboard)[0]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Backbone and classifier report</title>"
              f"<style>{STYLE}</style></head><body><h1>Frozen-embedding backbones and classifiers: report</h1>",
              about_table(metas={name: f.meta for name, f in feats.items()}, source=source, code_version=code_version,
