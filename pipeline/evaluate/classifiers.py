@@ -234,8 +234,8 @@ def smallest_training_fold(y, groups, *, folds: int, repeats: int, inner_folds: 
     """Images in the smallest inner-CV training fold a classifier will be fitted on."""
     outer = RepeatedStratifiedGroupKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     inner = inner_splitter(inner_folds, seed)
-    return min((len(train) for fold, _ in outer.split(y, y, groups)
-                for train, _ in inner.split(fold, y[fold], groups[fold])), default=len(y))
+    return min((len(train) for outer_train, _ in outer.split(y, y, groups)
+                for train, _ in inner.split(outer_train, y[outer_train], groups[outer_train])), default=len(y))
 
 
 def grid_that_fits(grid: Grid, smallest_fold: int) -> Grid:
