@@ -204,6 +204,8 @@ def write_json(path: Path | str, data: Any) -> None:
 def write_csv(path: Path | str, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
 def file_sha256(path: Path | str) -> str:
     """sha256 of a file read in blocks: weights and feature arrays may be gigabytes."""
     digest = hashlib.sha256()

@@ -38,7 +38,6 @@ from pipeline.data.pool import ordered_map
 log = logging.getLogger(__name__)
 
 
-
 MANIFEST_COLUMNS = ["path", "split", "label", "sha256", "width", "height"]
 # What the audit needs from the pixels, computed by prepare in the same decode: the 64-bit
 # difference hash (16 hex digits), that of the mirror image, and whether it carries information.
