@@ -8,7 +8,7 @@ from pipeline.common.groups import GroupsError, read_groups
 from pipeline.common.params import CVParams, EvaluationParams
 from pipeline.evaluate.classifiers import _GRIDS
 from pipeline.evaluate.grid_scores import fit_chosen, search_shared_features
-from pipeline.evaluate.protocol import evaluate_classifier, with_views
+from pipeline.evaluate.protocol import cv_scores, evaluate_classifier, with_views
 from pipeline.evaluate.splits import RepeatedStratifiedGroupKFold
 
 CV = CVParams(folds=4, repeats=2, inner_folds=3, seed=0, n_jobs=1)
@@ -37,6 +37,14 @@ def shared_folds(feats, groups, cv):
         y, y, groups))
 
 
+def evaluate(model, fit, feats, groups, cv, views=None):
+    """The train stage's order: the grouped CV of ``fit`` on the shared folds, then the rest of the protocol."""
+    grouped, _, out_of_fold = cv_scores(fit, feats["train"].X, feats["train"].y, groups,
+                                        shared_folds(feats, groups, cv), views=views, n_jobs=cv.n_jobs)
+    return evaluate_classifier(model=model, fit_fixed=fit, grouped=grouped, out_of_fold=out_of_fold, features=feats,
+                               groups=groups, cv=cv, evaluation=EVAL, views=views)
+
+
 def knn(ks, X, y, groups, *, inner_folds):
     """The registry's kNN pipeline with k chosen among ``ks`` by grouped CV."""
     pipeline = _GRIDS["knn"].pipeline()
@@ -51,8 +59,7 @@ def test_grouped_cv_sees_chance_where_leaky_cv_sees_memorisation():
     def fit(X, y, g):
         return clone(model).fit(X, y)
 
-    result = evaluate_classifier(model=model, fit_fold=fit, fit_fixed=fit, features=feats, groups=groups,
-                                 folds=shared_folds(feats, groups, CV), cv=CV, evaluation=EVAL)
+    result = evaluate(model, fit, feats, groups, CV)
     m = result.metrics
     assert m["cv_leaky"]["accuracy_mean"] > 0.95
     assert m["cv"]["accuracy_mean"] < 0.45
@@ -72,9 +79,7 @@ def test_nested_selection_receives_only_training_fold_groups():
         seen.append(set(g))
         return knn([1, 3], X, y, g, inner_folds=2)
 
-    evaluate_classifier(model=fit(feats["train"].X, feats["train"].y, groups), fit_fold=fit,
-                        fit_fixed=fit, features=feats, groups=groups, folds=shared_folds(feats, groups, CV), cv=CV,
-                        evaluation=EVAL)
+    evaluate(fit(feats["train"].X, feats["train"].y, groups), fit, feats, groups, CV)
     assert all(len(s) < 24 for s in seen[1:9])  # each grouped fold withholds whole pictures
 
 
@@ -100,8 +105,7 @@ def test_views_join_only_their_own_pictures_training_folds():
     X, y, g = with_views(feats["train"].X, feats["train"].y, groups, views)
     assert X.shape == (4 * n, 32) and (y[:n] == y[n:2 * n]).all() and (g[:n] == g[3 * n:]).all()
     cv = CVParams(folds=3, repeats=1, inner_folds=2, seed=0, n_jobs=1)
-    result = evaluate_classifier(model=fit(X, y, g), fit_fold=fit, fit_fixed=fit, features=feats, groups=groups,
-                                 folds=shared_folds(feats, groups, cv), cv=cv, evaluation=EVAL, views=views)
+    result = evaluate(fit(X, y, g), fit, feats, groups, cv, views=views)
     assert result.metrics["cv"]["train_views"] == 3
     for X_fold, g_fold in received[1:4]:  # the grouped folds
         rows = len(X_fold) // 4
@@ -115,8 +119,6 @@ def test_views_join_only_their_own_pictures_training_folds():
 def test_out_of_fold_predictions_keep_every_repetition_and_agree_with_the_fold_scores():
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
-
-    from pipeline.evaluate.protocol import cv_scores
 
     feats, groups = copies_dataset(n_pictures=40, copies=2)
     X, y = feats["train"].X, feats["train"].y

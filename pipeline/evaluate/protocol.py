@@ -47,7 +47,7 @@ class Evaluation:
     predictions: pd.DataFrame  # image, split, true, predicted, p_<class>...
     folds: pd.DataFrame  # one row per CV fold, both protocols
     # train images: image, true, p_<class>... (the grouped CV's first repetition), predicted_<r> (each repetition's)
-    out_of_fold: pd.DataFrame | None = None
+    out_of_fold: pd.DataFrame
 
 
 def with_views(X: np.ndarray, y: np.ndarray, groups: np.ndarray, views: np.ndarray | None,
@@ -138,29 +138,22 @@ def probability_columns(proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
     return pd.DataFrame(proba, columns=[f"p_{c}" for c in classes]).round(6)
 
 
-def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixed: FitFold, features: Features,
-                        groups: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], cv: CVParams,
-                        evaluation: EvaluationParams, views: np.ndarray | None = None,
-                        engine: Engine | None = None, grouped: pd.DataFrame | None = None,
-                        out_of_fold: OutOfFold | None = None) -> Evaluation:
+def evaluate_classifier(*, model: Any, fit_fixed: FitFold, grouped: pd.DataFrame, out_of_fold: OutOfFold,
+                        features: Features, groups: np.ndarray, cv: CVParams, evaluation: EvaluationParams,
+                        views: np.ndarray | None = None, engine: Engine | None = None) -> Evaluation:
     """Run the whole protocol for one classifier; ``model`` is the final fit on train.
 
-    ``fit_fold`` repeats the whole fitting procedure, hyperparameter selection
-    included, on a training fold (or ``grouped`` holds its scores on ``folds`` already);
+    ``grouped`` holds the scores of the whole fitting procedure, hyperparameter selection
+    included, repeated on each training fold of the grouped (train, test) splits shared by every stage (the
+    ``folds`` stage's file; ``cv_scores`` gave them with ``out_of_fold``);
     ``fit_fixed`` fits the hyperparameters already chosen and serves only the leaky
     figure, which is there to show inflation; ``out_of_fold``: what the grouped CV's folds said of each train
-    image they did not train on, kept for calibration, label checks and compare's bootstrap. ``folds`` are the
-    grouped (train, test) splits shared by every stage (the ``folds`` stage's file); ``views`` (n_views,
+    image they did not train on, kept for calibration, label checks and compare's bootstrap. ``views`` (n_views,
     n_train, dim), when given, join every training fold.
     """
     train = features["train"]
     X, y = train.X, train.y
     leaky_splits = RepeatedStratifiedKFold(n_splits=cv.folds, n_repeats=cv.repeats, random_state=cv.seed).split(X, y)
-    if (fit_fold is None) == (grouped is None):
-        raise ValueError("evaluate_classifier needs either fit_fold or the grouped scores it gave, not both.")
-    if grouped is None:
-        grouped, _, out_of_fold = cv_scores(fit_fold, X, y, groups, folds, views=views, n_jobs=cv.n_jobs,
-                                            engine=engine)
     # every image its own group: inner selection (if any) is as leaky as the outer split
     leaky, _, _ = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs,
                             engine=engine)
@@ -179,18 +172,16 @@ def evaluate_classifier(*, model: Any, fit_fold: FitFold | None = None, fit_fixe
                              "predicted": [features.classes[i] for i in predicted]})
         frames.append(pd.concat([rows, probability_columns(proba, features.classes)], axis=1))
         held_out[split] = (part.y, proba)
-    if out_of_fold is not None and not np.isnan(out_of_fold.proba).any():
+    if not np.isnan(out_of_fold.proba).any():
         metrics["calibration"] = calibration_report(fit_temperature(out_of_fold.proba, y), held_out,
                                                     ece_bins=evaluation.ece_bins)
     log.info("cv grouped %.3f +- %.3f, leaky %.3f; test %.3f", metrics["cv"]["accuracy_mean"],
              metrics["cv"]["accuracy_std"], metrics["cv_leaky"]["accuracy_mean"], metrics["test"]["accuracy"])
-    oof = None
-    if out_of_fold is not None:
-        named = np.append(np.asarray(features.classes, dtype=object), "")  # -1, a row a repetition did not test: ""
-        oof = pd.concat([pd.DataFrame({"image": train.paths, "true": [features.classes[i] for i in y]}),
-                         probability_columns(out_of_fold.proba, features.classes),
-                         pd.DataFrame({f"predicted_{r + 1}": named[p] for r, p in enumerate(out_of_fold.predicted)})],
-                        axis=1)
+    named = np.append(np.asarray(features.classes, dtype=object), "")  # -1, a row a repetition did not test: ""
+    oof = pd.concat([pd.DataFrame({"image": train.paths, "true": [features.classes[i] for i in y]}),
+                     probability_columns(out_of_fold.proba, features.classes),
+                     pd.DataFrame({f"predicted_{r + 1}": named[p] for r, p in enumerate(out_of_fold.predicted)})],
+                    axis=1)
     return Evaluation(metrics=metrics, predictions=pd.concat(frames, ignore_index=True),
                       folds=pd.concat([grouped.assign(protocol="grouped"), leaky.assign(protocol="leaky")],
                                       ignore_index=True), out_of_fold=oof)

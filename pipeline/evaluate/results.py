@@ -81,7 +81,7 @@ def write_results(trained: Trained, *, backbone: str, classes: list[str], featur
         out.write_csv(paths.confusion, test[["image", "true", "predicted"]])
         out.write_csv(paths.folds, evaluation.folds)
         out.write_csv(paths.selection, trained.selection.record)
-        if paths.out_of_fold is not None and evaluation.out_of_fold is not None:
+        if paths.out_of_fold is not None:
             out.write_csv(paths.out_of_fold, evaluation.out_of_fold)
         out.write_json(paths.metrics, {"backbone": backbone, "classifier": trained.name, **evaluation.metrics,
                                        "selected": trained.selection.selected,

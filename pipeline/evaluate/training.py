@@ -147,7 +147,7 @@ def train_classifier(name: str, params: Any, *, features: Features, groups: np.n
             fold_fit, train.X, train.y, groups, folds, views=views, n_jobs=cv.n_jobs, engine=engine, beside=select)
     log.info("%s: selected %s in %.1f s", name, selection.selected, fit_seconds)
     result = evaluate_classifier(model=selection.model, fit_fixed=selection.fit_fixed, grouped=grouped,
-                                 features=features, groups=groups, folds=folds, cv=cv, evaluation=evaluation, views=views,
+                                 features=features, groups=groups, cv=cv, evaluation=evaluation, views=views,
                                  engine=engine, out_of_fold=out_of_fold)
     return Trained(name=name, selection=selection, evaluation=result, fit_seconds=fit_seconds)
 
