@@ -29,7 +29,7 @@ def picture_totals(correct: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray,
 
     ``correct`` is (images, pairs): 1 right, 0 wrong, or the share of repetitions in which it was right.
     """
-    _, picture = np.unique(np.asarray(groups), return_inverse=True)
+    _, picture = np.unique(groups, return_inverse=True)
     right = np.zeros((picture.max() + 1, correct.shape[1]))
     np.add.at(right, picture, correct)
     return right, np.bincount(picture).astype(float)
@@ -81,7 +81,6 @@ def decide(correct: np.ndarray, groups: np.ndarray, *, margin: float, n_resample
     ``equivalent``; and ``selection``: the best observed accuracy and its BBC-CV estimate with a percentile
     interval.
     """
-    correct = np.asarray(correct, float)
     right, images = picture_totals(correct, groups)
     observed = right.sum(axis=0) / images.sum()
     resampled, held_out = [], []

@@ -158,7 +158,7 @@ def evaluate_classifier(*, model: Any, fit_fixed: FitFold, grouped: pd.DataFrame
     leaky, _, _ = cv_scores(fit_fixed, X, y, np.arange(len(y)), leaky_splits, views=views, n_jobs=cv.n_jobs,
                             engine=engine)
     metrics: dict[str, Any] = {
-        "cv": {**summarise_cv(grouped, n_samples=len(train.y)), "n_groups": int(len(np.unique(groups))),
+        "cv": {**summarise_cv(grouped, n_samples=len(train.y)), "n_groups": len(np.unique(groups)),
                "train_views": 0 if views is None else len(views)},
         "cv_leaky": summarise_cv(leaky, n_samples=len(train.y)),
     }

@@ -19,13 +19,12 @@ def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> tupl
     """Wilson score interval for a proportion (sound even at 0/n or n/n, unlike the normal one)."""
     if n == 0:
         return (float("nan"), float("nan"))
-    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
     return (float(ci.low), float(ci.high))
 
 
 def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Confusion matrices of many label vectors at once: (..., n) -> (..., k, k), rows = truth."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     lead = y_true.shape[:-1]
     flat = y_true.reshape(-1, y_true.shape[-1]) * n_classes + y_pred.reshape(-1, y_pred.shape[-1])
     offsets = np.arange(flat.shape[0])[:, None] * n_classes * n_classes
@@ -60,7 +59,6 @@ def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray, metric: Callable[
     right, say): then the percentile interval of the same resamples is returned, and
     ``method`` and ``fallback`` say so.
     """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
 
     def statistic(true: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
         return metric(confusion_counts(np.moveaxis(true, axis, -1), np.moveaxis(pred, axis, -1), n_classes))
@@ -111,7 +109,6 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, flo
     Only discordant images count: ``b`` where A alone is right, ``c`` where B alone
     is right. Under the null each is Binomial(b + c, 1/2).
     """
-    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     if correct_a.shape != correct_b.shape:
         raise ValueError(f"paired outcomes differ in length: {correct_a.shape} vs {correct_b.shape}")
     b = int(np.sum(correct_a & ~correct_b))
@@ -145,7 +142,6 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def held_out_metrics(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray, *,
                      n_bootstrap: int, ece_bins: int, seed: int) -> dict[str, object]:
     """Scores on a held-out split, each with its 95% interval, plus calibration."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         balanced = float(balanced_accuracy_score(y_true, y_pred))
