@@ -49,13 +49,12 @@ def _winner_shares(scores: np.ndarray) -> np.ndarray:
     return top / top.sum(axis=1, keepdims=True)
 
 
-def equivalent_set(observed: np.ndarray, resampled: np.ndarray, *, margin: float,
-                   confidence: float = 0.95) -> np.ndarray:
+def equivalent_set(observed: np.ndarray, resampled: np.ndarray, *, margin: float) -> np.ndarray:
     """The pairs no other pair is shown to beat by more than ``margin``: a confidence set for the best within it.
 
     For every ordered pair (k, j) the lower bound of acc_k - acc_j comes from simultaneous studentised bootstrap
-    bounds (the ``confidence`` quantile of the largest standardised deviation over all pairs), so with
-    probability about ``confidence`` every bound holds at once, and then the truly best pair is in the set
+    bounds (the 95% quantile of the largest standardised deviation over all pairs), so with
+    probability about 95% every bound holds at once, and then the truly best pair is in the set
     whatever the data picked as best.
     """
     difference = observed[:, None] - observed[None, :]
@@ -64,20 +63,19 @@ def equivalent_set(observed: np.ndarray, resampled: np.ndarray, *, margin: float
     varies = se > 0
     if varies.any():
         deviation = (spread[:, varies] - difference[varies]) / se[varies]
-        critical = float(np.quantile(deviation.max(axis=1), confidence))
+        critical = float(np.quantile(deviation.max(axis=1), 0.95))
     else:
         critical = 0.0
     lower = difference - critical * se  # a difference the resamples never vary is known: its bound is itself
     return (lower <= margin + 1e-12).all(axis=0)
 
 
-def decide(correct: np.ndarray, groups: np.ndarray, *, margin: float, n_resamples: int, seed: int,
-           confidence: float = 0.95) -> dict[str, Any]:
+def decide(correct: np.ndarray, groups: np.ndarray, *, margin: float, n_resamples: int, seed: int) -> dict[str, Any]:
     """P(best), rank interval and practical equivalence of each pair (columns of ``correct``), and the
     winner's-curse correction, from ``n_resamples`` resamples of pictures (``groups``).
 
     Returns arrays in column order: ``accuracy`` (observed), ``p_best`` (summing to 1), ``rank_low`` and
-    ``rank_high`` (the ``confidence`` interval of its rank, 1 = best; tied pairs share the better rank),
+    ``rank_high`` (the 95% interval of its rank, 1 = best; tied pairs share the better rank),
     ``equivalent``; and ``selection``: the best observed accuracy and its BBC-CV estimate with a percentile
     interval.
     """
@@ -92,13 +90,13 @@ def decide(correct: np.ndarray, groups: np.ndarray, *, margin: float, n_resample
         held_out.append((_winner_shares(drawn) * unseen).sum(axis=1))
     resampled, held_out = np.concatenate(resampled), np.concatenate(held_out)
     ranks = 1 + (resampled[:, None, :] > resampled[:, :, None]).sum(axis=2)
-    tail = (1 - confidence) / 2
+    tail = (1 - 0.95) / 2
     return {
         "accuracy": observed,
         "p_best": _winner_shares(resampled).mean(axis=0),
         "rank_low": np.quantile(ranks, tail, axis=0, method="lower").astype(int),
         "rank_high": np.quantile(ranks, 1 - tail, axis=0, method="higher").astype(int),
-        "equivalent": equivalent_set(observed, resampled, margin=margin, confidence=confidence),
+        "equivalent": equivalent_set(observed, resampled, margin=margin),
         "selection": {"observed": float(observed.max()), "corrected": float(held_out.mean()),
                       "corrected_ci95": [float(v) for v in np.quantile(held_out, [tail, 1 - tail])],
                       "pairs": int(correct.shape[1]), "method": SELECTION_METHOD},

@@ -15,11 +15,11 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
 
 
-def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
     """Wilson score interval for a proportion (sound even at 0/n or n/n, unlike the normal one)."""
     if n == 0:
         return (float("nan"), float("nan"))
-    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
     return (float(ci.low), float(ci.high))
 
 
@@ -51,7 +51,7 @@ BOOTSTRAP_METRICS = {"balanced_accuracy": balanced_accuracy_from_counts, "macro_
 
 
 def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray, metric: Callable[[np.ndarray], np.ndarray], *,
-                       n_classes: int, n_resamples: int, seed: int, confidence: float = 0.95) -> dict[str, Any]:
+                       n_classes: int, n_resamples: int, seed: int) -> dict[str, Any]:
     """BCa bootstrap interval of ``metric`` (confusion counts -> score), resampling (truth, prediction) pairs.
 
     The percentile interval is too narrow on a few dozen images; BCa corrects its bias
@@ -63,7 +63,7 @@ def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray, metric: Callable[
     def statistic(true: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
         return metric(confusion_counts(np.moveaxis(true, axis, -1), np.moveaxis(pred, axis, -1), n_classes))
 
-    common = dict(paired=True, vectorized=True, confidence_level=confidence)
+    common = dict(paired=True, vectorized=True, confidence_level=0.95)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # handled below
         warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 in the acceleration of a constant jackknife
@@ -82,10 +82,9 @@ def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray, metric: Callable[
 
 
 def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int, n_resamples: int,
-                        seed: int, confidence: float = 0.95) -> dict[str, dict[str, Any]]:
+                        seed: int) -> dict[str, dict[str, Any]]:
     """BCa intervals of balanced accuracy and macro-F1; both read the same seeded resamples of images."""
-    return {name: bootstrap_interval(y_true, y_pred, metric, n_classes=n_classes, n_resamples=n_resamples,
-                                     seed=seed, confidence=confidence)
+    return {name: bootstrap_interval(y_true, y_pred, metric, n_classes=n_classes, n_resamples=n_resamples, seed=seed)
             for name, metric in BOOTSTRAP_METRICS.items()}
 
 
@@ -115,8 +114,7 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, flo
     return {"a_only": b, "b_only": c, "p_value": p}
 
 
-def corrected_cv_interval(scores: np.ndarray, *, test_fraction: float,
-                          confidence: float = 0.95) -> tuple[float, float]:
+def corrected_cv_interval(scores: np.ndarray, *, test_fraction: float) -> tuple[float, float]:
     """Interval for a mean over (repeated) k-fold scores, with Nadeau & Bengio's correction.
 
     Folds share training data, so their scores are correlated and the naive
@@ -128,7 +126,7 @@ def corrected_cv_interval(scores: np.ndarray, *, test_fraction: float,
     if j < 2:
         return (float("nan"), float("nan"))
     ratio = test_fraction / (1 - test_fraction)
-    half = stats.t.ppf(0.5 + confidence / 2, df=j - 1) * np.sqrt((1 / j + ratio) * scores.var(ddof=1))
+    half = stats.t.ppf(0.975, df=j - 1) * np.sqrt((1 / j + ratio) * scores.var(ddof=1))
     mean = scores.mean()
     return (float(max(0.0, mean - half)), float(min(1.0, mean + half)))
 
