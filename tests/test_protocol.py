@@ -102,7 +102,7 @@ def test_views_join_only_their_own_pictures_training_folds():
         received.append((X, g))
         return knn([1], X, y, g, inner_folds=2)
 
-    X, y, g = with_views(feats["train"].X, feats["train"].y, groups, views)
+    X, y, g = with_views(feats["train"].X, feats["train"].y, groups, views, np.arange(n))
     assert X.shape == (4 * n, 32) and (y[:n] == y[n:2 * n]).all() and (g[:n] == g[3 * n:]).all()
     cv = CVParams(folds=3, repeats=1, inner_folds=2, seed=0, n_jobs=1)
     result = evaluate(fit(X, y, g), fit, feats, groups, cv, views=views)

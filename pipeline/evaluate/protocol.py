@@ -51,13 +51,12 @@ class Evaluation:
 
 
 def with_views(X: np.ndarray, y: np.ndarray, groups: np.ndarray, views: np.ndarray | None,
-               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training data for ``rows``: the originals, then each of their augmented views.
 
     A view keeps its image's label and picture group, so it always falls on its
     picture's side of any grouped split.
     """
-    rows = np.arange(len(y)) if rows is None else rows
     if views is None or len(views) == 0:
         return X[rows], y[rows], groups[rows]
     copies = len(views) + 1
