@@ -54,13 +54,12 @@ def panel_grid(count: int, *, per_row: int, width: float, height: float, **share
     return fig, axes
 
 
-def confusion_figure(predictions: dict[str, pd.DataFrame], classes: list[str], *, per_row: int = 3) -> plt.Figure:
-    """One test-set confusion matrix per classifier, ``per_row`` to a row, counts in the cells; past
+def confusion_figure(predictions: dict[str, pd.DataFrame], classes: list[str]) -> plt.Figure:
+    """One test-set confusion matrix per classifier, three to a row, counts in the cells; past
     ``MANY_CLASSES`` the colour alone, two to a row and larger, so that the class names stay apart."""
     many = len(classes) > MANY_CLASSES
     side = max(3.8, 0.13 * len(classes) + 2) if many else 3.8
-    fig, axes = panel_grid(len(predictions), per_row=min(per_row, 2) if many else per_row, width=side,
-                           height=side - 0.2)
+    fig, axes = panel_grid(len(predictions), per_row=2 if many else 3, width=side, height=side - 0.2)
     for ax, (name, frame) in zip(axes.flat, predictions.items()):
         test = frame[frame["split"] == "test"]
         cm = confusion_matrix(test["true"], test["predicted"], labels=classes)
@@ -138,7 +137,7 @@ def history_figure(history: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def learning_curve_figure(curves: dict[str, pd.DataFrame], *, per_row: int = 3) -> plt.Figure:
+def learning_curve_figure(curves: dict[str, pd.DataFrame]) -> plt.Figure:
     """Grouped-CV accuracy by original pictures, a small panel per backbone (keys ``<backbone>/<classifier>``)
     with its classifiers as lines and 95% bands; one y axis and one colour per classifier across panels, so
     that 24 lines stay apart."""
@@ -148,7 +147,7 @@ def learning_curve_figure(curves: dict[str, pd.DataFrame], *, per_row: int = 3) 
         panels.setdefault(backbone, {})[classifier] = points.sort_values("pictures")
     names = list(dict.fromkeys(c for p in panels.values() for c in p))
     colour = dict(zip(names, colours(len(names))))
-    fig, axes = panel_grid(len(panels), per_row=per_row, width=4.2, height=3.0, sharey=True)
+    fig, axes = panel_grid(len(panels), per_row=3, width=4.2, height=3.0, sharey=True)
     for ax, (backbone, lines) in zip(axes.flat, panels.items()):
         for classifier, points in lines.items():
             ax.plot(points["pictures"], points["accuracy"], marker="o", markersize=3, color=colour[classifier])

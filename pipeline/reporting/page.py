@@ -257,8 +257,7 @@ def build_report(*, leaderboard: pd.DataFrame, predictions: dict[str, pd.DataFra
               f"<p>The {len(leading)} leading pair(s), {chosen}; every pair's test predictions are in "
               "<code>artifacts/plots/confusion/&lt;backbone&gt;/&lt;classifier&gt;.csv</code>.</p>"
               if len(leading) < len(predictions) else "",
-              img_tag(png(confusion_figure({p: predictions[p] for p in leading}, classes, per_row=3)),
-                      alt="confusion matrices")]
+              img_tag(png(confusion_figure({p: predictions[p] for p in leading}, classes)), alt="confusion matrices")]
     parts += ["<h2 id='per-class'>Per-class precision and recall (test)</h2>",
               "<p>A row per pair, by rank; P precision, R recall; n: the class's test images.</p>",
               scroll(per_class_table({p: predictions[p] for p in rank_order(leaderboard)}, classes)
