@@ -63,8 +63,7 @@ class AdamWStep:
     ``linear``'s weight and bias become views of the buffer (detached from autograd): they follow every step.
     """
 
-    def __init__(self, linear: nn.Linear, *, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+    def __init__(self, linear: nn.Linear, *, lr: float, weight_decay: float) -> None:
         size = linear.weight.numel()
         self.flat = torch.cat([linear.weight.detach().reshape(-1), linear.bias.detach()])
         self.weight, self.bias = self.flat[:size].view_as(linear.weight), self.flat[size:]
@@ -73,7 +72,7 @@ class AdamWStep:
         self.grad = torch.zeros_like(self.flat)
         self.grad_weight, self.grad_bias = self.grad[:size].view_as(self.weight), self.grad[size:]
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
-        self.lr, self.weight_decay, (self.beta1, self.beta2), self.eps, self.steps = lr, weight_decay, betas, eps, 0
+        self.lr, self.weight_decay, self.beta1, self.beta2, self.eps, self.steps = lr, weight_decay, 0.9, 0.999, 1e-8, 0
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One step on the batch; returns its mean loss (a 0-d tensor, where it was computed)."""
