@@ -70,8 +70,7 @@ def backbone_for(meta: dict[str, Any]) -> Backbone:
     return rebuild_backbone(meta, where="for prediction")
 
 
-def predict(files: list[Path], saved: SavedModel, *, device: str = "auto",
-            batch_size: int | None = None) -> pd.DataFrame:
+def predict(files: list[Path], saved: SavedModel, *, device: str, batch_size: int | None) -> pd.DataFrame:
     """Predicted class and class probabilities for each image, in the order of ``files``; an image that
     cannot be read has no prediction and the reason in ``error``."""
     meta = saved.features_meta
