@@ -72,9 +72,9 @@ def _score_fold(fit_fold: FitFold, X: np.ndarray, y: np.ndarray, groups: np.ndar
     model = fit_fold(*with_views(X, y, groups, views, train))
     proba = np.full((len(test), int(y.max()) + 1), np.nan)  # NaN: a fold model without probabilities (the SVM's)
     if hasattr(model, "predict_proba"):
-        classes = getattr(model, "classes_", np.arange(proba.shape[1]))
+        classes = model.classes_
         own = model.predict_proba(X[test])
-        pred = np.asarray(classes)[own.argmax(axis=1)]
+        pred = classes[own.argmax(axis=1)]
         proba[:] = 0.0
         proba[:, classes] = own
     else:
