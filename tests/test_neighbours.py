@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.data.grouping import Hashes, near_duplicate_pairs
+from pipeline.data.grouping import THUMBNAIL, Hashes, near_duplicate_pairs
 from pipeline.data.neighbours import pairs_within
 
 
@@ -45,7 +45,8 @@ def planted_hashes(n: int, seed: int) -> Hashes:
             plain[target] = plain[source] ^ np.uint64(mask)
     plain[:5] = plain[5]  # exact copies
     informative = rng.random(n) > 0.05
-    return Hashes(plain=plain, mirrored=mirrored, informative=informative)
+    return Hashes(plain=plain, mirrored=mirrored, informative=informative,
+                  thumbnails=np.zeros((n, THUMBNAIL * THUMBNAIL), dtype=np.uint8))  # the search reads none
 
 
 @pytest.mark.parametrize("max_bits", [0, 1, 3, 7, 10, 12, 15, 20])
@@ -73,8 +74,9 @@ def test_each_method_matches_brute_force_on_one_and_two_arrays(method, max_bits)
 
 def test_no_informative_hashes_or_too_few_give_no_pairs():
     zeros = np.zeros(4, dtype=np.uint64)
-    assert near_duplicate_pairs(Hashes(zeros, zeros, np.zeros(4, dtype=bool)), 10).shape == (0, 2)
-    one = Hashes(zeros[:1], zeros[:1], np.ones(1, dtype=bool))
+    grey = np.zeros((4, THUMBNAIL * THUMBNAIL), dtype=np.uint8)
+    assert near_duplicate_pairs(Hashes(zeros, zeros, np.zeros(4, dtype=bool), grey), 10).shape == (0, 2)
+    one = Hashes(zeros[:1], zeros[:1], np.ones(1, dtype=bool), grey[:1])
     assert near_duplicate_pairs(one, 10).shape == (0, 2)
-    np.testing.assert_array_equal(near_duplicate_pairs(Hashes(zeros, zeros, np.ones(4, dtype=bool)), 0),
+    np.testing.assert_array_equal(near_duplicate_pairs(Hashes(zeros, zeros, np.ones(4, dtype=bool), grey), 0),
                                   [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]])

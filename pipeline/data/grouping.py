@@ -46,7 +46,7 @@ class Hashes:
     plain: np.ndarray  # (n,) uint64
     mirrored: np.ndarray  # (n,) uint64
     informative: np.ndarray  # (n,) bool: False for flat or nearly flat images
-    thumbnails: np.ndarray | None = None  # (n, THUMBNAIL**2) uint8 grey thumbnails, row-major; None: not confirmable
+    thumbnails: np.ndarray  # (n, THUMBNAIL**2) uint8 grey thumbnails, row-major
 
 
 def image_hashes(image: Image.Image) -> tuple[int, int, bool, bytes]:
@@ -86,8 +86,6 @@ def thumbnail_correlation(hashes: Hashes, pairs: np.ndarray) -> np.ndarray:
     Correlation ignores brightness and contrast; a flat thumbnail correlates with nothing (0).
     Only the images named in ``pairs`` are normalised, so memory follows the candidates, not the dataset.
     """
-    if hashes.thumbnails is None:
-        raise ValueError("these hashes carry no thumbnails; re-run prepare to record them")
     if len(pairs) == 0:
         return np.empty(0)
     used, local = np.unique(pairs, return_inverse=True)
