@@ -14,6 +14,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from pipeline.data.layouts import SPLITS, Layout
+
 CLASSES = ("Angry", "Other", "Sad", "happy")
 
 # Keep the suite's torch work on the cores CI has, and never reach for the network.
@@ -57,6 +59,11 @@ def make_dataset(root: Path, *, train_per_class: int = 4, held_out_per_class: in
                     for a in range(augs):
                         augment(image, rng).save(folder / f"aug-{counter * 10 + a}-{stem}.jpg", quality=85)
     return root
+
+
+def split_layout(folder: Path) -> Layout:
+    """``folder`` as prepare finds the fixture's ``Master Folder``: split folders train, valid and test."""
+    return Layout(root=folder, folders={split: split for split in SPLITS})
 
 
 @pytest.fixture

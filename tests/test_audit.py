@@ -17,7 +17,7 @@ from pipeline.data.grouping import (
 )
 from pipeline.evaluate.leaderboard import held_out_line
 from pipeline.data.leakage import audit_dataset
-from tests.conftest import picture, run_stage, write_params
+from tests.conftest import picture, run_stage, split_layout, write_params
 
 
 def perceptual_hashes(paths):
@@ -108,7 +108,7 @@ def test_picture_groups_merge_augmented_copies_with_their_original():
 def test_audit_counts_pictures_and_finds_exact_duplicates(dataset):
     layout = dataset / "Master Folder"
     shutil.copy(layout / "train" / "happy" / "aug-130-013.jpg", layout / "train" / "happy" / "aug-999-013.jpg")
-    manifest = build_manifest(layout)[0]
+    manifest = build_manifest(split_layout(layout))[0]
     result = audit_dataset(manifest, manifest_hashes(manifest), near_duplicate_bits=11,
                            near_duplicate_correlation=0.85)
     report = result.report

@@ -21,7 +21,7 @@ from pipeline.data.dataset import build_manifest
 from pipeline.embed.backbone import build_backbone, parse_backbone
 from pipeline.embed.embedding import embed_paths, resolve_settings
 from pipeline.embed.extraction import extract_features
-from tests.conftest import SMALL_RUN, make_dataset, outputs, run_stage, stage_process, write_params
+from tests.conftest import SMALL_RUN, make_dataset, outputs, run_stage, split_layout, stage_process, write_params
 
 
 def run_extract(tmp_path, dataset, checkpoint, out, **overrides):
@@ -72,7 +72,7 @@ def test_each_random_view_is_fixed_by_seed_and_row_alone(dataset):
     views = ViewsParams(count=2, crop_scale_min=0.5, hflip=0.5, jitter=0.3, seed=0, use=True)
     preprocess = Preprocess.of(torchvision.models.EfficientNet_B1_Weights.IMAGENET1K_V2.transforms(
         crop_size=64, resize_size=72), views=views)
-    manifest = build_manifest(dataset / "Master Folder")[0]
+    manifest = build_manifest(split_layout(dataset / "Master Folder"))[0]
     work = plan_work(manifest, dataset / "Master Folder", n_views=2)
     first_view = np.arange(*work.view_range(0))[:6]
     forward = [WorkImages(work, first_view, preprocess, decode_on_device=False)[i][2] for i in range(6)]
@@ -107,7 +107,7 @@ def extraction(tmp_path, data, checkpoint, *, hook=None, **overrides):
     backbone = build_backbone("efficientnet_b1", entry, crop_size=extract.crop_size, resize_size=extract.resize_size)
     if hook is not None:
         backbone.model.features.register_forward_pre_hook(hook)
-    manifest = build_manifest(data / "Master Folder")[0]
+    manifest = build_manifest(split_layout(data / "Master Folder"))[0]
     out = tmp_path / f"features-{len(list(tmp_path.glob('features-*')))}"
     result = extract_features(manifest=manifest, manifest_sha256="x", root=data / "Master Folder", backbone=backbone,
                               settings=resolve_settings(extract), params=extract, views=views,
@@ -272,7 +272,7 @@ def test_shard_rows_are_rounded_up_to_whole_batches(tmp_path, calibrated_checkpo
 def test_each_shard_is_whole_batches_and_the_shards_cover_every_batch_once(dataset):
     from pipeline.embed.work import batches_within, plan_batches, plan_work, shard_ranges
 
-    work = plan_work(build_manifest(dataset / "Master Folder")[0], dataset, n_views=3)
+    work = plan_work(build_manifest(split_layout(dataset / "Master Folder"))[0], dataset, n_views=3)
     batches = plan_batches(work, 5)
     ranges = shard_ranges(batches, 12, 5)  # three batches a shard
     assert [b for start, stop in ranges for b in batches_within(batches, start, stop)] == batches

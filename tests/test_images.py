@@ -6,7 +6,7 @@ from PIL import Image
 
 from pipeline.data.dataset import DatasetError, build_manifest, inspect_image
 from pipeline.data.images import load_rgb
-from tests.conftest import make_dataset
+from tests.conftest import make_dataset, split_layout
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -57,7 +57,7 @@ def test_odd_but_valid_files_pass_the_manifest(tmp_path):
     Image.new("RGB", (1, 1), (1, 2, 3)).save(folder / "tiny.png")
     Image.new("RGB", (20, 20), (9, 9, 9)).save(folder / "UPPER.JPG")
     Image.new("RGB", (20, 20), (9, 9, 90)).save(folder / "chat heureux é.jpeg")
-    manifest = build_manifest(root / "Master Folder")[0]
+    manifest = build_manifest(split_layout(root / "Master Folder"))[0]
     paths = set(manifest["path"])
     assert {"train/happy/tiny.png", "train/happy/UPPER.JPG", "train/happy/chat heureux é.jpeg"} <= paths
 

@@ -225,9 +225,9 @@ def _inspect_or_why(path: Path, resize: int | None = None) -> tuple | str:
         return err.why
 
 
-def build_manifest(source: Path | Layout, *, on_bad_image: str = "error", workers: int = 1,
+def build_manifest(layout: Layout, *, on_bad_image: str = "error", workers: int = 1,
                    resize: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scan ``source`` (a ``Layout``, or a folder holding train, valid and test) and describe every image; rows
+    """Scan ``layout`` and describe every image; rows
     ordered by split, class, path. ``resize``: the extraction's resize size, so an image extract would refuse is caught
     here, before extraction.
 
@@ -236,7 +236,6 @@ def build_manifest(source: Path | Layout, *, on_bad_image: str = "error", worker
     on the worker count. Returns the manifest and the files skipped (path, reason):
     with ``on_bad_image="error"`` the first bad file raises instead, so none are.
     """
-    layout = source if isinstance(source, Layout) else Layout(root=Path(source), folders={s: s for s in SPLITS})
     root = layout.root
     skipped: list[tuple[str, str]] | None = [] if on_bad_image == "skip" else None
     if layout.list_file is not None:
