@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from pipeline.common.params import CarveParams
 from pipeline.data.dataset import HASH_COLUMNS, build_manifest, inspect_image, manifest_hashes
 from pipeline.data.carving import read_splits, split_origins
 from pipeline.data.grouping import (
@@ -110,7 +111,8 @@ def test_audit_counts_pictures_and_finds_exact_duplicates(dataset):
     shutil.copy(layout / "train" / "happy" / "aug-130-013.jpg", layout / "train" / "happy" / "aug-999-013.jpg")
     manifest = build_manifest(split_layout(layout))[0]
     result = audit_dataset(manifest, manifest_hashes(manifest), near_duplicate_bits=11,
-                           near_duplicate_correlation=0.85)
+                           near_duplicate_correlation=0.85, carve=CarveParams(valid=0.15, test=0.15, seed=0),
+                           given={})  # the data has all three splits: nothing is carved
     report = result.report
     assert report["images_per_split"] == {"train": 49, "valid": 8, "test": 8}
     assert report["groups_per_split"] == {"train": 16, "valid": 8, "test": 8}

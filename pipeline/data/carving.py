@@ -37,20 +37,19 @@ class Assignment:
     origins: dict[str, str]  # split -> how its images were made, for people; in SPLITS order
 
 
-def assign_splits(groups: pd.DataFrame, *, carve: CarveParams | None, given: dict[str, str]) -> Assignment:
+def assign_splits(groups: pd.DataFrame, *, carve: CarveParams, given: dict[str, str]) -> Assignment:
     """The final split of each row of ``groups`` (path, split, label, group; split as the data gave it).
 
     Each of valid and test the data lacks is carved from the pictures wholly in train: per class (a
     picture's class is that of most of its images, the first name on a tie), round(fraction x the class's
     pictures), shuffled with ``carve.seed``. A class that would be left with no picture in a split, train
     included, is an error naming the key to change. ``given``: how each given split was found (prepare's).
-    With ``carve`` None nothing is carved: every split stays as given.
     """
     present = [s for s in SPLITS if s in set(groups["split"])]
     missing = [s for s in CARVED_FIRST if s not in present]
     split = groups["split"]
     origins = {s: given.get(s, "as given") for s in present}
-    if missing and carve is not None:
+    if missing:
         if "train" not in present:
             raise CarveError("The manifest has no train images to carve "
                              f"{' and '.join(missing)} from; run the prepare stage (dvc repro prepare).")

@@ -35,10 +35,10 @@ class Audit:
 
 
 def audit_dataset(manifest: pd.DataFrame, hashes: Hashes, *, near_duplicate_bits: int, near_duplicate_correlation: float,
-                  carve: CarveParams | None = None, given: dict[str, str] | None = None,
+                  carve: CarveParams, given: dict[str, str],
                   on_leak: str = "error") -> Audit:
     """Find exact and near duplicates, group images into pictures, carve the splits the data lacks (with
-    ``carve``; without it the splits stay as given) and flag cross-split leaks. ``given``: how each split
+    ``carve``) and flag cross-split leaks. ``given``: how each split
     the data has was found (source.json's ``splits``). With ``on_leak="drop"`` the images of a leaking
     picture are kept in its first split of train, valid, test and dropped from the later ones (said in
     ``splits`` and counted in the report); otherwise every image stays."""
@@ -52,7 +52,7 @@ def audit_dataset(manifest: pd.DataFrame, hashes: Hashes, *, near_duplicate_bits
     group_of = picture_groups(paths, near_groups, exact_pairs)
 
     groups = manifest[["path", "split", "label"]].assign(group=group_of)
-    assignment = assign_splits(groups, carve=carve, given=given or {})
+    assignment = assign_splits(groups, carve=carve, given=given)
     groups = groups.assign(split=assignment.split)
     manifest = manifest.assign(split=assignment.split.to_numpy())
     origins = assignment.origins
