@@ -125,8 +125,8 @@ def test_a_file_size_limit_is_reported_as_one_line_in_a_stage_process(tmp_path):
     import resource
     import sys
 
-    code = ("from pipeline.common.cli import run\nfrom pipeline.common.io import write_text\n"
-            "raise SystemExit(run(lambda argv: write_text('big.txt', 'x' * 100000) or 0))")
+    code = ("from pathlib import Path\nfrom pipeline.common.cli import run\nfrom pipeline.common.io import write_text\n"
+            "raise SystemExit(run(lambda argv: write_text(Path('big.txt'), 'x' * 100000) or 0))")
     (tmp_path / "big.txt").write_text("previous")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000)),

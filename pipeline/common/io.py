@@ -58,7 +58,7 @@ def output_error(target: Path, err: OSError) -> OutputError:
 
 def _obstacle(target: Path) -> Path | None:
     """The nearest ancestor of ``target`` that exists but is not a folder."""
-    for parent in Path(target).parents:
+    for parent in target.parents:
         if parent.exists():
             return None if parent.is_dir() else parent
         if parent.is_symlink():
@@ -67,14 +67,14 @@ def _obstacle(target: Path) -> Path | None:
 
 
 @contextlib.contextmanager
-def writing(target: Path | str) -> Iterator[None]:
+def writing(target: Path) -> Iterator[None]:
     """Turn an ``OSError`` raised while writing ``target`` into one ``OutputError`` line."""
     try:
         yield
     except OutputError:
         raise
     except OSError as err:
-        raise output_error(Path(target), err) from err
+        raise output_error(target, err) from err
 
 
 def _remove(path: Path) -> None:
@@ -90,9 +90,8 @@ class OutputSet:
     def __init__(self) -> None:
         self._staged: list[tuple[Path, Path, bool]] = []  # (temporary, target, is_dir)
 
-    def path(self, target: Path | str, *, is_dir: bool = False) -> Path:
+    def path(self, target: Path, *, is_dir: bool = False) -> Path:
         """A temporary path next to ``target`` to write its content to (a folder when ``is_dir``)."""
-        target = Path(target)
         with writing(target):
             if not is_dir and target.is_dir():
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
@@ -112,14 +111,14 @@ class OutputSet:
             tmp.chmod((0o777 if is_dir else 0o666) & ~umask)  # mkstemp/mkdtemp create private files
         return tmp
 
-    def write_text(self, target: Path | str, text: str) -> None:
+    def write_text(self, target: Path, text: str) -> None:
         with writing(target):
             self.path(target).write_text(text, encoding="utf-8")
 
-    def write_json(self, target: Path | str, data: Any) -> None:
+    def write_json(self, target: Path, data: Any) -> None:
         self.write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
-    def write_csv(self, target: Path | str, frame: pd.DataFrame) -> None:
+    def write_csv(self, target: Path, frame: pd.DataFrame) -> None:
         with writing(target):
             frame.to_csv(self.path(target), index=False)
 
@@ -169,7 +168,7 @@ def output_set() -> Iterator[OutputSet]:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path | str, *, is_dir: bool = False) -> Iterator[Path]:
+def atomic_path(target: Path, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; move it onto ``target`` on success."""
     with output_set() as outputs:
         tmp = outputs.path(target, is_dir=is_dir)
@@ -192,21 +191,21 @@ def reserve(path: Path) -> None:
                     raise
 
 
-def write_text(path: Path | str, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(path: Path | str, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_csv(path: Path | str, frame: pd.DataFrame) -> None:
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
 
 
-def file_sha256(path: Path | str) -> str:
+def file_sha256(path: Path) -> str:
     """sha256 of a file read in blocks: weights and feature arrays may be gigabytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -215,9 +214,8 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def read_json(path: Path | str, *, what: str, fix: str, error: type[PipelineError] = PipelineError) -> Any:
+def read_json(path: Path, *, what: str, fix: str, error: type[PipelineError] = PipelineError) -> Any:
     """Parse a JSON file another stage wrote; a missing or damaged one is a one-line ``error``."""
-    path = Path(path)
     if not path.is_file():
         raise error(f"{what} {path} not found; {fix}")
     try:
@@ -226,10 +224,9 @@ def read_json(path: Path | str, *, what: str, fix: str, error: type[PipelineErro
         raise error(f"{what} {path} is not valid JSON ({err}); {fix}") from err
 
 
-def read_csv(path: Path | str, *, what: str, fix: str, error: type[PipelineError] = PipelineError,
+def read_csv(path: Path, *, what: str, fix: str, error: type[PipelineError] = PipelineError,
              **options: Any) -> pd.DataFrame:
     """Read a CSV file another stage wrote; a missing, empty or damaged one is a one-line ``error``."""
-    path = Path(path)
     if not path.is_file():
         raise error(f"{what} {path} not found; {fix}")
     try:
