@@ -108,6 +108,8 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, flo
     Only discordant images count: ``b`` where A alone is right, ``c`` where B alone
     is right. Under the null each is Binomial(b + c, 1/2).
     """
+    if correct_a.shape != correct_b.shape:
+        raise ValueError(f"paired outcomes differ in length: {correct_a.shape} vs {correct_b.shape}")
     b = int(np.sum(correct_a & ~correct_b))
     c = int(np.sum(~correct_a & correct_b))
     p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
