@@ -1,6 +1,5 @@
 import copy
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,7 +136,7 @@ def test_full_model_on_image_files_equals_head_on_cached_embeddings(dataset, cal
     assert run_stage("export", params) == 0
 
     feats = features.load("features/efficientnet_b1")
-    head_logits = load_model(Path("artifacts/models/efficientnet_b1/head")).model.logits(feats["test"].X)
+    head_logits = load_model("artifacts/models/efficientnet_b1/head").model.logits(feats["test"].X)
 
     model = torchvision.models.efficientnet_b1(num_classes=4)
     model.load_state_dict(load_file("artifacts/export/efficientnet_b1_head.safetensors"))

@@ -94,9 +94,10 @@ def model_path(model: str, *, models_dir: Path, best: Path) -> Path:
     """The model folder of ``best``, ``<backbone>/<classifier>``, a classifier that one backbone alone has, or a
     path to a model folder (or to a file, which ``load_model`` reads or refuses)."""
     if model == "best":
-        return best
+        return Path(best)
     if Path(model).exists():
         return Path(model)
+    models_dir = Path(models_dir)
     known = sorted(str(p.parent.relative_to(models_dir)) for p in models_dir.glob(f"*/*/{MODEL}"))
     matches = [model] if "/" in model else [k for k in known if k.split("/")[-1] == model]
     if len(matches) > 1:
@@ -113,6 +114,7 @@ def verified_model(path: Path) -> tuple[Path, dict[str, Any]]:
 
     Reads no more than bytes: a joblib/pickle file (anything but a skops zip) is refused before it is parsed.
     """
+    path = Path(path)
     file = path / MODEL if path.is_dir() else path
     if not file.is_file():
         kind = "exists but is not a file" if file.exists() else "not found"
