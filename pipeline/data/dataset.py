@@ -227,9 +227,8 @@ def _inspect_or_why(path: Path, resize: int | None = None) -> tuple | str:
 
 def build_manifest(layout: Layout, *, on_bad_image: str = "error", workers: int = 1,
                    resize: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scan ``layout`` and describe every image; rows
-    ordered by split, class, path. ``resize``: the extraction's resize size, so an image extract would refuse is caught
-    here, before extraction.
+    """Scan ``layout`` and describe every image; rows ordered by split, class, path. ``resize``: the extraction's
+    resize size, so an image extract would refuse is caught here, before extraction.
 
     Each image is read and decoded once, on ``workers`` processes; the results are taken
     in manifest order, so the output (and the first bad file reported) does not depend

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.evaluate.statistics import CONFIDENCE
+
 METHOD = ("bootstrap of train pictures (all of a picture's images together) over every pair's out-of-fold "
           "predictions on the shared grouped folds, averaged over the CV repetitions; paired")
 LEAVES_OUT = ("the variance of training on another sample of pictures (the fold models are fixed) and the test "
@@ -63,7 +65,7 @@ def equivalent_set(observed: np.ndarray, resampled: np.ndarray, *, margin: float
     varies = se > 0
     if varies.any():
         deviation = (spread[:, varies] - difference[varies]) / se[varies]
-        critical = float(np.quantile(deviation.max(axis=1), 0.95))
+        critical = float(np.quantile(deviation.max(axis=1), CONFIDENCE))
     else:
         critical = 0.0
     lower = difference - critical * se  # a difference the resamples never vary is known: its bound is itself
@@ -90,7 +92,7 @@ def decide(correct: np.ndarray, groups: np.ndarray, *, margin: float, n_resample
         held_out.append((_winner_shares(drawn) * unseen).sum(axis=1))
     resampled, held_out = np.concatenate(resampled), np.concatenate(held_out)
     ranks = 1 + (resampled[:, None, :] > resampled[:, :, None]).sum(axis=2)
-    tail = (1 - 0.95) / 2
+    tail = (1 - CONFIDENCE) / 2
     return {
         "accuracy": observed,
         "p_best": _winner_shares(resampled).mean(axis=0),

@@ -14,12 +14,14 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
 
+CONFIDENCE = 0.95  # of every interval and set: the outputs' keys say ci95
+
 
 def wilson_interval(successes: int, n: int) -> tuple[float, float]:
     """Wilson score interval for a proportion (sound even at 0/n or n/n, unlike the normal one)."""
     if n == 0:
         return (float("nan"), float("nan"))
-    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
     return (float(ci.low), float(ci.high))
 
 
@@ -63,7 +65,7 @@ def bootstrap_interval(y_true: np.ndarray, y_pred: np.ndarray, metric: Callable[
     def statistic(true: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
         return metric(confusion_counts(np.moveaxis(true, axis, -1), np.moveaxis(pred, axis, -1), n_classes))
 
-    common = dict(paired=True, vectorized=True, confidence_level=0.95)
+    common = dict(paired=True, vectorized=True, confidence_level=CONFIDENCE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # handled below
         warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 in the acceleration of a constant jackknife
@@ -108,6 +110,7 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, flo
     Only discordant images count: ``b`` where A alone is right, ``c`` where B alone
     is right. Under the null each is Binomial(b + c, 1/2).
     """
+    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     if correct_a.shape != correct_b.shape:
         raise ValueError(f"paired outcomes differ in length: {correct_a.shape} vs {correct_b.shape}")
     b = int(np.sum(correct_a & ~correct_b))
@@ -128,7 +131,7 @@ def corrected_cv_interval(scores: np.ndarray, *, test_fraction: float) -> tuple[
     if j < 2:
         return (float("nan"), float("nan"))
     ratio = test_fraction / (1 - test_fraction)
-    half = stats.t.ppf(0.975, df=j - 1) * np.sqrt((1 / j + ratio) * scores.var(ddof=1))
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, df=j - 1) * np.sqrt((1 / j + ratio) * scores.var(ddof=1))
     mean = scores.mean()
     return (float(max(0.0, mean - half)), float(min(1.0, mean + half)))
 
@@ -140,6 +143,7 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def held_out_metrics(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray, *,
                      n_bootstrap: int, ece_bins: int, seed: int) -> dict[str, object]:
     """Scores on a held-out split, each with its 95% interval, plus calibration."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         balanced = float(balanced_accuracy_score(y_true, y_pred))
