@@ -35,13 +35,12 @@ class Audit:
 
 
 def audit_dataset(manifest: pd.DataFrame, hashes: Hashes, *, near_duplicate_bits: int, near_duplicate_correlation: float,
-                  carve: CarveParams, given: dict[str, str],
-                  on_leak: str = "error") -> Audit:
+                  carve: CarveParams, given: dict[str, str], on_leak: str = "error") -> Audit:
     """Find exact and near duplicates, group images into pictures, carve the splits the data lacks (with
-    ``carve``) and flag cross-split leaks. ``given``: how each split
-    the data has was found (source.json's ``splits``). With ``on_leak="drop"`` the images of a leaking
-    picture are kept in its first split of train, valid, test and dropped from the later ones (said in
-    ``splits`` and counted in the report); otherwise every image stays."""
+    ``carve``) and flag cross-split leaks. ``given``: how each split the data has was found (source.json's
+    ``splits``). With ``on_leak="drop"`` the images of a leaking picture are kept in its first split of train,
+    valid, test and dropped from the later ones (said in ``splits`` and counted in the report); otherwise every
+    image stays."""
     paths = manifest["path"].tolist()
 
     exact = [sorted(g["path"]) for _, g in manifest.groupby("sha256") if len(g) > 1]

@@ -142,12 +142,11 @@ def evaluate_classifier(*, model: Any, fit_fixed: FitFold, grouped: pd.DataFrame
                         views: np.ndarray | None = None, engine: Engine | None = None) -> Evaluation:
     """Run the whole protocol for one classifier; ``model`` is the final fit on train.
 
-    ``grouped`` holds the scores of the whole fitting procedure, hyperparameter selection
-    included, repeated on each training fold of the grouped (train, test) splits shared by every stage (the
-    ``folds`` stage's file; ``cv_scores`` gave them with ``out_of_fold``);
-    ``fit_fixed`` fits the hyperparameters already chosen and serves only the leaky
-    figure, which is there to show inflation; ``out_of_fold``: what the grouped CV's folds said of each train
-    image they did not train on, kept for calibration, label checks and compare's bootstrap. ``views`` (n_views,
+    ``grouped`` holds the scores of the whole fitting procedure, hyperparameter selection included, on each
+    training fold of the grouped (train, test) splits every stage shares (the ``folds`` stage's file), as
+    ``cv_scores`` gave them with ``out_of_fold``: what those folds said of each train image they did not train
+    on, kept for calibration, label checks and compare's bootstrap. ``fit_fixed`` fits the hyperparameters
+    already chosen and serves only the leaky figure, which is there to show inflation. ``views`` (n_views,
     n_train, dim), when given, join every training fold.
     """
     train = features["train"]
